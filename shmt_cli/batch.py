@@ -8,6 +8,7 @@ exit code say what happened (0 all done, 1 some items failed, 2 usage error).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -25,121 +26,29 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shmt_cli import __version__
-from shmt_cli.imageio import IMAGE_EXTENSIONS, InputError
+from shmt_cli.imageio import InputError
+from shmt_cli.inputs import InputFile, Shard, UsageError, collect_inputs, display_path
+from shmt_cli.lock import LockBusy, OutputLock, OutputNotWritable
+from shmt_cli.manifest import Manifest
 
-MANIFEST_NAME = "manifest.jsonl"
+__all__ = [
+    "BatchRunner",
+    "InputFile",
+    "ItemResult",
+    "RunOptions",
+    "Summary",
+    "UsageError",
+    "WorkItem",
+    "collect_inputs",
+    "display_path",
+]
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
+EXIT_CANNOT_RUN = 3  # output folder locked by another run, or not writable (disk full, read-only)
 
 Status = Literal["ok", "skipped", "failed"]
-
-
-class UsageError(Exception):
-    """The command line itself is wrong (exit code 2)."""
-
-
-def display_path(path: str | os.PathLike[str]) -> str:
-    """A printable form of a path, also for file names that are not valid UTF-8."""
-    raw = os.fsencode(path)
-    return raw.decode("utf-8", errors="backslashreplace")
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input found on the command line: its path and the relative name its outputs derive from.
-
-    `rel` keeps the folder structure below a folder argument (so `a/x.jpg` and `b/x.jpg` never
-    collide) and has no suffix; it never contains `..`.
-    """
-
-    path: Path
-    rel: PurePosixPath
-
-    @property
-    def key(self) -> str:
-        return display_path(self.path)
-
-
-def _walk_images(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
-    """Image files below `root`, following symlinked folders once (symlink loops are cut)."""
-    seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            info = folder.stat()
-        except OSError:
-            continue
-        ident = (info.st_dev, info.st_ino)
-        if ident in seen:
-            continue
-        seen.add(ident)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
-        except OSError:
-            continue
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                stack.append(path)
-            elif path.suffix.lower() in extensions:
-                yield path
-
-
-def collect_inputs(
-    paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS
-) -> list[InputFile]:
-    """Expand files and folders (recursively) into a sorted, de-duplicated, collision-free input list.
-
-    A named file is taken whatever its suffix (reading it reports what is wrong); inside folders only
-    files with one of `extensions` are taken. A path that does not exist is a UsageError.
-    """
-    found: list[tuple[Path, PurePosixPath]] = []
-    for given in paths:
-        path = Path(given)
-        if not path.exists() and not path.is_symlink():
-            raise UsageError(f"input not found: {display_path(path)}")
-        if path.is_dir():
-            below = sorted(_walk_images(path, extensions), key=lambda p: os.fsencode(p))
-            for file in below:
-                rel = PurePosixPath(*file.relative_to(path).parts)
-                found.append((file, rel))
-        else:
-            found.append((path, PurePosixPath(path.name)))
-    unique: dict[str, tuple[Path, PurePosixPath]] = {}
-    for path, rel in found:
-        unique.setdefault(os.path.abspath(path), (path, rel))
-    return _disambiguate(list(unique.values()))
-
-
-def _disambiguate(found: list[tuple[Path, PurePosixPath]]) -> list[InputFile]:
-    """Drop suffixes from relative names; names that then collide keep their suffix, then get ~N."""
-    stems = [rel.with_suffix("") if rel.suffix else rel for _, rel in found]
-    counts: dict[PurePosixPath, int] = {}
-    suffixes: dict[tuple[PurePosixPath, str], int] = {}
-    for stem, (_, rel) in zip(stems, found, strict=True):
-        counts[stem] = counts.get(stem, 0) + 1
-        suffixes[stem, rel.suffix.lower()] = suffixes.get((stem, rel.suffix.lower()), 0) + 1
-    taken: set[PurePosixPath] = set()
-    result = []
-    for (path, rel), stem in zip(found, stems, strict=True):
-        name = stem
-        # `x.jpg` beside `x.png` keeps the suffix; two `x.jpg` from different folders get ~N instead.
-        if counts[stem] > 1 and rel.suffix and suffixes[stem, rel.suffix.lower()] == 1:
-            name = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
-        base, n = name, 2
-        while name in taken:
-            name = base.with_name(f"{base.name}~{n}")
-            n += 1
-        taken.add(name)
-        result.append(InputFile(path=path, rel=name))
-    return result
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -199,51 +108,6 @@ class Summary:
         }
 
 
-class Manifest:
-    """The append-only JSON-lines record of an output folder (`manifest.jsonl`).
-
-    Each line is one item result; the last line for a key wins. A line cut short by a crash is
-    ignored on reading, and the next append starts on a fresh line.
-    """
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / MANIFEST_NAME
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        records = []
-        with open(self.path, "rb") as handle:
-            for raw in handle:
-                try:
-                    record = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    continue
-                if isinstance(record, dict) and "key" in record:
-                    records.append(record)
-        return records
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The last record of every key."""
-        return {record["key"]: record for record in self.read()}
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size:
-                with open(self.path, "rb") as handle:
-                    handle.seek(size - 1)
-                    if handle.read(1) != b"\n":
-                        line = b"\n" + line
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def make_console() -> Console:
     """The stderr console for progress and messages (stdout stays clean for --json)."""
     return Console(stderr=True, highlight=False, soft_wrap=True)
@@ -257,6 +121,13 @@ class RunOptions:
     retry_failed: bool = False
     json_lines: bool = False
     quiet: bool = False
+    shard: Shard = field(default_factory=Shard)
+    wait_lock: float = 0.0
+    log_file: Path | None = None
+
+
+class CannotRun(Exception):
+    """The run cannot start or go on: output folder locked, not writable, or disk full."""
 
 
 ProcessFn = Callable[[WorkItem], "list[Path] | tuple[list[Path], dict[str, Any]]"]
@@ -279,7 +150,9 @@ class BatchRunner:
         self.params_hash = params_hash(params)
         self.options = options
         self.console = console or make_console()
-        self.manifest = Manifest(out_dir)
+        shard = options.shard
+        self.shard_label = shard.label if shard.count > 1 else None
+        self.manifest = Manifest(out_dir, self.shard_label)
 
     def check_parameters(self, previous: dict[str, dict[str, Any]]) -> None:
         """Refuse to mix results made with other parameters into one folder unless --overwrite."""
@@ -300,14 +173,36 @@ class BatchRunner:
         process: ProcessFn,
         done_outputs: Callable[[WorkItem], Iterable[Path]] | None = None,
     ) -> Summary:
-        """Process every item; `done_outputs(item)` names files whose presence means the item is done
-        (used when the manifest has no record, e.g. outputs from an older run)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Process every item of this shard, holding the output folder's lock.
+
+        `done_outputs(item)` names files whose presence means the item is done when the manifest
+        has no record of it (e.g. outputs of an older run). Raises CannotRun when the folder is
+        locked or cannot be written.
+        """
+        lock_name = ".shmt.lock" if self.shard_label is None else f".shmt.shard-{self.shard_label}.lock"
+        lock = OutputLock(self.out_dir, lock_name, self.options.wait_lock, self.command)
+        try:
+            lock.acquire()
+        except (LockBusy, OutputNotWritable) as exc:
+            raise CannotRun(str(exc)) from None
+        try:
+            return self._run_locked(items, process, done_outputs)
+        finally:
+            lock.release()
+
+    def _run_locked(
+        self,
+        items: Sequence[WorkItem],
+        process: ProcessFn,
+        done_outputs: Callable[[WorkItem], Iterable[Path]] | None,
+    ) -> Summary:
+        shard = self.options.shard
+        mine = [item for item in items if shard.takes(str(item.out_stem))]
         previous = self.manifest.latest()
         self.check_parameters(previous)
         summary = Summary(command=self.command)
         started = time.perf_counter()
-        show_progress = not self.options.quiet and self.console.is_terminal and len(items) > 1
+        show_progress = not self.options.quiet and self.console.is_terminal and len(mine) > 1
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -319,13 +214,14 @@ class BatchRunner:
             disable=not show_progress,
         )
         with progress:
-            task = progress.add_task(self.command, total=len(items), current="")
-            for item in items:
+            task = progress.add_task(self.command, total=len(mine), current="")
+            for item in mine:
                 progress.update(task, current=escape(item.key[-50:]))
                 result = self._run_one(item, process, previous.get(item.key), done_outputs)
                 self._record(result, summary)
                 progress.advance(task)
         summary.seconds = time.perf_counter() - started
+        self._log(f"summary done={summary.done} skipped={summary.skipped} failed={summary.failed}")
         return summary
 
     def _skip_reason(
@@ -380,7 +276,10 @@ class BatchRunner:
         except MemoryError:
             message = "out of memory"
         except OSError as exc:
-            message = f"{exc.strerror or type(exc).__name__}: {display_path(exc.filename or '')}".rstrip(": ")
+            if exc.errno in _FATAL_ERRNOS and _is_below(exc.filename, self.out_dir):
+                raise CannotRun(f"cannot write to {display_path(self.out_dir)}: {exc.strerror}") from None
+            where = f": {display_path(exc.filename)}" if exc.filename else ""
+            message = f"{exc.strerror or type(exc).__name__}{where}"
         except Exception as exc:  # one bad item must never stop the batch
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
@@ -416,7 +315,12 @@ class BatchRunner:
             **result.extra,
         }
         if result.status != "skipped":
-            self.manifest.append(record)
+            try:
+                self.manifest.append(record)
+            except OSError as exc:
+                raise CannotRun(
+                    f"cannot write the manifest in {display_path(self.out_dir)}: {exc.strerror}"
+                ) from None
         if result.status == "ok":
             summary.done += 1
         elif result.status == "skipped":
@@ -425,12 +329,20 @@ class BatchRunner:
             summary.failed += 1
             summary.failures.append((result.key, result.reason))
             self.console.print(f"[red]error[/red] {escape(result.key)}: {escape(result.reason)}")
+        self._log(f"{result.status} {result.key} {result.reason}".rstrip())
         if self.options.json_lines:
             fields = {k: v for k, v in asdict(result).items() if k != "extra"}
             line = {"type": "item", **fields, **result.extra}
             line["seconds"] = round(result.seconds, 4)
             sys.stdout.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
             sys.stdout.flush()
+
+    def _log(self, message: str) -> None:
+        if self.options.log_file is None:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with open(self.options.log_file, "a", encoding="utf-8", errors="backslashreplace") as handle:
+            handle.write(f"{stamp} {self.command} {message}\n")
 
     def report(self, summary: Summary) -> None:
         """Print the end-of-run summary (human form on stderr, JSON on stdout with --json)."""
@@ -446,3 +358,16 @@ class BatchRunner:
         )
         for key, reason in summary.failures:
             self.console.print(f"  [red]failed[/red] {escape(key)}: {escape(reason)}")
+
+
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+def _is_below(filename: str | bytes | None, folder: Path) -> bool:
+    if not filename:
+        return True
+    try:
+        Path(os.fsdecode(filename)).resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True

@@ -8,17 +8,10 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from shmt_cli.batch import (
-    EXIT_FAILURES,
-    EXIT_OK,
-    BatchRunner,
-    Manifest,
-    RunOptions,
-    UsageError,
-    WorkItem,
-    collect_inputs,
-)
+from shmt_cli.batch import EXIT_FAILURES, EXIT_OK, BatchRunner, RunOptions, WorkItem
 from shmt_cli.imageio import InputError
+from shmt_cli.inputs import UsageError, collect_inputs
+from shmt_cli.manifest import Manifest
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -120,3 +113,110 @@ def test_runner_refuses_other_parameters_without_overwrite(tmp_path: Path) -> No
         _items(["a"]), process
     )
     assert summary.done == 1
+
+
+def test_lock_blocks_a_second_run_and_takes_over_stale_locks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from shmt_cli.lock import LockBusy, OutputLock
+
+    first = OutputLock(tmp_path, command="one")
+    first.acquire()
+    with pytest.raises(LockBusy, match=f"PID {os.getpid()}"):
+        OutputLock(tmp_path).acquire()
+    threading.Timer(0.4, first.release).start()
+    started = time.monotonic()
+    with OutputLock(tmp_path, wait_seconds=10):
+        assert time.monotonic() - started >= 0.3
+    assert not (tmp_path / ".shmt.lock").exists()
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    import socket
+
+    (tmp_path / ".shmt.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with OutputLock(tmp_path) as lock:
+        assert lock.holder()["pid"] == os.getpid()
+
+
+def test_runner_reports_a_locked_folder(tmp_path: Path) -> None:
+    from shmt_cli.batch import CannotRun
+    from shmt_cli.lock import OutputLock
+
+    with OutputLock(tmp_path), pytest.raises(CannotRun, match="in use"):
+        BatchRunner("test", tmp_path, {}, RunOptions()).run(_items(["a"]), lambda item: [])
+
+
+def test_shards_partition_items_stably() -> None:
+    from shmt_cli.inputs import Shard
+
+    names = [f"photo_{i}" for i in range(200)]
+    parts = [[n for n in names if Shard(k, 4).takes(n)] for k in range(1, 5)]
+    assert sorted(n for part in parts for n in part) == sorted(names)
+    assert all(20 < len(part) < 80 for part in parts)
+    more = names + [f"late_{i}" for i in range(50)]
+    again = [[n for n in more if Shard(k, 4).takes(n) and n in names] for k in range(1, 5)]
+    assert again == parts
+    with pytest.raises(UsageError):
+        Shard.parse("0/4")
+    assert Shard.parse("2/8") == Shard(2, 8)
+
+
+def test_shard_manifests_merge(tmp_path: Path) -> None:
+    from shmt_cli.inputs import Shard
+    from shmt_cli.manifest import merge_manifests
+
+    names = [f"n{i}" for i in range(12)]
+
+    def process(item: WorkItem) -> list[Path]:
+        out = tmp_path / f"{item.key}.out"
+        out.write_text("x")
+        return [out]
+
+    for k in (1, 2, 3):
+        BatchRunner("test", tmp_path, {}, RunOptions(shard=Shard(k, 3))).run(_items(names), process)
+    merged, path = merge_manifests(tmp_path)
+    assert sorted(merged) == sorted(names)
+    assert all(r["status"] == "ok" for r in merged.values())
+    assert len(path.read_text().splitlines()) == len(names)
+
+
+def test_disk_full_stops_the_run_without_partial_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from shmt_cli import imageio
+    from shmt_cli.batch import CannotRun
+
+    def process(item: WorkItem) -> list[Path]:
+        target = tmp_path / f"{item.key}.png"
+        imageio.write_bytes_atomic(target, b"data")
+        return [target]
+
+    real_fdopen = os.fdopen
+
+    def full_disk(fd: int, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+            def write(self, data: bytes) -> int:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.tmp"))
+
+        return Full()
+
+    monkeypatch.setattr(imageio.os, "fdopen", full_disk)
+    with pytest.raises(CannotRun, match="No space left"):
+        BatchRunner("test", tmp_path, {}, RunOptions()).run(_items(["a", "b"]), process)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("manifest.jsonl",)]
+    assert leftovers == []

@@ -1,0 +1,167 @@
+"""Finding the inputs of a batch: files, folders, lists from pipelines; stable output names; shards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from shmt_cli.imageio import IMAGE_EXTENSIONS
+
+
+class UsageError(Exception):
+    """The command line itself is wrong (exit code 2)."""
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A printable form of a path, also for file names that are not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input found on the command line: its path and the relative name its outputs derive from.
+
+    `rel` keeps the folder structure below a folder argument (so `a/x.jpg` and `b/x.jpg` never
+    collide) and has no suffix; it never contains `..` or an absolute part.
+    """
+
+    path: Path
+    rel: PurePosixPath
+
+    @property
+    def key(self) -> str:
+        return display_path(self.path)
+
+
+def _walk_images(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
+    """Image files below `root`, following symlinked folders once (symlink loops are cut)."""
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+        except OSError:
+            continue
+        ident = (info.st_dev, info.st_ino)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+        except OSError:
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append(path)
+            elif path.suffix.lower() in extensions:
+                yield path
+
+
+def read_file_list(source: str) -> list[str]:
+    """Paths listed one per line in a file, or on stdin for `-` (blank lines and `#` comments skipped)."""
+    if source == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read --files-from {source}: {exc.strerror or exc}") from exc
+    names = []
+    for raw in data.replace(b"\0", b"\n").splitlines():
+        line = raw.rstrip(b"\r")
+        if line.strip() and not line.lstrip().startswith(b"#"):
+            names.append(os.fsdecode(line))
+    return names
+
+
+def collect_inputs(
+    paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[InputFile]:
+    """Expand files and folders (recursively) into a sorted, de-duplicated, collision-free input list.
+
+    A named file is taken whatever its suffix (reading it reports what is wrong); inside folders only
+    files with one of `extensions` are taken. A path that does not exist is a UsageError.
+    """
+    if not paths:
+        raise UsageError("no inputs given")
+    found: list[tuple[Path, PurePosixPath]] = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists() and not path.is_symlink():
+            raise UsageError(f"input not found: {display_path(path)}")
+        if path.is_dir():
+            below = sorted(_walk_images(path, extensions), key=lambda p: os.fsencode(p))
+            for file in below:
+                found.append((file, PurePosixPath(*file.relative_to(path).parts)))
+        else:
+            found.append((path, PurePosixPath(path.name)))
+    unique: dict[str, tuple[Path, PurePosixPath]] = {}
+    for path, rel in found:
+        unique.setdefault(os.path.abspath(path), (path, rel))
+    return _disambiguate(list(unique.values()))
+
+
+def _disambiguate(found: list[tuple[Path, PurePosixPath]]) -> list[InputFile]:
+    """Drop suffixes from relative names; names that then collide keep their suffix, then get ~N."""
+    stems = [rel.with_suffix("") if rel.suffix else rel for _, rel in found]
+    counts: dict[PurePosixPath, int] = {}
+    suffixes: dict[tuple[PurePosixPath, str], int] = {}
+    for stem, (_, rel) in zip(stems, found, strict=True):
+        counts[stem] = counts.get(stem, 0) + 1
+        suffixes[stem, rel.suffix.lower()] = suffixes.get((stem, rel.suffix.lower()), 0) + 1
+    taken: set[PurePosixPath] = set()
+    result = []
+    for (path, rel), stem in zip(found, stems, strict=True):
+        name = stem
+        # `x.jpg` beside `x.png` keeps the suffix; two `x.jpg` from different folders get ~N instead.
+        if counts[stem] > 1 and rel.suffix and suffixes[stem, rel.suffix.lower()] == 1:
+            name = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
+        base, n = name, 2
+        while name in taken:
+            name = base.with_name(f"{base.name}~{n}")
+            n += 1
+        taken.add(name)
+        result.append(InputFile(path=path, rel=name))
+    return result
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` (1-based) of `count`: a deterministic partition of work items by a hash of their name."""
+
+    index: int = 1
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> Shard:
+        if not text:
+            return cls()
+        try:
+            index_text, count_text = text.split("/")
+            index, count = int(index_text), int(count_text)
+        except ValueError:
+            raise UsageError(f"--shard takes K/N with whole numbers, e.g. 2/8; got {text!r}") from None
+        if count < 1 or not 1 <= index <= count:
+            raise UsageError(f"--shard {text}: K must be between 1 and N")
+        return cls(index, count)
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}-of-{self.count}"
+
+    def takes(self, name: str) -> bool:
+        """Whether this shard owns the item named `name` (stable whatever else is in the list)."""
+        if self.count == 1:
+            return True
+        digest = hashlib.sha256(name.encode("utf-8", errors="surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
