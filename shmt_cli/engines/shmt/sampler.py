@@ -1,0 +1,218 @@
+"""DDIM sampling as the official SHMT sampler does it, driven through diffusers' ``DDIMScheduler``.
+
+Official behaviour reproduced (reference §3.1, §3.2, §8 #24):
+
+* LDM "linear" schedule: ``betas = linspace(sqrt(0.0015), sqrt(0.0195), 1000, float64) ** 2``,
+  cumulative product in float64, buffers stored as float32.
+* "uniform" timesteps ``range(0, 1000, 1000 // S) + 1`` (1, 21, ..., 981 for S = 50), visited from
+  the largest; the last step's alpha_prev is ``alphas_cumprod[0]`` (0.9985), not 1.
+* eta 0, epsilon prediction, no clipping of the predicted x0.
+
+diffusers' ``DDIMScheduler`` with ``timestep_spacing="leading"`` and ``steps_offset=1`` produces the
+same list ``i * (1000 // S) + 1`` and derives alpha_prev from ``t - 1000 // S``, which is exactly the
+official previous entry. Two differences are patched after construction: diffusers computes
+``alphas_cumprod`` in float32 from float32 betas, so we install the float64-derived buffer, and
+``final_alpha_cumprod`` is re-pointed at that buffer's first entry.
+
+Where the official code misbehaves we repair it: it crashes when ``range(0, 1000, 1000 // S)`` reaches
+999 (S = 3, 9, 27, 37, 111, 333, 999: index 1000) and runs more than S steps when that range has
+extra elements (S = 6 runs 7). ``ddim_timesteps(S)`` keeps the first S entries, which is identical to
+the official list wherever the official code works. S = 1000 cannot fit in 1..999, so it uses 0..999.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+NUM_TRAIN_TIMESTEPS = 1000
+LINEAR_START = 0.0015
+LINEAR_END = 0.0195
+
+#: ``eps_fn(x_t, t_batch) -> eps``: x_t (B, C, h, w) float, t_batch (B,) int64, eps like x_t.
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ldm_betas(
+    num_timesteps: int = NUM_TRAIN_TIMESTEPS, start: float = LINEAR_START, end: float = LINEAR_END
+) -> np.ndarray:
+    """The LDM "linear" beta schedule, (T,) float64: a linspace of square roots, squared."""
+    return np.linspace(start**0.5, end**0.5, num_timesteps, dtype=np.float64) ** 2
+
+
+def ldm_schedule_buffers(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> dict[str, torch.Tensor]:
+    """The 12 persistent schedule buffers of the official ``LatentDiffusion``, each (T,) float32.
+
+    Computed in float64 and cast once, as the official ``register_schedule`` does; the names are
+    the official state-dict names.
+    """
+    betas = ldm_betas(num_timesteps)
+    alphas = 1.0 - betas
+    cumprod = np.cumprod(alphas)
+    cumprod_prev = np.append(1.0, cumprod[:-1])
+    posterior_variance = betas * (1.0 - cumprod_prev) / (1.0 - cumprod)
+    arrays = {
+        "betas": betas,
+        "alphas_cumprod": cumprod,
+        "alphas_cumprod_prev": cumprod_prev,
+        "sqrt_alphas_cumprod": np.sqrt(cumprod),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - cumprod),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / cumprod - 1),
+        "posterior_variance": posterior_variance,
+        # The first posterior variance is 0; the official clamps before the log.
+        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(cumprod_prev) / (1.0 - cumprod),
+        "posterior_mean_coef2": (1.0 - cumprod_prev) * np.sqrt(alphas) / (1.0 - cumprod),
+    }
+    return {name: torch.tensor(value, dtype=torch.float32) for name, value in arrays.items()}
+
+
+def official_ddim_timesteps(steps: int) -> list[int] | None:
+    """The official "uniform" list (ascending), or None where the official sampler breaks.
+
+    It breaks when the list would index t = 1000 (crash) or holds more than ``steps`` entries.
+    """
+    stride = NUM_TRAIN_TIMESTEPS // steps
+    official = [t + 1 for t in range(0, NUM_TRAIN_TIMESTEPS, stride)]
+    if len(official) != steps or official[-1] >= NUM_TRAIN_TIMESTEPS:
+        return None
+    return official
+
+
+def ddim_timesteps(steps: int) -> list[int]:
+    """Exactly ``steps`` distinct DDIM timesteps in ascending order, for 1 <= steps <= 1000.
+
+    ``i * (1000 // steps) + 1`` for i < steps (the official list where the official code works, see
+    the module docstring); for steps = 1000 all of 0..999, since 1..999 holds only 999 values.
+    """
+    if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"DDIM steps must be in 1..{NUM_TRAIN_TIMESTEPS}, got {steps}")
+    if steps == NUM_TRAIN_TIMESTEPS:
+        return list(range(NUM_TRAIN_TIMESTEPS))
+    stride = NUM_TRAIN_TIMESTEPS // steps
+    return [i * stride + 1 for i in range(steps)]
+
+
+def make_scheduler(steps: int) -> DDIMScheduler:
+    """A diffusers ``DDIMScheduler`` set to the official LDM DDIM with ``steps`` steps.
+
+    Its ``timesteps`` (descending) equal ``ddim_timesteps(steps)`` reversed; this is checked.
+    """
+    scheduler = DDIMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        trained_betas=ldm_betas().astype(np.float32),
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=0 if steps == NUM_TRAIN_TIMESTEPS else 1,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        thresholding=False,
+    )
+    # diffusers' float32 cumprod differs from LDM's float64 one in the last bits; use LDM's.
+    scheduler.alphas_cumprod = ldm_schedule_buffers()["alphas_cumprod"]
+    scheduler.final_alpha_cumprod = scheduler.alphas_cumprod[0]
+    scheduler.set_timesteps(steps)
+    expected = ddim_timesteps(steps)[::-1]
+    if scheduler.timesteps.tolist() != expected:
+        raise RuntimeError(f"diffusers DDIMScheduler timesteps differ from the official ones for S={steps}")
+    return scheduler
+
+
+def ddim_update(
+    x_t: torch.Tensor, eps: torch.Tensor, alpha: float, alpha_prev: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form deterministic DDIM step (eta 0), reference §3.2 steps 4-5.
+
+    Returns ``(x_prev, pred_x0)`` for cumulative alphas ``alpha`` (at t) and ``alpha_prev``.
+    Kept as the reference the diffusers step is tested against.
+    """
+    pred_x0 = (x_t - (1.0 - alpha) ** 0.5 * eps) / alpha**0.5
+    x_prev = alpha_prev**0.5 * pred_x0 + (1.0 - alpha_prev) ** 0.5 * eps
+    return x_prev, pred_x0
+
+
+def two_model_chooser(proportion_of_model1: float) -> Callable[[int], int]:
+    """The official two-model switch: step t uses model 2 (h0) when ``t >= 1000 * p``, else model 1.
+
+    ``t`` is the scalar step, so the rule works for any batch size (the official compares a tensor).
+    """
+    threshold = NUM_TRAIN_TIMESTEPS * proportion_of_model1
+
+    def choose(t: int) -> int:
+        return 2 if t >= threshold else 1
+
+    return choose
+
+
+@dataclass
+class DdimResult:
+    """Output of :func:`ddim_sample`.
+
+    ``samples`` is the final latent. With ``record=True``: ``x_inter`` = [x_T, then x after each step]
+    (S + 1 entries) and ``pred_x0`` = the S x0 predictions, both in sampling order (largest t
+    first); unlike the official ``intermediates`` there is no x_T placeholder in ``pred_x0``.
+    ``timesteps`` are the steps visited (descending) and ``choices`` the model picked at each.
+    """
+
+    samples: torch.Tensor
+    timesteps: list[int]
+    choices: list[Hashable] = field(default_factory=list)
+    x_inter: list[torch.Tensor] = field(default_factory=list)
+    pred_x0: list[torch.Tensor] = field(default_factory=list)
+
+
+@torch.no_grad()
+def ddim_sample(
+    eps_fn: EpsFn | Mapping[Hashable, EpsFn],
+    x_T: torch.Tensor,
+    timesteps: int | Sequence[int],
+    *,
+    choose: Callable[[int], Hashable] | None = None,
+    record: bool = False,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DdimResult:
+    """Run DDIM from ``x_T`` (B, C, h, w) float over ``timesteps``.
+
+    ``timesteps`` is a step count S or the list ``ddim_timesteps(S)`` (either order). Other lists are
+    refused: diffusers' step finds alpha_prev at ``t - 1000 // S``, so it can only walk that grid.
+
+    ``eps_fn(x_t, t_batch)`` predicts the noise; ``t_batch`` is (B,) int64 on x_T's device. For the
+    two-model mode pass a mapping of eps functions and ``choose(t) -> key`` (e.g.
+    :func:`two_model_chooser`), evaluated once per step on the scalar t. ``eta`` > 0 adds noise from
+    ``generator`` (diffusers' draw order, not the official one); the official default is 0.
+    ``progress(i, steps)`` is called after each step.
+    """
+    if isinstance(eps_fn, Mapping) and choose is None:
+        raise ValueError("a mapping of eps functions needs a choose(t) function")
+    steps = timesteps if isinstance(timesteps, int) else len(timesteps)
+    if not isinstance(timesteps, int) and sorted(int(t) for t in timesteps) != ddim_timesteps(steps):
+        raise ValueError(f"timesteps must be ddim_timesteps({steps}) = {ddim_timesteps(steps)[:3]}...")
+    scheduler = make_scheduler(steps)
+    visited = [int(t) for t in scheduler.timesteps]
+    result = DdimResult(samples=x_T, timesteps=visited)
+    if record:
+        result.x_inter.append(x_T)
+    x = x_T
+    for i, t in enumerate(visited):
+        which = choose(t) if choose is not None else None
+        fn = eps_fn[which] if isinstance(eps_fn, Mapping) else eps_fn
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        eps = fn(x, t_batch)
+        out = scheduler.step(eps, t, x, eta=eta, generator=generator)
+        x = out.prev_sample
+        result.choices.append(which)
+        if record:
+            result.x_inter.append(x)
+            result.pred_x0.append(out.pred_original_sample)
+        if progress is not None:
+            progress(i + 1, steps)
+    result.samples = x
+    return result
