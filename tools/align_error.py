@@ -21,21 +21,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from shmt_cli.face.align import AlignedFace, crop_face, read_sidecar
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.template import TEMPLATE_SIZE, template_for_size
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot decode {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+from shmt_cli.imageio import IMAGE_EXTENSIONS, read_image
 
 
 def mean_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,7 +34,7 @@ def mean_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def crop_for_sidecar(sidecar: Path) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in IMAGE_EXTENSIONS:
         candidate = sidecar.with_suffix(suffix)
         if candidate.is_file():
             return candidate
@@ -51,8 +42,8 @@ def crop_for_sidecar(sidecar: Path) -> Path | None:
 
 
 def aligned_items(folder: Path) -> Iterator[tuple[str, AlignedFace, np.ndarray]]:
-    """(name, sidecar, crop) for each `<stem>.json` + `<stem>.<image>` pair in a `shmt align` folder."""
-    for sidecar in sorted(folder.glob("*.json")):
+    """(name, sidecar, crop) for each `<stem>.json` + `<stem>.<image>` pair under a `shmt align` folder."""
+    for sidecar in sorted(folder.rglob("*.json")):
         crop_path = crop_for_sidecar(sidecar)
         if crop_path is None:
             print(f"# {sidecar.name}: no crop image beside it", file=sys.stderr)
@@ -62,18 +53,18 @@ def aligned_items(folder: Path) -> Iterator[tuple[str, AlignedFace, np.ndarray]]
         except ValueError as exc:
             print(f"# skipped: {exc}", file=sys.stderr)
             continue
-        crop = read_rgb(crop_path)
+        crop = read_image(crop_path)
         if crop.shape[:2] != (aligned.crop_size, aligned.crop_size):
             print(f"# {crop_path.name}: size {crop.shape[:2]} != sidecar crop_size", file=sys.stderr)
             continue
-        yield crop_path.name, aligned, crop
+        yield str(crop_path.relative_to(folder)), aligned, crop
 
 
 def photo_items(photos: list[Path], size: int) -> Iterator[tuple[str, AlignedFace, np.ndarray]]:
     """(name, alignment, crop) for every face found in each photo."""
     detector = default_detector()
     for photo in photos:
-        rgb = read_rgb(photo)
+        rgb = read_image(photo)
         faces = detector.detect(rgb)
         if not faces:
             print(f"# {photo.name}: no face detected", file=sys.stderr)
@@ -93,10 +84,10 @@ def photo_items(photos: list[Path], size: int) -> Iterator[tuple[str, AlignedFac
 def collect(paths: list[Path], size: int) -> Iterator[tuple[str, AlignedFace, np.ndarray]]:
     photos: list[Path] = []
     for path in paths:
-        if path.is_dir() and any(path.glob("*.json")):
+        if path.is_dir() and any(path.rglob("*.json")):
             yield from aligned_items(path)
         elif path.is_dir():
-            photos += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            photos += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             photos.append(path)
     yield from photo_items(photos, size)

@@ -17,15 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from shmt_cli.face.align import similarity_transform, transform_points
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.template import MIRROR_INDEX
+from shmt_cli.imageio import IMAGE_EXTENSIONS, read_image
 
 SIZE = 256
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 LEFT_EYE = slice(36, 42)  # the image's left eye (the subject's right)
 RIGHT_EYE = slice(42, 48)
@@ -39,18 +38,11 @@ def photo_paths(args: list[str]) -> list[Path]:
         if root.is_dir():
             found = root.rglob("*")
             paths += sorted(
-                p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.parent.name == "images"
+                p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and p.parent.name == "images"
             )
         else:
             paths.append(root)
     return paths
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot decode {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def to_resized_frame(landmarks: np.ndarray, width: int, height: int, size: int = SIZE) -> np.ndarray:
@@ -105,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     names: list[str] = []
     raw: list[np.ndarray] = []
     for path in photo_paths(args.photos):
-        rgb = read_rgb(path)
+        rgb = read_image(path)
         faces = detector.detect(rgb)
         if not faces:
             print(f"# no face: {path}", file=sys.stderr)
