@@ -1,0 +1,528 @@
+"""Face parsing in CelebAMask-HQ label ids, built in (no weights), plus loading and remapping external maps.
+
+The built-in parser draws the facial parts (lips, inner mouth, eyes, brows, nose) from dlib's 68
+landmarks as smooth curves whose shape is expressed in units of the interocular distance, and grows
+the skin region (forehead, neck, ears) from the image itself: a per-image skin colour model learned on
+the cheeks seeds an OpenCV GrabCut inside a landmark-derived prior. Brows and eyes are refined with
+local image evidence so that painted lines (costume makeup) that pull the landmarks do not decide alone.
+
+Label ids (spec §1.2): 0 background, 1 skin, 2 nose, 3 eyeglasses, 4 l_eye, 5 r_eye, 6 l_brow,
+7 r_brow, 8 l_ear, 9 r_ear, 10 inner mouth, 11 upper lip, 12 lower lip, 13 hair, 14 hat, 15 earring,
+16 necklace, 17 neck, 18 cloth. "l_" is the subject's left, i.e. the IMAGE's right side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+NUM_CLASSES = 19
+
+BACKGROUND, SKIN, NOSE, GLASSES = 0, 1, 2, 3
+L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = 4, 5, 6, 7, 8, 9
+MOUTH, U_LIP, L_LIP, HAIR, HAT, EARRING, NECKLACE, NECK, CLOTH = 10, 11, 12, 13, 14, 15, 16, 17, 18
+
+# --- global shape parameters, in interocular distances (fitted once on the dev photos with
+# tools/parsing_iou.py; they are ratios of landmark distances, not per-photo constants)
+# How far the eye outline is pushed out from its centre: dlib's eye points sit slightly inside the
+# visible eye opening that CelebAMask annotators outline.
+EYE_SCALE_U = 1.0
+EYE_SCALE_V = 0.85
+EYE_SHIFT_V = -0.01
+# Eye refinement by colour (sclera/iris against lid skin and lashes): weak, the outline is mostly right.
+EYE_WEIGHT = 0.1
+EYE_SOFT = 0.03
+EYE_BAND = 0.06
+EYE_MARGIN = 0.01
+# Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
+BROW_THICK_INNER = 0.12
+BROW_THICK_OUTER = 0.07
+BROW_LIFT = -0.01
+# Brow refinement: brow hair (or paint) against the surrounding skin.
+BROW_WEIGHT = 0.3
+BROW_SOFT = 0.06
+BROW_BAND = 0.10
+BROW_MARGIN = 0.03
+# Nose outline: half width of the bridge at the eye line, half width of the alae beyond points 31/35,
+# how far above the eye line the bridge starts, and how far the outline goes below the nostril points.
+NOSE_BRIDGE_HALF = 0.14
+NOSE_ALA_OUT = 0.12
+NOSE_TOP = 0.10
+NOSE_BOTTOM = 0.0
+# Lips: outward growth of the outer lip contour (annotated lips include the vermilion border).
+LIP_GROW = 0.0
+# Lip colour refinement: prior softness, search band, sampling margins (interocular distances).
+LIP_SOFT = 0.1
+LIP_BAND = 0.10
+LIP_MARGIN = 0.03
+LIP_CORE = 0.015
+LIP_WEIGHT = 0.05
+# Inner mouth: search this far around dlib's inner-lip polygon; squared Mahalanobis distance from the
+# lip colour above which a pixel is teeth or cavity rather than lip.
+MOUTH_GROW = 0.0
+MOUTH_MAHA = 8.0
+
+# Working scale for the image-driven skin region: the face is resampled so that the interocular
+# distance is this many pixels (GrabCut cost grows with the pixel count).
+WORK_INTEROCULAR = 56.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# geometry helpers
+
+
+def _catmull_rom(points: np.ndarray, closed: bool, samples: int = 8) -> np.ndarray:
+    """Centripetal-free (uniform) Catmull-Rom curve through (N, 2) points; returns (M, 2) float64."""
+    pts = np.asarray(points, dtype=np.float64)
+    if closed:
+        padded = np.concatenate([pts[-1:], pts, pts[:2]])
+        count = len(pts)
+    else:
+        padded = np.concatenate([2 * pts[:1] - pts[1:2], pts, 2 * pts[-1:] - pts[-2:-1]])
+        count = len(pts) - 1
+    t = np.linspace(0.0, 1.0, samples, endpoint=False)[:, None]
+    t2, t3 = t * t, t * t * t
+    out = []
+    for i in range(count):
+        p0, p1, p2, p3 = padded[i], padded[i + 1], padded[i + 2], padded[i + 3]
+        out.append(
+            0.5
+            * (
+                2 * p1
+                + (-p0 + p2) * t
+                + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
+                + (-p0 + 3 * p1 - 3 * p2 + p3) * t3
+            )
+        )
+    if not closed:
+        out.append(pts[-1:])
+    return np.concatenate(out)
+
+
+def _fill(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) mask of a filled polygon given in float pixel coordinates (sub-pixel accurate)."""
+    mask = np.zeros(shape, np.uint8)
+    if len(polygon) >= 3:
+        # Pixel centres are at integer coordinates; shift=4 keeps 1/16 px precision.
+        pts = np.round(np.asarray(polygon) * 16).astype(np.int32)
+        cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def _grow(points: np.ndarray, amount: float) -> np.ndarray:
+    """Push points away from their centroid by `amount` pixels."""
+    centre = points.mean(axis=0)
+    offset = points - centre
+    norm = np.linalg.norm(offset, axis=1, keepdims=True)
+    return points + offset / np.maximum(norm, 1e-6) * amount
+
+
+class _Frame:
+    """Face frame from landmarks: u along the eye line (image left to right), v perpendicular, downwards."""
+
+    def __init__(self, landmarks: np.ndarray) -> None:
+        self.lm = landmarks
+        self.eye_a = landmarks[36:42].mean(axis=0)  # image-left eye (subject's right)
+        self.eye_b = landmarks[42:48].mean(axis=0)  # image-right eye (subject's left)
+        axis = self.eye_b - self.eye_a
+        self.iod = float(max(np.linalg.norm(axis), 1.0))
+        self.u = axis / self.iod
+        self.v = np.array([-self.u[1], self.u[0]])
+        self.origin = (self.eye_a + self.eye_b) / 2
+
+    def to_local(self, xy: np.ndarray) -> np.ndarray:
+        rel = np.asarray(xy, dtype=np.float64) - self.origin
+        return np.stack([rel @ self.u, rel @ self.v], axis=-1) / self.iod
+
+    def to_image(self, uv: np.ndarray) -> np.ndarray:
+        uv = np.asarray(uv, dtype=np.float64) * self.iod
+        return self.origin + uv[..., :1] * self.u + uv[..., 1:2] * self.v
+
+
+# ----------------------------------------------------------------------------------------------------------
+# landmark shapes
+
+
+def lip_polygons(landmarks: np.ndarray, iod: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smooth outlines (M, 2) of the upper lip, lower lip and inner mouth from the 20 mouth landmarks."""
+    lm = landmarks
+    outer = _grow(lm[48:60], LIP_GROW * iod)
+    inner = lm[60:68]
+    outer_top = _catmull_rom(outer[0:7], closed=False)  # 48..54
+    outer_bottom = _catmull_rom(np.concatenate([outer[6:12], outer[:1]]), closed=False)  # 54..59, 48
+    # Inner chain from the outer mouth corners so that the lips meet at the corners.
+    inner_top = _catmull_rom(
+        np.concatenate([outer[:1], inner[1:4], outer[6:7]]), closed=False
+    )  # 48,61..63,54
+    inner_bottom = _catmull_rom(
+        np.concatenate([outer[6:7], inner[5:8], outer[:1]]), closed=False
+    )  # 54,65..67,48
+    upper = np.concatenate([outer_top, inner_top[::-1]])
+    lower = np.concatenate([outer_bottom, inner_bottom[::-1]])
+    mouth = np.concatenate([inner_top, inner_bottom])
+    return upper, lower, mouth
+
+
+def eye_polygon(points: np.ndarray, frame: _Frame) -> np.ndarray:
+    """Smooth closed outline of one eye from its 6 landmarks, scaled about its centre in the face frame."""
+    centre = points.mean(axis=0)
+    rel = points - centre
+    along, across = rel @ frame.u, rel @ frame.v
+    pts = (
+        centre
+        + np.outer(along * EYE_SCALE_U, frame.u)
+        + np.outer(across * EYE_SCALE_V + EYE_SHIFT_V * frame.iod, frame.v)
+    )
+    top = _catmull_rom(pts[0:4], closed=False)
+    bottom = _catmull_rom(np.concatenate([pts[3:6], pts[:1]]), closed=False)
+    return np.concatenate([top, bottom])
+
+
+def brow_polygon(points: np.ndarray, frame: _Frame, inner_first: bool) -> np.ndarray:
+    """Brow band (M, 2): dlib's 5 brow points mark the upper edge; thickness tapers from inner to outer."""
+    pts = points + frame.v * BROW_LIFT * frame.iod
+    upper = _catmull_rom(pts, closed=False)
+    weights = np.linspace(0.0, 1.0, len(upper))
+    if inner_first:
+        weights = weights[::-1]
+    # weights: 1 at the inner end, 0 at the outer end.
+    thick = (BROW_THICK_OUTER + (BROW_THICK_INNER - BROW_THICK_OUTER) * weights) * frame.iod
+    lower = upper + thick[:, None] * frame.v
+    return np.concatenate([upper, lower[::-1]])
+
+
+def nose_polygon(frame: _Frame) -> np.ndarray:
+    """CelebAMask-style nose outline: bridge from between the eyes down to the nostrils and alae.
+
+    The bridge follows dlib's nose-ridge points 27..30 (so it bends with head turns) at a fixed
+    half width; the alae flare out beyond the outer nostril points 31 and 35.
+    """
+    loc = frame.to_local(frame.lm)
+    half = np.array([NOSE_BRIDGE_HALF, 0.0])
+    ala = np.array([NOSE_ALA_OUT, 0.0])
+    left = [loc[27] - half, loc[28] - half, loc[29] - half * 1.1, loc[31] - ala]
+    right = [loc[35] + ala, loc[29] + half * 1.1, loc[28] + half, loc[27] + half]
+    bottom = loc[31:36] + np.array([0.0, NOSE_BOTTOM])
+    top = loc[27] - [0.0, NOSE_TOP]
+    outline = np.array([top, *left, *bottom, *right])
+    return frame.to_image(_catmull_rom(outline, closed=True))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image evidence
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance (H, W) float32 in pixels to the boundary of a boolean mask, positive inside."""
+    m = mask.astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    return inside - outside
+
+
+def _gaussian_loglik(features: np.ndarray, samples: np.ndarray, floor: float) -> np.ndarray:
+    """Log-likelihood of (N, C) features under a Gaussian fitted to (M, C) samples (covariance floored)."""
+    mean = samples.mean(axis=0)
+    cov = np.cov(samples, rowvar=False) + np.eye(samples.shape[1]) * floor
+    inv = np.linalg.inv(cov)
+    diff = features - mean
+    maha = np.einsum("nc,cd,nd->n", diff, inv, diff)
+    return -0.5 * maha - 0.5 * np.log(np.linalg.det(cov))
+
+
+def refine_region(
+    lab: np.ndarray,
+    prior: np.ndarray,
+    softness: float,
+    band: float,
+    margin: float,
+    weight: float = 1.0,
+    fg_samples: np.ndarray | None = None,
+    floor: float = 4.0,
+) -> np.ndarray:
+    """Move the boundary of a landmark-drawn region to where the image says it is.
+
+    lab: (H, W, 3) float32 CIELAB-like features; prior: boolean (H, W) region from the landmarks.
+    Per image, a Gaussian colour model is fitted to the region's inside (deeper than `margin` px, or to
+    `fg_samples`) and another to a ring outside it (between `margin` and `band` px away). The decision
+    adds the prior's signed distance over `softness` px to `weight` times the log-likelihood ratio, so
+    the image can move the boundary by a few pixels where its colours disagree, but far pixels never flip.
+    Returns a boolean (H, W) mask.
+    """
+    if not prior.any():
+        return prior
+    dist = _signed_distance(prior)
+    roi = np.abs(dist) < band
+    inner = fg_samples if fg_samples is not None else dist > margin
+    if inner.sum() < 8:
+        inner = dist > 0
+    ring = (dist < -margin) & (dist > -band)
+    if inner.sum() < 8 or ring.sum() < 8:
+        return prior
+    feats = lab[roi]
+    llr = _gaussian_loglik(feats, lab[inner], floor) - _gaussian_loglik(feats, lab[ring], floor)
+    score = np.zeros(prior.shape, np.float32)
+    score[roi] = np.clip(llr, -8.0, 8.0) * weight
+    score += np.clip(dist, -band, band) / softness
+    score[~roi] = np.sign(dist[~roi]) * 10.0
+    score = cv2.GaussianBlur(score, (0, 0), 0.8)
+    return score > 0
+
+
+def eye_region(lab: np.ndarray, points: np.ndarray, frame: _Frame) -> np.ndarray:
+    """Boolean (H, W) mask of one eye: the landmark outline moved by sclera/iris colour evidence."""
+    prior = _fill(lab.shape[:2], eye_polygon(points, frame))
+    iod = frame.iod
+    return refine_region(
+        lab, prior, softness=EYE_SOFT * iod, band=EYE_BAND * iod, margin=EYE_MARGIN * iod, weight=EYE_WEIGHT
+    )
+
+
+def brow_region(lab: np.ndarray, points: np.ndarray, frame: _Frame, inner_first: bool) -> np.ndarray:
+    """Boolean (H, W) mask of one brow: the landmark band moved to the brow's colour against local skin."""
+    prior = _fill(lab.shape[:2], brow_polygon(points, frame, inner_first))
+    iod = frame.iod
+    core = prior & (_signed_distance(prior) > 1.0)
+    return refine_region(
+        lab,
+        prior,
+        softness=BROW_SOFT * iod,
+        band=BROW_BAND * iod,
+        margin=BROW_MARGIN * iod,
+        weight=BROW_WEIGHT,
+        fg_samples=core,
+    )
+
+
+def _open_mouth(lab: np.ndarray, mouth: np.ndarray, lip_core: np.ndarray, iod: float) -> np.ndarray:
+    """Inner-mouth pixels: those near the landmark mouth opening whose colour is unlike the lips.
+
+    dlib draws an inner-lip polygon even for closed mouths; teeth and the dark cavity are what
+    CelebAMask labels as mouth, so pixels that match the per-image lip colour stay lips.
+    """
+    if not mouth.any() or lip_core.sum() < 8:
+        return np.zeros_like(mouth)
+    grow = max(1, round(MOUTH_GROW * iod))
+    near = cv2.dilate(
+        mouth.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2)
+    )
+    near = near.astype(bool)
+    samples = lab[lip_core]
+    mean = samples.mean(axis=0)
+    cov = np.cov(samples, rowvar=False) + np.eye(3) * 4.0
+    diff = lab[near] - mean
+    maha = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
+    out = np.zeros_like(mouth)
+    out[near] = maha > MOUTH_MAHA
+    out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+    return out
+
+
+def mouth_regions(
+    lab: np.ndarray, landmarks: np.ndarray, iod: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean (H, W) masks of the upper lip, lower lip and inner mouth, refined by lip colour."""
+    shape = lab.shape[:2]
+    upper_poly, lower_poly, mouth_poly = lip_polygons(landmarks, iod)
+    upper, lower, mouth = _fill(shape, upper_poly), _fill(shape, lower_poly), _fill(shape, mouth_poly)
+    lips = upper | lower
+    outer = lips | mouth
+    lip_core = lips & (_signed_distance(lips) > LIP_CORE * iod)
+    refined = refine_region(
+        lab,
+        outer,
+        softness=LIP_SOFT * iod,
+        band=LIP_BAND * iod,
+        margin=LIP_MARGIN * iod,
+        weight=LIP_WEIGHT,
+        fg_samples=lip_core,
+    )
+    refined |= mouth
+    mouth = _open_mouth(lab, mouth, lip_core, iod) & refined
+    # Upper or lower lip: whichever landmark lip is nearer.
+    d_upper = cv2.distanceTransform((~upper).astype(np.uint8), cv2.DIST_L2, 3)
+    d_lower = cv2.distanceTransform((~lower).astype(np.uint8), cv2.DIST_L2, 3)
+    rest = refined & ~mouth
+    return rest & (d_upper <= d_lower), rest & (d_upper > d_lower), mouth
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image-driven skin region
+
+
+def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
+    """Boolean (H, W) face-skin region (skin, nose, brows, lips, ears, neck) grown from the image."""
+    height, width = rgb.shape[:2]
+    scale = WORK_INTEROCULAR / frame.iod
+    small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
+    small = cv2.resize(
+        rgb, (small_w, small_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    lm = frame.lm * scale
+    sframe = _Frame(lm)
+    shape = (small_h, small_w)
+
+    jaw = _catmull_rom(lm[0:17], closed=False)
+    # Forehead: an arc over the brows, about 0.9 interocular distances above the eye line.
+    top_arc_local = np.array([[1.05, -0.55], [0.8, -1.05], [0.0, -1.3], [-0.8, -1.05], [-1.05, -0.55]])
+    forehead = sframe.to_image(top_arc_local)
+    sure_face = _fill(shape, np.concatenate([jaw, forehead]))
+    inner = _fill(shape, _grow(np.concatenate([lm[1:16], lm[26:16:-1]]), -0.1 * sframe.iod))
+
+    # Neck prior: below the jaw, narrower than the jaw.
+    neck_local = np.array([[-0.75, 1.6], [0.75, 1.6], [0.8, 3.5], [-0.8, 3.5]])
+    neck = _fill(shape, sframe.to_image(neck_local))
+    wide_local = np.array(
+        [
+            [-1.6, -0.2],
+            [-1.3, -1.9],
+            [0.0, -2.4],
+            [1.3, -1.9],
+            [1.6, -0.2],
+            [1.4, 1.8],
+            [1.3, 4.0],
+            [-1.3, 4.0],
+            [-1.4, 1.8],
+        ]
+    )
+    wide = _fill(shape, sframe.to_image(wide_local))
+
+    mask = np.full(shape, cv2.GC_BGD, np.uint8)
+    mask[wide] = cv2.GC_PR_BGD
+    mask[sure_face | neck] = cv2.GC_PR_FGD
+    mask[inner] = cv2.GC_FGD
+    bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    bgd_model = np.zeros((1, 65), np.float64)
+    fgd_model = np.zeros((1, 65), np.float64)
+    cv2.grabCut(bgr, mask, None, bgd_model, fgd_model, 3, cv2.GC_INIT_WITH_MASK)
+    face = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    face = _largest_component(face)
+    face = cv2.resize(face * 255, (width, height), interpolation=cv2.INTER_LINEAR) >= 128
+    return face
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if count <= 1:
+        return mask.astype(np.uint8)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    out = (labels == best).astype(np.uint8)
+    # Fill holes (eyes, mouth) so that part labels drawn later sit inside the face.
+    inv = (1 - out).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    h, w = mask.shape
+    for i in range(1, count):
+        x, y, bw, bh, _ = stats[i]
+        if x > 0 and y > 0 and x + bw < w and y + bh < h:
+            out[labels == i] = 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+
+def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """19-class CelebAMask-HQ label map (H, W) uint8 of the face whose 68 landmarks are given.
+
+    rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"parse_face expects (68, 2) landmarks, got {lm.shape}")
+    height, width = rgb.shape[:2]
+    shape = (height, width)
+    frame = _Frame(lm)
+    iod = frame.iod
+
+    labels = np.zeros(shape, np.uint8)
+    face = _skin_region(rgb, frame)
+    labels[face] = SKIN
+
+    # Neck: face pixels below the jaw line.
+    jaw = _catmull_rom(lm[0:17], closed=False)
+    far = 10.0 * iod
+    below_jaw = _fill(shape, np.concatenate([jaw, [lm[16] + far * frame.v, lm[0] + far * frame.v]]))
+    labels[face & below_jaw] = NECK
+
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    labels[_fill(shape, nose_polygon(frame))] = NOSE
+    labels[brow_region(lab, lm[17:22], frame, inner_first=False)] = R_BROW
+    labels[brow_region(lab, lm[22:27], frame, inner_first=True)] = L_BROW
+    labels[eye_region(lab, lm[36:42], frame)] = R_EYE
+    labels[eye_region(lab, lm[42:48], frame)] = L_EYE
+    upper, lower, mouth = mouth_regions(lab, lm, iod)
+    labels[upper] = U_LIP
+    labels[lower] = L_LIP
+    labels[mouth] = MOUTH
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# external label maps
+
+# zllrunning BiSeNet (face-parsing.PyTorch) order -> CelebAMask ids (spec §7).
+_BISENET_TO_CELEBAMASK = np.array(
+    [0, 1, 6, 7, 4, 5, 3, 8, 9, 15, 2, 10, 11, 12, 17, 16, 18, 13, 14], np.uint8
+)
+# MT (BeautyGAN) dataset order, as stated for the MT-Dataset parsing maps in
+# github.com/makeuptransfer/SCGAN issue #20: 0 background, 1 skin, 2 left_brow, 3 right_brow,
+# 4 left_eye, 5 right_eye, 6 nose, 7 up_lip, 8 teeth, 9 down_lip, 10 hair, 11 left_ear, 12 right_ear,
+# 13 neck. ASSUMPTION: MT's "left" uses the same (subject's left) convention as CelebAMask's "l_".
+_MT_TO_CELEBAMASK = np.array([0, 1, 6, 7, 4, 5, 2, 11, 10, 12, 13, 8, 9, 17], np.uint8)
+
+LABEL_ORDERS: dict[str, np.ndarray] = {
+    "celebamask": np.arange(NUM_CLASSES, dtype=np.uint8),
+    "bisenet": _BISENET_TO_CELEBAMASK,
+    "mt": _MT_TO_CELEBAMASK,
+}
+
+
+def remap_labels(labels: np.ndarray, order: str) -> np.ndarray:
+    """Map an integer label map from `order` ('celebamask', 'bisenet', 'mt') to CelebAMask ids (uint8).
+
+    Raises ValueError for an unknown order or a value that the order does not define.
+    """
+    if order not in LABEL_ORDERS:
+        raise ValueError(f"unknown label order {order!r}; expected one of {sorted(LABEL_ORDERS)}")
+    table = LABEL_ORDERS[order]
+    arr = np.asarray(labels)
+    if arr.size and (arr.min() < 0 or arr.max() >= len(table)):
+        raise ValueError(
+            f"label values must lie in 0..{len(table) - 1} for order {order!r}, "
+            f"found {arr.min()}..{arr.max()}"
+        )
+    return table[arr.astype(np.intp)]
+
+
+def load_label_map(path: str | Path, size: tuple[int, int] | int, order: str = "celebamask") -> np.ndarray:
+    """Read a PNG label map, resize it (nearest) to `size` = (height, width) or a side, remap to CelebAMask.
+
+    Accepts 1-channel maps and 3-channel maps whose channels are identical. Raises ValueError naming the
+    file for anything else (unreadable file, other channel counts, differing channels, values out of range).
+    """
+    path = Path(path)
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise ValueError(f"{path}: cannot read as an image")
+    if raw.dtype != np.uint8:
+        raise ValueError(f"{path}: label map must be 8-bit, got {raw.dtype}")
+    if raw.ndim == 3:
+        if raw.shape[2] != 3:
+            raise ValueError(f"{path}: label map must have 1 or 3 channels, got {raw.shape[2]}")
+        if not (np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 0], raw[..., 2])):
+            raise ValueError(
+                f"{path}: 3-channel label map has channels that differ (a colour visualisation?)"
+            )
+        raw = raw[..., 0]
+    height, width = (size, size) if isinstance(size, int) else size
+    if raw.shape != (height, width):
+        raw = cv2.resize(raw, (width, height), interpolation=cv2.INTER_NEAREST)
+    try:
+        return remap_labels(raw, order)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

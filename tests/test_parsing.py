@@ -1,0 +1,178 @@
+"""Built-in face parsing (CelebAMask-HQ ids), label remaps and external label-map loading."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from shmt_cli.face.detect import default_detector
+from shmt_cli.face.parsing import (
+    L_BROW,
+    L_EYE,
+    L_LIP,
+    NOSE,
+    R_BROW,
+    R_EYE,
+    SKIN,
+    U_LIP,
+    load_label_map,
+    parse_face,
+    remap_labels,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import parsing_iou
+
+# A regression guard a little below what the parser reaches on these photos (see tools/parsing_iou.py).
+DEV_SUBSET = [
+    "makeup/00012.jpg",
+    "makeup/10050.jpg",
+    "makeup/10092.jpg",
+    "makeup/vFG25.png",
+    "makeup/vRX497.png",
+    "non_makeup/00305.jpg",
+    "non_makeup/00462.jpg",
+    "non_makeup/xfsy_0069.png",
+]
+MIN_MEAN_IOU = {"M_face": 0.89, "lips": 0.82, "eyes": 0.74, "brows": 0.71, "nose": 0.79, "mouth": 0.22}
+
+
+@pytest.fixture(scope="module")
+def astronaut_parse(astronaut_rgb):
+    faces = default_detector().detect(astronaut_rgb)
+    assert faces, "dlib finds the astronaut's face"
+    landmarks = faces[0].landmarks
+    return parse_face(astronaut_rgb, landmarks), landmarks
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_astronaut_label_map_shape_and_classes(astronaut_rgb, astronaut_parse):
+    labels, _ = astronaut_parse
+    assert labels.shape == astronaut_rgb.shape[:2]
+    assert labels.dtype == np.uint8
+    assert labels.max() < 19
+    for cls in (SKIN, NOSE, L_EYE, R_EYE, L_BROW, R_BROW, U_LIP, L_LIP):
+        assert (labels == cls).sum() > 20, f"class {cls} missing"
+
+
+def test_astronaut_geometry_is_plausible(astronaut_parse):
+    labels, _ = astronaut_parse
+    nose = _centroid(labels == NOSE)
+    upper, lower = _centroid(labels == U_LIP), _centroid(labels == L_LIP)
+    assert upper[1] > nose[1] and lower[1] > upper[1]
+    # l_ (subject's left) is on the IMAGE's right.
+    assert _centroid(labels == L_EYE)[0] > _centroid(labels == R_EYE)[0]
+    assert _centroid(labels == L_BROW)[0] > _centroid(labels == R_BROW)[0]
+    brows_y = min(_centroid(labels == L_BROW)[1], _centroid(labels == R_BROW)[1])
+    assert brows_y < _centroid(labels == L_EYE)[1]
+
+
+def test_astronaut_eyes_inside_eye_landmark_hulls(astronaut_parse):
+    labels, landmarks = astronaut_parse
+    for cls, points in ((R_EYE, landmarks[36:42]), (L_EYE, landmarks[42:48])):
+        hull = np.zeros(labels.shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.round(points).astype(np.int32)), 1)
+        hull = cv2.dilate(hull, np.ones((5, 5), np.uint8)).astype(bool)
+        eye = labels == cls
+        assert (eye & hull).sum() / eye.sum() > 0.95
+
+
+def test_astronaut_skin_covers_forehead(astronaut_parse):
+    labels, landmarks = astronaut_parse
+    iod = np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0))
+    # A patch centred between the brows, half an interocular distance above them, is skin.
+    centre = (landmarks[21] + landmarks[22]) / 2 - np.array([0.0, 0.5 * iod])
+    x, y = np.round(centre).astype(int)
+    r = max(2, round(0.1 * iod))
+    patch = labels[y - r : y + r + 1, x - r : x + r + 1]
+    assert (patch == SKIN).mean() > 0.9
+
+
+def test_dev_photos_reach_iou_floor(faces_dir):
+    pairs = [(faces_dir / name.split("/")[0] / "images" / name.split("/")[1], None) for name in DEV_SUBSET]
+    pairs = [(image, image.parent.parent / "seg" / (image.stem + ".png")) for image, _ in pairs]
+    pairs = [pair for pair in pairs if pair[0].is_file()]
+    assert len(pairs) == len(DEV_SUBSET)
+    scores, _ = parsing_iou.evaluate(pairs, verbose=False)
+    means = {name: float(np.mean(values)) for name, values in scores.items() if values}
+    for name, floor in MIN_MEAN_IOU.items():
+        assert means[name] >= floor, f"{name}: mean IoU {means[name]:.3f} < {floor}"
+
+
+# ---- label orders
+
+
+def test_remap_identity_and_bisenet():
+    labels = np.arange(19, dtype=np.uint8).reshape(1, 19)
+    assert np.array_equal(remap_labels(labels, "celebamask"), labels)
+    bisenet = remap_labels(labels, "bisenet")[0]
+    # Spec §7: zll 2 (l_brow) -> 6, 6 (eye_g) -> 3, 10 (nose) -> 2, 14 (neck) -> 17, 17 (hair) -> 13.
+    assert [bisenet[i] for i in (0, 2, 6, 10, 14, 17)] == [0, 6, 3, 2, 17, 13]
+    assert sorted(bisenet.tolist()) == list(range(19))
+
+
+def test_remap_mt_order():
+    mt = remap_labels(np.arange(14, dtype=np.uint8), "mt")
+    # MT: 1 skin, 6 nose, 7 upper lip, 8 teeth, 9 lower lip, 10 hair, 13 neck.
+    assert [mt[i] for i in (0, 1, 6, 7, 8, 9, 10, 13)] == [0, SKIN, NOSE, U_LIP, 10, L_LIP, 13, 17]
+
+
+def test_remap_rejects_bad_values_and_orders():
+    with pytest.raises(ValueError, match=r"0\.\.13"):
+        remap_labels(np.array([[14]], np.uint8), "mt")
+    with pytest.raises(ValueError, match="unknown label order"):
+        remap_labels(np.zeros((2, 2), np.uint8), "lapa")
+
+
+# ---- loading
+
+
+def test_load_label_map_resizes_with_nearest(tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:4] = 13
+    labels[4:, 4:] = 1
+    path = tmp_path / "seg.png"
+    cv2.imwrite(str(path), labels)
+    out = load_label_map(path, (16, 16))
+    assert out.shape == (16, 16) and out.dtype == np.uint8
+    assert set(np.unique(out).tolist()) == {0, 1, 13}
+    assert (out[:8] == 13).all() and (out[8:, 8:] == 1).all()
+    # An int size means a square map; 3 identical channels are accepted.
+    path3 = tmp_path / "seg3.png"
+    cv2.imwrite(str(path3), np.dstack([labels] * 3))
+    assert np.array_equal(load_label_map(path3, 16), out)
+
+
+def test_load_label_map_rejects_differing_channels(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[..., 1] = 2
+    path = tmp_path / "colour.png"
+    cv2.imwrite(str(path), image)
+    with pytest.raises(ValueError, match=r"colour\.png.*differ"):
+        load_label_map(path, 4)
+
+
+def test_load_label_map_rejects_out_of_range_and_bad_files(tmp_path):
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), np.full((4, 4), 19, np.uint8))
+    with pytest.raises(ValueError, match=r"big\.png.*0..18"):
+        load_label_map(path, 4)
+    mt_ok = tmp_path / "mt.png"
+    cv2.imwrite(str(mt_ok), np.full((4, 4), 13, np.uint8))
+    assert (load_label_map(mt_ok, 4, order="mt") == 17).all()
+    rgba = tmp_path / "rgba.png"
+    cv2.imwrite(str(rgba), np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"rgba\.png.*channels"):
+        load_label_map(rgba, 4)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"junk\.png"):
+        load_label_map(junk, 4)
