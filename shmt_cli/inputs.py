@@ -37,6 +37,11 @@ class InputFile:
         return display_path(self.path)
 
 
+def output_file(out_dir: Path, stem: PurePosixPath, suffix: str) -> Path:
+    """`out_dir/stem<suffix>`; unlike Path.with_suffix it keeps dots inside the stem (`my.photo`)."""
+    return out_dir / stem.parent / f"{stem.name}{suffix}"
+
+
 def _walk_images(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
     """Image files below `root`, following symlinked folders once (symlink loops are cut)."""
     seen: set[tuple[int, int]] = set()

@@ -1,0 +1,1 @@
+"""Batch pipelines behind the subcommands: inputs in, files out, through the shared batch runner."""

@@ -1,0 +1,82 @@
+"""`shmt align`: photos in, MT-framed face crops plus sidecars out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
+from shmt_cli.face.align import AlignedFace, crop_face
+from shmt_cli.face.detect import FaceDetector, default_detector
+from shmt_cli.imageio import InputError, read_image, write_image_atomic, write_json_atomic
+from shmt_cli.inputs import collect_inputs, display_path, output_file
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """Parameters that change `align` results."""
+
+    size: int = 256
+    all_faces: bool = False
+
+    def as_params(self) -> dict[str, Any]:
+        return {"size": self.size, "all_faces": self.all_faces}
+
+
+def face_output_stem(stem: PurePosixPath, index: int, count: int) -> PurePosixPath:
+    """`<stem>` for a single face, `<stem>_face<K>` (K from 1) when several faces are written."""
+    return stem if count == 1 else stem.with_name(f"{stem.name}_face{index + 1}")
+
+
+def align_photo(
+    rgb: np.ndarray, source: str, settings: AlignSettings, detector: FaceDetector
+) -> list[tuple[np.ndarray, AlignedFace]]:
+    """Detect and align the faces of one photo: [(crop (size, size, 3) uint8, sidecar record)], best first."""
+    faces = detector.detect(rgb)
+    if not faces:
+        raise InputError("no face found")
+    chosen = faces if settings.all_faces else faces[:1]
+    height, width = rgb.shape[:2]
+    results = []
+    for index, face in enumerate(chosen):
+        record = AlignedFace.from_landmarks(
+            face.landmarks,
+            source_path=source,
+            source_size=(width, height),
+            score=face.score,
+            face_index=index,
+            crop_size=settings.size,
+        )
+        results.append((crop_face(rgb, record.matrix, settings.size), record))
+    return results
+
+
+def run_align(
+    inputs: list[str], out_dir: Path, settings: AlignSettings, options: RunOptions
+) -> tuple[BatchRunner, Summary]:
+    """Align every photo found in `inputs` into `out_dir`."""
+    files = collect_inputs(inputs)
+    items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
+    runner = BatchRunner("align", out_dir, settings.as_params(), options)
+    detector = default_detector()
+
+    def process(item: WorkItem) -> tuple[list[Path], dict[str, Any]]:
+        rgb = read_image(item.inputs[0])
+        faces = align_photo(rgb, display_path(Path(item.inputs[0]).resolve()), settings, detector)
+        written: list[Path] = []
+        for index, (crop, record) in enumerate(faces):
+            stem = face_output_stem(item.out_stem, index, len(faces))
+            image_path, sidecar_path = output_file(out_dir, stem, ".png"), output_file(out_dir, stem, ".json")
+            write_image_atomic(image_path, crop)
+            write_json_atomic(sidecar_path, record.to_json_dict())
+            written += [image_path, sidecar_path]
+        return written, {"faces": len(faces)}
+
+    def done_outputs(item: WorkItem) -> list[Path]:
+        return [output_file(out_dir, item.out_stem, ".png"), output_file(out_dir, item.out_stem, ".json")]
+
+    summary = runner.run(items, process, done_outputs)
+    return runner, summary
