@@ -26,12 +26,6 @@ BROWS = slice(17, 27)
 NOSE_BRIDGE_TOP = 27
 NOSE_BASE = 33
 
-BORDER_MODES = {
-    "constant": cv2.BORDER_CONSTANT,
-    "replicate": cv2.BORDER_REPLICATE,
-    "reflect": cv2.BORDER_REFLECT_101,
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # Transforms
@@ -122,18 +116,14 @@ def warp_affine(
     image: np.ndarray,
     matrix: np.ndarray,
     out_size: tuple[int, int],
-    *,
-    border: str = "constant",
     interpolation: int = cv2.INTER_CUBIC,
 ) -> np.ndarray:
     """Warp ``image`` by ``matrix`` (image coords -> output coords) into an (h, w) = out_size[::-1] array.
 
-    image: (H, W) or (H, W, C), uint8 or float32; out_size: (width, height).
+    image: (H, W) or (H, W, C), uint8 or float32; out_size: (width, height); outside the image is 0.
     When the warp shrinks (scale < 1) the needed region is first area-averaged (INTER_AREA) down to
     the target scale, so strong downscales do not alias; the remaining rotation runs at scale ~1.
     """
-    if border not in BORDER_MODES:
-        raise ValueError(f"border must be one of {sorted(BORDER_MODES)}, got {border!r}")
     matrix = np.asarray(matrix, dtype=np.float64)
     out_w, out_h = int(out_size[0]), int(out_size[1])
     scale = matrix_scale(matrix)
@@ -144,7 +134,7 @@ def warp_affine(
         matrix,
         (out_w, out_h),
         flags=interpolation,
-        borderMode=BORDER_MODES[border],
+        borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
 
@@ -191,7 +181,7 @@ def crop_face(rgb: np.ndarray, matrix: np.ndarray, size: int = TEMPLATE_SIZE) ->
         raise ValueError(f"crop_face expects an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
     if size < 1:
         raise ValueError(f"crop size must be positive, got {size}")
-    return warp_affine(rgb, matrix, (size, size), border="constant")
+    return warp_affine(rgb, matrix, (size, size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,16 +386,17 @@ def paste_back(
     support = np.argwhere(weight_crop > 0)
     if support.size == 0:
         return result
-    (top, left), (bottom, right) = support.min(axis=0), support.max(axis=0)
+    # The support's box grown by one crop pixel (bilinear reach in the crop) and two photo pixels
+    # (area pre-shrink and bilinear reach in the photo): outside it every weight is exactly 0.
+    (top, left), (bottom, right) = support.min(axis=0) - 1, support.max(axis=0) + 1
     box = np.array([[left, top], [right, top], [left, bottom], [right, bottom]], dtype=np.float64)
     crop_to_photo = invert_affine(matrix)
     corners = transform_points(box, crop_to_photo)
     height, width = photo_rgb.shape[:2]
-    # One pixel of slack covers the bilinear reach of the warped weight.
-    x0 = max(0, math.floor(corners[:, 0].min()) - 1)
-    y0 = max(0, math.floor(corners[:, 1].min()) - 1)
-    x1 = min(width, math.ceil(corners[:, 0].max()) + 2)
-    y1 = min(height, math.ceil(corners[:, 1].max()) + 2)
+    x0 = max(0, math.floor(corners[:, 0].min()) - 2)
+    y0 = max(0, math.floor(corners[:, 1].min()) - 2)
+    x1 = min(width, math.ceil(corners[:, 0].max()) + 3)
+    y1 = min(height, math.ceil(corners[:, 1].max()) + 3)
     if x1 <= x0 or y1 <= y0:
         return result
 
