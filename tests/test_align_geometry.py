@@ -22,6 +22,7 @@ from shmt_cli.face.align import (
     read_sidecar,
     similarity_transform,
     transform_points,
+    warp_affine,
 )
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.template import MIRROR_INDEX, TEMPLATE_256, template_for_size
@@ -373,3 +374,19 @@ def test_paste_back_default_mask_covers_the_face_only(astronaut_rgb, astronaut_f
     mask = default_face_mask(template_for_size(256), 256)
     assert mask[int(TEMPLATE_256[17:27, 1].min()) - 10, 128] == 1
     assert mask[5, 128] == 0 and mask[128, 5] == 0
+
+
+@pytest.mark.parametrize("scale", [0.15, 0.6, 2.5])
+def test_paste_back_matches_a_whole_photo_blend(scale):
+    """Blending only inside the box gives the same photo as blending everywhere (nothing cut off)."""
+    photo = np.random.default_rng(5).integers(0, 256, size=(700, 800, 3), dtype=np.uint8)
+    matrix = similarity_matrix(0.3, scale, 0.0, 0.0)
+    matrix[:, 2] = 128.0 - matrix[:, :2] @ [400.0, 350.0]
+    white = np.full((256, 256, 3), 255, dtype=np.uint8)
+    result = paste_back(photo, white, matrix, feather=0.04)
+
+    weight_crop = feathered_weight(default_face_mask(template_for_size(256), 256), 0.04 * 256)
+    weight = warp_affine(weight_crop, invert_affine(matrix), (800, 700), interpolation=cv2.INTER_LINEAR)
+    expected = np.rint(photo + np.clip(weight, 0, 1)[..., None] * (255.0 - photo))
+    assert np.abs(result - expected).max() <= 1
+    assert (result != photo).any(axis=2).sum() > 1000
