@@ -390,3 +390,24 @@ def test_paste_back_matches_a_whole_photo_blend(scale):
     expected = np.rint(photo + np.clip(weight, 0, 1)[..., None] * (255.0 - photo))
     assert np.abs(result - expected).max() <= 1
     assert (result != photo).any(axis=2).sum() > 1000
+
+
+def test_paste_back_of_an_edit_keeps_the_photo_detail(astronaut_rgb, astronaut_face):
+    # Photo upsampled 3x so the face is larger than the crop: an upsampled crop would be blurry.
+    photo = cv2.resize(astronaut_rgb, (1536, 1536), interpolation=cv2.INTER_CUBIC)
+    photo = np.clip(photo.astype(int) + np.random.default_rng(6).integers(-20, 21, photo.shape), 0, 255)
+    photo = photo.astype(np.uint8)
+    matrix = alignment_matrix(astronaut_face.landmarks * 3 + 1, 256)
+    crop = crop_face(photo, matrix, 256)
+    unchanged = paste_back(photo, crop, matrix, original_crop=crop)
+    np.testing.assert_array_equal(unchanged, photo)
+
+    brighter = np.clip(crop.astype(int) + 30, 0, 255).astype(np.uint8)
+    result = paste_back(photo, brighter, matrix, original_crop=crop)
+    nose = np.rint(astronaut_face.landmarks[30] * 3 + 1).astype(int)
+    patch = (slice(nose[1] - 20, nose[1] + 20), slice(nose[0] - 20, nose[0] + 20))
+    expected = np.clip(photo[patch].astype(int) + 30, 0, 255)
+    # The photo's own per-pixel noise survives: the result is the photo plus the edit, not the crop.
+    assert np.abs(result[patch].astype(int) - expected).mean() < 3
+    replaced = paste_back(photo, brighter, matrix)
+    assert np.abs(replaced[patch].astype(int) - expected).mean() > 5

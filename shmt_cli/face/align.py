@@ -361,6 +361,7 @@ def paste_back(
     crop_mask: np.ndarray | None = None,
     feather: float = 0.04,
     landmarks_crop: np.ndarray | None = None,
+    original_crop: np.ndarray | None = None,
 ) -> np.ndarray:
     """Put an edited crop back into the photo it was cut from; returns a new (H, W, 3) uint8 photo.
 
@@ -369,12 +370,19 @@ def paste_back(
     ``landmarks_crop`` (or of the template when those are not given) extended over the forehead.
     feather: width of the soft edge as a fraction of the crop side; the weight reaches 0 at the mask's
     edge, so every photo pixel with weight 0 keeps its original bytes.
+    original_crop: (S, S, 3) uint8, the crop before editing. When given, only the edit
+    (crop_rgb - original_crop) is warped back and added, so a face larger than the crop keeps the
+    photo's own full-resolution detail instead of an upsampled copy of the crop.
     """
     if photo_rgb.ndim != 3 or photo_rgb.shape[2] != 3 or photo_rgb.dtype != np.uint8:
         raise ValueError(f"photo must be (H, W, 3) uint8, got {photo_rgb.shape} {photo_rgb.dtype}")
     size = crop_rgb.shape[0]
     if crop_rgb.shape != (size, size, 3) or crop_rgb.dtype != np.uint8:
         raise ValueError(f"crop must be (S, S, 3) uint8, got {crop_rgb.shape} {crop_rgb.dtype}")
+    if original_crop is not None and (
+        original_crop.shape != crop_rgb.shape or original_crop.dtype != np.uint8
+    ):
+        raise ValueError(f"original_crop must be ({size}, {size}, 3) uint8 like the crop")
     if crop_mask is None:
         points = template_for_size(size) if landmarks_crop is None else landmarks_crop
         crop_mask = default_face_mask(points, size)
@@ -403,12 +411,15 @@ def paste_back(
     crop_to_box = crop_to_photo.copy()
     crop_to_box[:, 2] -= (x0, y0)
     box_size = (x1 - x0, y1 - y0)
-    edited = warp_affine(crop_rgb, crop_to_box, box_size).astype(np.float32)
     weight = warp_affine(weight_crop, crop_to_box, box_size, interpolation=cv2.INTER_LINEAR)
     weight = np.clip(weight, 0.0, 1.0)[..., None]
-
     original = photo_rgb[y0:y1, x0:x1]
-    blended = original.astype(np.float32) + weight * (edited - original.astype(np.float32))
+    if original_crop is None:
+        change = warp_affine(crop_rgb, crop_to_box, box_size).astype(np.float32) - original
+    else:
+        edit = crop_rgb.astype(np.float32) - original_crop.astype(np.float32)
+        change = warp_affine(edit, crop_to_box, box_size)
+    blended = original + weight * change
     blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     result[y0:y1, x0:x1] = np.where(weight > 0, blended, original)
     return result
