@@ -283,6 +283,8 @@ def _without(data: dict, key: str) -> dict:
             "'landmarks_source' contains non-finite",
         ),
         (lambda d: {**d, "matrix": [[0.0, 0.0, 1.0], [0.0, 0.0, 2.0]]}, "'matrix' is singular"),
+        (lambda d: {**d, "matrix": [["1", "0", "0"], ["0", "1", "0"]]}, "'matrix' must be a numeric array"),
+        (lambda d: {**d, "landmarks_crop": [[1.0, 2.0], [3.0]] * 34}, "'landmarks_crop' must be a numeric"),
         (lambda d: {**d, "source_size": [512, -3]}, "'source_size' must be two positive integers"),
         (lambda d: {**d, "face_index": -1}, "'face_index' must be an integer >= 0"),
         (lambda d: {**d, "score": "high"}, "'score' must be a finite number"),

@@ -188,7 +188,8 @@ def crop_face(rgb: np.ndarray, matrix: np.ndarray, size: int = TEMPLATE_SIZE) ->
 # Sidecar
 
 
-@dataclass(frozen=True)
+# eq=False: the array fields make field-wise == ambiguous.
+@dataclass(frozen=True, eq=False)
 class AlignedFace:
     """Where one face crop came from: enough to find the face again and paste an edit back.
 
@@ -274,9 +275,12 @@ class AlignedFace:
 
         def array(key: str, shape: tuple[int, ...]) -> np.ndarray:
             try:
-                values = np.array(data[key], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise fail(f"'{key}' must be a numeric array of shape {shape}") from None
+                raw = np.array(data[key])
+            except ValueError:  # ragged nesting
+                raw = np.array(None)
+            if raw.dtype.kind not in "iuf":
+                raise fail(f"'{key}' must be a numeric array of shape {shape}")
+            values = raw.astype(np.float64)
             if values.shape != shape:
                 raise fail(f"'{key}' must have shape {shape}, got {values.shape}")
             if not np.isfinite(values).all():
