@@ -130,7 +130,27 @@ class CannotRun(Exception):
     """The run cannot start or go on: output folder locked, not writable, or disk full."""
 
 
-ProcessFn = Callable[[WorkItem], "list[Path] | tuple[list[Path], dict[str, Any]]"]
+Produced = "list[Path] | tuple[list[Path], dict[str, Any]]"
+Outcome = Any  # Produced, or the exception that failed the item
+ProcessFn = Callable[[WorkItem], Any]
+BatchFn = Callable[[list[WorkItem]], Sequence[Outcome]]
+
+
+def _one_by_one(process: ProcessFn) -> BatchFn:
+    """A batch function that runs `process` on each item, catching each item's failure."""
+
+    def run_each(items: list[WorkItem]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for item in items:
+            try:
+                outcomes.append(process(item))
+            except CannotRun:
+                raise
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    return run_each
 
 
 class BatchRunner:
@@ -170,15 +190,25 @@ class BatchRunner:
     def run(
         self,
         items: Sequence[WorkItem],
-        process: ProcessFn,
+        process: ProcessFn | None = None,
         done_outputs: Callable[[WorkItem], Iterable[Path]] | None = None,
+        *,
+        process_batch: BatchFn | None = None,
+        batch_size: int = 1,
     ) -> Summary:
         """Process every item of this shard, holding the output folder's lock.
 
-        `done_outputs(item)` names files whose presence means the item is done when the manifest
-        has no record of it (e.g. outputs of an older run). Raises CannotRun when the folder is
-        locked or cannot be written.
+        Either `process(item)` per item, or `process_batch(items)` on up to `batch_size` items at a
+        time, returning one outcome per item (its output paths, optionally with extra manifest fields,
+        or the exception that failed it). `done_outputs(item)` names files whose presence means the
+        item is done when the manifest has no record of it (e.g. outputs of an older run). Raises
+        CannotRun when the folder is locked or cannot be written.
         """
+        if process_batch is None:
+            if process is None:
+                raise TypeError("run needs process or process_batch")
+            process_batch = _one_by_one(process)
+            batch_size = 1
         lock_name = ".shmt.lock" if self.shard_label is None else f".shmt.shard-{self.shard_label}.lock"
         lock = OutputLock(self.out_dir, lock_name, self.options.wait_lock, self.command)
         try:
@@ -186,14 +216,15 @@ class BatchRunner:
         except (LockBusy, OutputNotWritable) as exc:
             raise CannotRun(str(exc)) from None
         try:
-            return self._run_locked(items, process, done_outputs)
+            return self._run_locked(items, process_batch, max(1, batch_size), done_outputs)
         finally:
             lock.release()
 
     def _run_locked(
         self,
         items: Sequence[WorkItem],
-        process: ProcessFn,
+        process_batch: BatchFn,
+        batch_size: int,
         done_outputs: Callable[[WorkItem], Iterable[Path]] | None,
     ) -> Summary:
         shard = self.options.shard
@@ -213,13 +244,43 @@ class BatchRunner:
             transient=True,
             disable=not show_progress,
         )
+        pending: list[WorkItem] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            progress.update(task, current=escape(pending[-1].key[-50:]))
+            batch_start = time.perf_counter()
+            try:
+                outcomes: list[Outcome] = list(process_batch(list(pending)))
+                if len(outcomes) != len(pending):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(pending)} items")
+            except CannotRun:
+                raise
+            except Exception as exc:  # a failed batch fails its items, not the run
+                outcomes = [exc] * len(pending)
+            seconds = (time.perf_counter() - batch_start) / len(pending)
+            for item, outcome in zip(pending, outcomes, strict=True):
+                self._record(self._outcome_result(item, outcome, seconds), summary)
+                progress.advance(task)
+            pending.clear()
+
         with progress:
             task = progress.add_task(self.command, total=len(mine), current="")
             for item in mine:
-                progress.update(task, current=escape(item.key[-50:]))
-                result = self._run_one(item, process, previous.get(item.key), done_outputs)
-                self._record(result, summary)
-                progress.advance(task)
+                reason = self._skip_reason(item, previous.get(item.key), done_outputs)
+                if reason is not None:
+                    record = previous.get(item.key) or {}
+                    outputs = list(record.get("outputs", []))
+                    inputs = [display_path(p) for p in item.inputs]
+                    skipped = ItemResult(item.key, "skipped", inputs=inputs, outputs=outputs, reason=reason)
+                    self._record(skipped, summary)
+                    progress.advance(task)
+                    continue
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
         summary.seconds = time.perf_counter() - started
         self._log(f"summary done={summary.done} skipped={summary.skipped} failed={summary.failed}")
         return summary
@@ -244,53 +305,28 @@ class BatchRunner:
                 return "output exists"
         return None
 
-    def _run_one(
-        self,
-        item: WorkItem,
-        process: ProcessFn,
-        record: dict[str, Any] | None,
-        done_outputs: Callable[[WorkItem], Iterable[Path]] | None,
-    ) -> ItemResult:
+    def _outcome_result(self, item: WorkItem, outcome: Outcome, seconds: float) -> ItemResult:
         inputs = [display_path(p) for p in item.inputs]
-        reason = self._skip_reason(item, record, done_outputs)
-        if reason is not None:
-            outputs = list(record.get("outputs", [])) if record else []
-            return ItemResult(key=item.key, status="skipped", inputs=inputs, outputs=outputs, reason=reason)
-        start = time.perf_counter()
-        try:
-            produced = process(item)
-            extra: dict[str, Any] = {}
-            if isinstance(produced, tuple):
-                produced, extra = produced
+        if not isinstance(outcome, BaseException):
+            produced, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
             outputs = [self._relative(p) for p in produced]
-            return ItemResult(
-                key=item.key,
-                status="ok",
-                inputs=inputs,
-                outputs=outputs,
-                seconds=time.perf_counter() - start,
-                extra=extra,
-            )
-        except InputError as exc:
+            return ItemResult(item.key, "ok", inputs=inputs, outputs=outputs, seconds=seconds, extra=extra)
+        exc = outcome
+        if isinstance(exc, InputError):
             message = str(exc)
-        except MemoryError:
+        elif isinstance(exc, MemoryError):
             message = "out of memory"
-        except OSError as exc:
+        elif isinstance(exc, OSError):
             if exc.errno in _FATAL_ERRNOS and _is_below(exc.filename, self.out_dir):
                 raise CannotRun(f"cannot write to {display_path(self.out_dir)}: {exc.strerror}") from None
             where = f": {display_path(exc.filename)}" if exc.filename else ""
             message = f"{exc.strerror or type(exc).__name__}{where}"
-        except Exception as exc:  # one bad item must never stop the batch
+        else:
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
             message = f"internal error {type(exc).__name__}: {exc}{where}"
-        return ItemResult(
-            key=item.key,
-            status="failed",
-            inputs=inputs,
-            reason=message.splitlines()[0] if message else "failed",
-            seconds=time.perf_counter() - start,
-        )
+        reason = message.splitlines()[0] if message else "failed"
+        return ItemResult(item.key, "failed", inputs=inputs, reason=reason, seconds=seconds)
 
     def _relative(self, path: Path) -> str:
         try:
