@@ -1,0 +1,298 @@
+"""Weight-free shaded 3D face render from 68 landmarks, in the style of 3DDFA_V2 as SHMT uses it.
+
+SHMT's content representation includes a gray Phong-shaded face mesh on a black canvas of the
+photo's size (3DDFA_V2 + Sim3DR). This module builds the same kind of image without any model file:
+the generic surface of `surface.py` is posed from the landmarks (scaled orthographic camera), warped
+onto them (thin-plate spline of the residuals), rasterised into an image-space depth map, and shaded
+with the Sim3DR lighting (ambient 0.3, directional 0.6, specular 0.1 with exponent 5, light and
+viewer at (0, 0, 5) in the mesh's normalised coordinates, white material).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from shmt_cli.face.surface import (
+    CANONICAL_LANDMARKS,
+    DEFAULT_REGION,
+    DEFAULT_SHAPE,
+    INNER_LIPS,
+    FaceRegion,
+    SurfaceShape,
+    canonical_depth,
+    canonical_landmarks_3d,
+    region_outline,
+)
+
+AMBIENT = 0.3
+DIFFUSE = 0.6
+SPECULAR = 0.1
+SPECULAR_EXPONENT = 5.0
+LIGHT_POSITION = (0.0, 0.0, 5.0)
+VIEWER_POSITION = (0.0, 0.0, 5.0)
+
+# Canonical grid step in output pixels: small enough that every pixel centre falls in a triangle.
+_GRID_STEP_PX = 0.9
+# The residual warp is smooth: it is evaluated on a coarse grid (canonical units) and resized.
+_WARP_STEP = 0.05
+# Landmark residuals after the rigid pose are partly noise and partly real shape; a strongly
+# regularised spline follows the real part (expression, face proportions) without wobbling
+# (chosen on the dev set: 10 beats 1e-3 by 0.015 correlation and 0.003 IoU).
+_TPS_REGULARISATION = 10.0
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Scaled orthographic camera: image (x, y) = scale * rotation[:2] @ p + translation, depth z =
+    scale * rotation[2] @ p for a canonical point p = (u, v, d); rotation is (3, 3) float64."""
+
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def angles_deg(self) -> tuple[float, float, float]:
+        """(yaw, pitch, roll) in degrees with rotation = Rz(roll) @ Ry(yaw) @ Rx(pitch), for inspection."""
+        r = self.rotation
+        yaw = np.degrees(np.arcsin(np.clip(-r[2, 0], -1.0, 1.0)))
+        pitch = np.degrees(np.arctan2(r[2, 1], r[2, 2]))
+        roll = np.degrees(np.arctan2(r[1, 0], r[0, 0]))
+        return float(yaw), float(pitch), float(roll)
+
+
+def fit_pose(landmarks: np.ndarray, points_3d: np.ndarray | None = None) -> Pose:
+    """Least-squares scaled orthographic pose of the canonical 3D landmarks onto (68, 2) image landmarks."""
+    model = canonical_landmarks_3d() if points_3d is None else points_3d
+    model_centre = model.mean(axis=0)
+    image_centre = landmarks.mean(axis=0)
+    # Best affine camera first, then the nearest scaled rotation (orthonormal rows, equal scales).
+    affine, *_ = np.linalg.lstsq(model - model_centre, landmarks - image_centre, rcond=None)
+    u_mat, singular, vt = np.linalg.svd(affine.T, full_matrices=False)
+    rows = u_mat @ vt
+    rotation = np.vstack([rows, np.cross(rows[0], rows[1])])
+    scale = float(singular.mean())
+    translation = image_centre - scale * rotation[:2] @ model_centre
+    return Pose(scale=scale, rotation=rotation, translation=translation)
+
+
+def _tps_kernel(sq_dist: np.ndarray) -> np.ndarray:
+    return np.where(sq_dist > 0.0, sq_dist * np.log(np.maximum(sq_dist, 1e-300)), 0.0)
+
+
+def thin_plate_spline(
+    anchors: np.ndarray, values: np.ndarray, queries: np.ndarray, regularisation: float | np.ndarray = 0.0
+) -> np.ndarray:
+    """Thin-plate spline through `values` (N, K) at `anchors` (N, 2), evaluated at `queries` (M, 2).
+
+    `regularisation` (scalar or per anchor) trades exactness at the anchors for smoothness.
+    """
+    count = len(anchors)
+    system = np.zeros((count + 3, count + 3))
+    system[:count, :count] = _tps_kernel(((anchors[:, None] - anchors[None]) ** 2).sum(-1))
+    system[:count, :count] += np.diag(np.broadcast_to(np.asarray(regularisation, float), (count,)))
+    affine_basis = np.hstack([np.ones((count, 1)), anchors])
+    system[:count, count:] = affine_basis
+    system[count:, :count] = affine_basis.T
+    rhs = np.zeros((count + 3, values.shape[1]))
+    rhs[:count] = values
+    weights = np.linalg.solve(system, rhs)
+    kernel = _tps_kernel(((queries[:, None] - anchors[None]) ** 2).sum(-1))
+    return kernel @ weights[:count] + weights[count] + queries @ weights[count + 1 :]
+
+
+def _forehead_anchors(region: FaceRegion) -> np.ndarray:
+    outline = region_outline(region, points_per_side=3)
+    return outline[17:]
+
+
+def _rasterise_depth(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, valid: np.ndarray, size_hw: tuple[int, int]
+) -> np.ndarray:
+    """Z-buffer the grid mesh (vertex arrays (Hc, Wc)); nearest (largest z) wins, -inf is empty."""
+    height, width = size_hw
+    zbuf = np.full(height * width, -np.inf)
+    corners = [(slice(None, -1), slice(None, -1)), (slice(None, -1), slice(1, None)),
+               (slice(1, None), slice(None, -1)), (slice(1, None), slice(1, None))]  # fmt: skip
+    quad = [np.stack([a[r, c].ravel() for r, c in corners], axis=1) for a in (x, y, z, valid)]
+    qx, qy, qz, qvalid = quad
+    triangles = []
+    for ids in ((0, 1, 2), (1, 3, 2)):
+        keep = qvalid[:, ids].all(axis=1)
+        triangles.append((qx[keep][:, ids], qy[keep][:, ids], qz[keep][:, ids]))
+    tx = np.concatenate([t[0] for t in triangles])
+    ty = np.concatenate([t[1] for t in triangles])
+    tz = np.concatenate([t[2] for t in triangles])
+    x0 = np.ceil(tx.min(axis=1)).astype(np.int64)
+    y0 = np.ceil(ty.min(axis=1)).astype(np.int64)
+    extent = np.maximum(np.floor(tx.max(axis=1)) - x0, np.floor(ty.max(axis=1)) - y0).astype(np.int64) + 1
+    # Triangles are about a pixel wide; stretched ones (an opening mouth) are done in bigger windows.
+    for low, high in ((0, 2), (3, 5), (6, 16)):
+        sel = (extent > low - 1) & (extent <= high) if low else extent <= high
+        if not sel.any():
+            continue
+        _rasterise_group(tx[sel], ty[sel], tz[sel], x0[sel], y0[sel], high, zbuf, size_hw)
+    return zbuf.reshape(height, width)
+
+
+def _rasterise_group(
+    tx: np.ndarray, ty: np.ndarray, tz: np.ndarray, x0: np.ndarray, y0: np.ndarray, window: int,
+    zbuf: np.ndarray, size_hw: tuple[int, int],
+) -> None:  # fmt: skip
+    height, width = size_hw
+    offset_y, offset_x = np.mgrid[0:window, 0:window]
+    px = x0[:, None] + offset_x.ravel()[None]
+    py = y0[:, None] + offset_y.ravel()[None]
+    ax, ay = tx[:, 0:1], ty[:, 0:1]
+    bx, by = tx[:, 1:2], ty[:, 1:2]
+    cx, cy = tx[:, 2:3], ty[:, 2:3]
+    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    area = np.where(np.abs(area) < 1e-12, np.nan, area)
+    w_b = ((px - ax) * (cy - ay) - (py - ay) * (cx - ax)) / area
+    w_c = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / area
+    w_a = 1.0 - w_b - w_c
+    eps = -1e-9
+    inside = (w_a >= eps) & (w_b >= eps) & (w_c >= eps) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
+    depth = w_a * tz[:, 0:1] + w_b * tz[:, 1:2] + w_c * tz[:, 2:3]
+    np.maximum.at(zbuf, (py * width + px)[inside], depth[inside])
+
+
+def face_depth(
+    landmarks: np.ndarray,
+    size_hw: tuple[int, int],
+    shape: SurfaceShape = DEFAULT_SHAPE,
+    region: FaceRegion = DEFAULT_REGION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image-space depth of the posed, warped face surface.
+
+    landmarks: (68, 2) float64 (x, y) pixels; size_hw: output (H, W).
+    Returns (depth (H, W) float32 in pixels, larger = nearer the viewer, 0 outside the face;
+    mask (H, W) bool, the face surface without the inner mouth).
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    height, width = size_hw
+    points_3d = canonical_landmarks_3d(shape, region)
+    pose = fit_pose(landmarks, points_3d)
+
+    outline = region_outline(region)
+    u_min, v_min = outline.min(axis=0) - 0.02
+    u_max, v_max = outline.max(axis=0) + 0.02
+    step = _GRID_STEP_PX / max(pose.scale, 1e-6)
+    cols = int(np.ceil((u_max - u_min) / step)) + 1
+    rows = int(np.ceil((v_max - v_min) / step)) + 1
+    u = u_min + step * np.arange(cols)
+    v = v_min + step * np.arange(rows)
+    grid_u, grid_v = np.meshgrid(u, v)
+    inside = np.zeros((rows, cols), np.uint8)
+    outline_px = np.round((outline - [u_min, v_min]) / step * 16).astype(np.int32)
+    cv2.fillPoly(inside, [outline_px], 1, lineType=cv2.LINE_8, shift=4)
+    points = np.stack([grid_u, grid_v, canonical_depth(grid_u, grid_v, shape, region)], axis=-1)
+    posed = pose.scale * points @ pose.rotation.T
+    image_x = posed[..., 0] + pose.translation[0]
+    image_y = posed[..., 1] + pose.translation[1]
+
+    # Non-rigid part: what the rigid pose leaves unexplained at the landmarks, spread smoothly
+    # over the face; forehead anchors keep the rigid pose where there are no landmarks.
+    residual = landmarks - (pose.scale * points_3d @ pose.rotation[:2].T + pose.translation)
+    forehead = _forehead_anchors(region)
+    anchors = np.vstack([CANONICAL_LANDMARKS, forehead])
+    values = np.vstack([residual, np.zeros_like(forehead)])
+    coarse_u = np.linspace(u_min, u_max, max(2, int(np.ceil((u_max - u_min) / _WARP_STEP)) + 1))
+    coarse_v = np.linspace(v_min, v_max, max(2, int(np.ceil((v_max - v_min) / _WARP_STEP)) + 1))
+    coarse = np.stack(np.meshgrid(coarse_u, coarse_v), axis=-1).reshape(-1, 2)
+    warp = thin_plate_spline(anchors, values, coarse, _TPS_REGULARISATION)
+    warp = warp.reshape(len(coarse_v), len(coarse_u), 2).astype(np.float32)
+    warp = cv2.resize(warp, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    image_x += warp[..., 0]
+    image_y += warp[..., 1]
+
+    zbuf = _rasterise_depth(image_x, image_y, posed[..., 2], inside.astype(bool), (height, width))
+    mask = np.isfinite(zbuf)
+    hole = np.zeros((height, width), np.uint8)
+    lips = np.round(landmarks[INNER_LIPS] * 16).astype(np.int32)
+    cv2.fillPoly(hole, [lips], 1, lineType=cv2.LINE_8, shift=4)
+    mask &= hole == 0
+    depth = np.where(mask, zbuf, 0.0).astype(np.float32)
+    return depth, mask
+
+
+def depth_normals(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Unit normals (H, W, 3) float32 (x right, y down, z toward the viewer) of an image depth map.
+
+    Central differences inside the face, one-sided at its border; zero vectors outside `mask`.
+    """
+    z = depth.astype(np.float64)
+
+    def slope(axis: int) -> np.ndarray:
+        ahead = np.roll(z, -1, axis=axis)
+        behind = np.roll(z, 1, axis=axis)
+        ahead_ok = np.roll(mask, -1, axis=axis) & mask
+        behind_ok = np.roll(mask, 1, axis=axis) & mask
+        forward = np.where(ahead_ok, ahead - z, 0.0)
+        backward = np.where(behind_ok, z - behind, 0.0)
+        count = ahead_ok.astype(np.float64) + behind_ok
+        return (forward + backward) / np.maximum(count, 1.0)
+
+    normals = np.stack([-slope(1), -slope(0), np.ones_like(z)], axis=-1)
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    normals[~mask] = 0.0
+    return normals.astype(np.float32)
+
+
+def _normalised_positions(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    # Sim3DR lights the mesh in coordinates shifted to the origin and scaled so that the largest
+    # extent spans 2, centred per axis; the point light at (0, 0, 5) then sits a few face sizes away.
+    ys, xs = np.nonzero(mask)
+    points = np.stack([xs, ys, depth[ys, xs]], axis=1).astype(np.float64)
+    low = points.min(axis=0)
+    span = points.max(axis=0) - low
+    largest = max(float(span.max()), 1e-6)
+    normalised = (points - low) / largest * 2.0 - span / largest
+    out = np.zeros((*mask.shape, 3))
+    out[ys, xs] = normalised
+    return out
+
+
+def shade(normals: np.ndarray, mask: np.ndarray, depth: np.ndarray | None = None) -> np.ndarray:
+    """Sim3DR Phong intensity (H, W) float32 in [0, 1] (0 outside `mask`) for unit `normals` (H, W, 3).
+
+    With `depth` the light and viewer are points at (0, 0, 5) in normalised mesh coordinates, as in
+    Sim3DR; without it they are at infinity along +z.
+    """
+    if depth is not None and mask.any():
+        positions = _normalised_positions(depth, mask)
+        to_light = np.asarray(LIGHT_POSITION) - positions
+        to_viewer = np.asarray(VIEWER_POSITION) - positions
+        to_light /= np.linalg.norm(to_light, axis=-1, keepdims=True)
+        to_viewer /= np.linalg.norm(to_viewer, axis=-1, keepdims=True)
+    else:
+        to_light = np.broadcast_to(np.array([0.0, 0.0, 1.0]), normals.shape)
+        to_viewer = to_light
+    n = normals.astype(np.float64)
+    cosine = (n * to_light).sum(axis=-1)
+    reflection = 2.0 * cosine[..., None] * n - to_light
+    specular = np.clip((reflection * to_viewer).sum(axis=-1), 0.0, 1.0) ** SPECULAR_EXPONENT
+    light = AMBIENT + DIFFUSE * np.clip(cosine, 0.0, 1.0) + SPECULAR * specular
+    return np.where(mask, np.clip(light, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def render_face_normals(
+    landmarks: np.ndarray, size_hw: tuple[int, int], shape: SurfaceShape = DEFAULT_SHAPE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(normals (H, W, 3) float32, mask (H, W) bool, depth (H, W) float32) of the face surface."""
+    depth, mask = face_depth(landmarks, size_hw, shape)
+    return depth_normals(depth, mask), mask, depth
+
+
+def render_face(
+    landmarks: np.ndarray, size_hw: tuple[int, int], shape: SurfaceShape = DEFAULT_SHAPE
+) -> np.ndarray:
+    """Gray shaded face (H, W, 3) uint8, R = G = B, face about 76..255 on an exactly 0 background.
+
+    landmarks: (68, 2) float64 (x, y) pixels in dlib order; size_hw: (H, W) of the photo.
+    """
+    normals, mask, depth = render_face_normals(landmarks, size_hw, shape)
+    gray = np.round(shade(normals, mask, depth) * 255.0).astype(np.uint8)
+    gray[~mask] = 0
+    return np.repeat(gray[..., None], 3, axis=2)
