@@ -105,6 +105,15 @@ def test_decoder_levels_are_reversed_and_attention_reshaped() -> None:
     assert attn.group_norm.eps == 1e-6 and attn.group_norm.num_groups == 32
 
 
+def test_every_group_norm_is_32_groups_eps_1e6() -> None:
+    with torch.device("meta"):
+        model = V.build_vq(V.VQ_F4_FULL)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    # 2 per resnet (6 + 9 + 2 + 2), 1 per attention (2), 2 output norms.
+    assert len(norms) == 2 * (6 + 9 + 2 + 2) + 2 + 2
+    assert all(m.num_groups == 32 and m.eps == 1e-6 and m.affine for m in norms)
+
+
 def test_downsample_pads_right_and_bottom_then_strided_conv() -> None:
     model = V.load_vq(_random_official(V.VQ_F4_TINY))
     down = model.encoder.down_blocks[0].downsamplers[0]
