@@ -236,6 +236,15 @@ def test_bad_checkpoints_are_refused_before_writing(tmp_path: Path, tiny_state_d
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
+def test_dead_proj_convs_may_be_absent(tmp_path: Path, tiny_state_dicts) -> None:
+    sd = {k: v for k, v in tiny_state_dicts["h0"].items() if ".proj_convs." not in k}
+    report = W.import_checkpoint(_save_lightning(tmp_path / "h0.ckpt", sd), tmp_path / "w")
+    assert report.variant == "h0"
+    assert set(load_file(tmp_path / "w" / "shmt_h0.safetensors")) == {
+        k for k in sd if k.startswith(("model.", "model_ema.", "corr_stage_model."))
+    }
+
+
 def test_variant_is_read_from_the_first_conv(tiny_state_dicts) -> None:
     assert W.detect_variant(tiny_state_dicts["h0"]) == "h0"
     assert W.detect_variant(tiny_state_dicts["h4"]) == "h4"

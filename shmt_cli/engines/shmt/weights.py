@@ -444,7 +444,8 @@ def import_checkpoint(
     ida_keys = [k for k in expected if k.startswith(IDA_PREFIX)]
     vq_keys = [k for k in expected if k.startswith(VQ_PREFIX)]
     _require_all(source, sd, unet_keys, "UNet")
-    _require_all(source, sd, ida_keys, "IDA")
+    # proj_convs never reach the UNet (spec §2.5): tolerate checkpoints that dropped them.
+    _require_all(source, sd, [k for k in ida_keys if ".proj_convs." not in k], "IDA")
     has_ema = any(k in sd for k in ema_keys)
     if has_ema:
         _require_all(source, sd, ema_keys, "EMA")
@@ -494,7 +495,7 @@ def import_checkpoint(
     previous_vq = manifest.get(VQ_FILE)
 
     shmt_file = f"shmt_{variant}.safetensors"
-    shmt_tensors = {k: sd[k] for k in unet_keys + ida_keys + (ema_keys if has_ema else [])}
+    shmt_tensors = {k: sd[k] for k in unet_keys + ida_keys + (ema_keys if has_ema else []) if k in sd}
     candidate = directory / f".{VQ_FILE}.candidate"
     vq_digest = _write_safetensors(vq_tensors, candidate, {"kind": "vq"})
     try:
