@@ -16,8 +16,10 @@ official previous entry. Two differences are patched after construction: diffuse
 
 Where the official code misbehaves we repair it: it crashes when ``range(0, 1000, 1000 // S)`` reaches
 999 (S = 3, 9, 27, 37, 111, 333, 999: index 1000) and runs more than S steps when that range has
-extra elements (S = 6 runs 7). ``ddim_timesteps(S)`` keeps the first S entries, which is identical to
-the official list wherever the official code works. S = 1000 cannot fit in 1..999, so it uses 0..999.
+extra elements (S = 6 runs 7, S = 30 runs 31). Only the 15 divisors of 1000 below 1000 (1, 2, 4, 5,
+8, 10, 20, 25, 40, 50, 100, 125, 200, 250, 500) run exactly S official steps. ``ddim_timesteps(S)``
+keeps the first S entries, which is identical to the official list wherever the official code works.
+S = 1000 cannot fit in 1..999, so it uses 0..999.
 """
 
 from __future__ import annotations
