@@ -152,6 +152,152 @@ def align(
     run_batch(job)
 
 
+@app.command()
+def decompose(
+    output: OutDir,
+    inputs: Inputs = None,
+    parsing: Annotated[
+        Path | None,
+        typer.Option("--parsing", help="Folder of external parsing maps (PNG, named like the faces)."),
+    ] = None,
+    parsing_order: Annotated[
+        str, typer.Option("--parsing-order", help="Label order of --parsing maps: celebamask, bisenet or mt.")
+    ] = "celebamask",
+    render3d: Annotated[
+        Path | None,
+        typer.Option("--render3d", help="Folder of external 3D renders (<name>_3d.jpg or <name>.png)."),
+    ] = None,
+    sheet: Annotated[
+        bool, typer.Option("--contact-sheet/--no-contact-sheet", help="Write contact_sheet.png.")
+    ] = True,
+    overwrite: Overwrite = False,
+    retry_failed: RetryFailed = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    shard: ShardOpt = None,
+    files_from: FilesFrom = None,
+    wait_lock: WaitLock = 0.0,
+    log: LogFile = None,
+) -> None:
+    """Parse faces, render their 3D surface and build SHMT's representations (previews + a parts file)."""
+    from shmt_cli.pipelines.decompose import DecomposeSettings, run_decompose
+
+    def job() -> tuple[BatchRunner, Summary]:
+        options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
+        settings = DecomposeSettings(parsing_dir=parsing, parsing_order=parsing_order, render_dir=render3d)
+        return run_decompose(all_inputs(inputs, files_from), output, settings, options, sheet=sheet)
+
+    run_batch(job)
+
+
+def parse_strengths(text: str | None) -> dict[str, float]:
+    """`0.5` (every region) or `lips=1,skin=0.5` → per-region strengths."""
+    from shmt_cli.engines.classic import REGIONS
+
+    if not text:
+        return {}
+    try:
+        if "=" not in text:
+            return dict.fromkeys(REGIONS, float(text))
+        pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise UsageError(f"--strength takes a number or region=number pairs, got {text!r}") from None
+
+
+@app.command()
+def transfer(
+    output: OutDir,
+    sources: Annotated[
+        str | None, typer.Argument(help="Source photo or folder (faces that get makeup).")
+    ] = None,
+    references: Annotated[
+        str | None, typer.Argument(help="Reference photo or folder (makeup to copy).")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="auto (shmt when its weights are installed), shmt, classic.")
+    ] = "auto",
+    level: Annotated[
+        str | None,
+        typer.Option("--level", help="shmt: h0, h4 or mix (default mix); classic: h0..h4 (default h2)."),
+    ] = None,
+    mix: Annotated[
+        float, typer.Option("--mix", min=0.0, max=1.0, help="mix: share of steps for the h4 model.")
+    ] = 0.5,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="DDIM steps (shmt).")] = 50,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Base seed; each pair derives its own noise from it.")
+    ] = 321,
+    ida: Annotated[
+        str, typer.Option("--ida", help="released (official inference) or paper (training form).")
+    ] = "released",
+    ema_both: Annotated[
+        bool, typer.Option("--ema-both", help="mix: use EMA weights for both models.")
+    ] = False,
+    pairs: Annotated[
+        str, typer.Option("--pairs", help="all, zip, or a CSV file source,reference[,output].")
+    ] = "all",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per engine batch.")] = 4,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
+    compile_model: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")
+    ] = None,
+    regions: Annotated[
+        str, typer.Option("--regions", help="classic: regions to paint.")
+    ] = "lips,eyes,skin,brows",
+    strength: Annotated[
+        str | None, typer.Option("--strength", help="classic: 0..1, or lips=1,skin=0.5.")
+    ] = None,
+    crop: Annotated[bool, typer.Option("--crop", help="Also write the 256x256 result crop.")] = False,
+    grid: Annotated[bool, typer.Option("--grid", help="Also write the official 3-panel strip.")] = False,
+    weights_dir: Annotated[
+        Path | None, typer.Option("--weights-dir", help="Where imported weights are.")
+    ] = None,
+    overwrite: Overwrite = False,
+    retry_failed: RetryFailed = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    shard: ShardOpt = None,
+    wait_lock: WaitLock = 0.0,
+    log: LogFile = None,
+) -> None:
+    """Put the makeup of each reference onto each source; results keep the source photo's size."""
+    from shmt_cli.engines.select import EngineRequest, EngineUnavailable, create_engine
+    from shmt_cli.pipelines.transfer import PAIR_MODES, TransferSettings, run_transfer
+
+    def job() -> tuple[BatchRunner, Summary]:
+        options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
+        if pairs in PAIR_MODES and (sources is None or references is None):
+            raise UsageError("give a source and a reference (file or folder), or --pairs FILE.csv")
+        wanted = frozenset(r.strip() for r in regions.split(",") if r.strip())
+        request = EngineRequest(
+            engine=engine,
+            level=level or "",
+            mix=mix,
+            steps=steps,
+            ida=ida,
+            ema_both=ema_both,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            compile=compile_model,
+            weights_dir=weights_dir,
+            regions=wanted,
+            strengths=parse_strengths(strength),
+        )
+        try:
+            chosen, note = create_engine(request)
+        except (EngineUnavailable, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        if not quiet:
+            make_console().print(note)
+        settings = TransferSettings(pairs=pairs, seed=seed, crop=crop, grid=grid)
+        return run_transfer([sources or ""], [references or ""], output, chosen, settings, options)
+
+    run_batch(job)
+
+
 @app.command("manifest-merge")
 def manifest_merge(
     folder: Annotated[Path, typer.Argument(help="Output folder that shards wrote into.")],

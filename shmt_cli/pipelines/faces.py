@@ -1,0 +1,47 @@
+"""Reading faces for later stages: aligned crops with their sidecars, or plain face photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shmt_cli.decompose import to_model_size
+from shmt_cli.face.align import read_sidecar
+from shmt_cli.face.detect import default_detector
+from shmt_cli.imageio import InputError, read_image
+from shmt_cli.inputs import display_path
+from shmt_cli.representations import IMAGE_SIZE
+
+
+def sidecar_for(image_path: Path) -> Path:
+    """The `shmt align` sidecar that belongs to an aligned crop (`x.png` → `x.json`)."""
+    return image_path.with_name(f"{image_path.stem}.json")
+
+
+def read_aligned_face(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray, str]:
+    """(image (size, size, 3) uint8 RGB, landmarks (68, 2) float64 in it, source description).
+
+    Landmarks come from the `shmt align` sidecar when there is one; otherwise the face is detected
+    (any face photo works; it is square-resized to `size` as SHMT does).
+    """
+    image = read_image(path)
+    sidecar = sidecar_for(path)
+    if sidecar.is_file():
+        try:
+            record = read_sidecar(sidecar)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        if record.crop_size != image.shape[0] or image.shape[0] != image.shape[1]:
+            raise InputError(
+                f"sidecar {display_path(sidecar)} is for a {record.crop_size}px crop, image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        landmarks, source = record.landmarks_crop, record.source_path
+    else:
+        faces = default_detector().detect(image)
+        if not faces:
+            raise InputError("no face found")
+        landmarks, source = faces[0].landmarks, display_path(path)
+    image, landmarks = to_model_size(image, landmarks, size)
+    return image, landmarks, source
