@@ -1,0 +1,451 @@
+"""The weight-free `classic` engine: example-based makeup transfer on aligned face crops.
+
+The reference face is warped onto the source geometry (piecewise affine on the landmarks), then the
+result is recombined in CIELAB per facial region:
+
+* colour (a*, b*) comes from the warped reference, region by region (skin/foundation and blush, the
+  eye-shadow area, brows, lips). Where the warped reference does not show the same region (its mouth is
+  open where the source has lips, hair over its brow...), the region's colour is filled in from the
+  nearby reference pixels of that region;
+* lightness keeps the source's large-scale structure (shape, shading, identity), shifted by the
+  region's tone difference (a lipstick's or eye shadow's darkness);
+* the texture level has SHMT's meaning. At level h_k the Laplacian lightness bands finer than h_k
+  (h0..h_{k-1}) blend toward the reference's inside the makeup regions, while h_k and everything
+  coarser stay the source's: h0 keeps all of the source's fine texture (light makeup), h4 lets the
+  reference's texture and painted patterns through (heavy makeup).
+
+Eyes, inner mouth, hair, glasses, background and every other non-face label of the source are never
+painted: pixels outside the enabled regions are copied from the source bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import cv2
+import numpy as np
+import torch
+
+from shmt_cli.face.warp import apply_warp, piecewise_affine_map
+from shmt_cli.pyramid import laplacian_pyramid, reconstruct_pyramid
+
+REGIONS: tuple[str, ...] = ("skin", "eyes", "brows", "lips")
+"""Region names, in the order they are painted (later regions cover earlier ones)."""
+LEVELS: tuple[str, ...] = ("h0", "h1", "h2", "h3", "h4")
+
+# CelebAMask-HQ parsing ids (spec §1.2).
+SKIN, NOSE, GLASSES, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = 1, 2, 3, 4, 5, 6, 7, 8, 9
+MOUTH, U_LIP, L_LIP, HAIR, NECK = 10, 11, 12, 13, 17
+# The only source pixels the engine may change: SHMT's face mask M_face (spec §1.2). Eyes, inner
+# mouth, glasses, hair, hat, jewellery, cloth and background are all outside it.
+PAINTABLE_LABELS = (SKIN, NOSE, L_BROW, R_BROW, L_EAR, R_EAR, U_LIP, L_LIP, NECK)
+
+# Weight of each source label inside each region (rows follow REGIONS; eyes come from landmarks).
+# Ears and neck take half the foundation so its edge at the jaw does not show.
+_SOURCE_REGION_WEIGHTS: dict[str, dict[int, float]] = {
+    "skin": {SKIN: 1.0, NOSE: 1.0, L_EAR: 0.5, R_EAR: 0.5, NECK: 0.25},
+    "eyes": {SKIN: 1.0},
+    "brows": {L_BROW: 1.0, R_BROW: 1.0},
+    "lips": {U_LIP: 1.0, L_LIP: 1.0},
+}
+# Reference labels whose pixels may give colour and texture to each region.
+_REFERENCE_REGION_LABELS: dict[str, tuple[int, ...]] = {
+    "skin": (SKIN, NOSE),
+    "eyes": (SKIN,),
+    "brows": (L_BROW, R_BROW),
+    "lips": (U_LIP, L_LIP),
+}
+# Per region, as fractions of the face width (jaw corner to jaw corner, ~0.55 of a 256 crop):
+# feather = Gaussian sigma softening the region's border; fill = sigma of the normalised convolution
+# that fills the region where the warped reference lacks it; tone = sigma of the local lightness
+# shift (0: one shift for the whole region).
+_FEATHER = {"skin": 0.02, "eyes": 0.035, "brows": 0.012, "lips": 0.01}
+_FILL = {"skin": 0.06, "eyes": 0.04, "brows": 0.03, "lips": 0.03}
+_TONE = {"skin": 0.0, "eyes": 0.06, "brows": 0.0, "lips": 0.0}
+# How far inside its parsing border a reference region starts to be trusted, and over what distance
+# the trust ramps up to full (fractions of the face width; 0.01 is about 1.4 px on a 256 crop).
+_COLOUR_TRUST = {"skin": (0.015, 0.02), "brows": (0.005, 0.01), "lips": (0.007, 0.01)}
+# Texture fades in more gently: where the reference's texture stops, the source's takes over, and a
+# sharp switch would draw the reference region's outline on the result.
+_TEXTURE_TRUST = {"skin": (0.015, 0.06), "brows": (0.005, 0.015), "lips": (0.007, 0.02)}
+# Weight of the fallback (the region's mean reference colour) in the normalised convolution, relative
+# to a pixel surrounded by valid reference pixels: only matters far from any of them.
+_FILL_PRIOR = 1e-3
+# Eye-shadow area: from the brow down past the lower lid by this fraction of the brow-to-eye distance.
+_EYE_SHADOW_BELOW = 0.35
+# Brightness changes of the skin are split with the source: full foundation lightness on a differently
+# lit reference photo would relight the face.
+_SKIN_TONE_GAIN = 0.5
+
+
+@dataclass(frozen=True)
+class ClassicParams:
+    """Controls of the classic engine.
+
+    level: 'h0'..'h4', finest Laplacian band the source keeps (h0 light makeup, h4 heavy makeup).
+    regions: subset of REGIONS to paint (default all).
+    strengths: per-region strength in [0, 1] (missing regions: 1.0); 0 leaves the region untouched.
+    """
+
+    level: str = "h2"
+    regions: frozenset[str] = frozenset(REGIONS)
+    strengths: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+        regions = frozenset(self.regions)
+        unknown = (regions | set(self.strengths)) - set(REGIONS)
+        if unknown:
+            raise ValueError(f"unknown region(s) {sorted(unknown)}; choose from {REGIONS}")
+        for name, value in self.strengths.items():
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"strength of {name} must be in [0, 1], got {value}")
+        object.__setattr__(self, "regions", regions)
+        object.__setattr__(self, "strengths", MappingProxyType(dict(self.strengths)))
+
+    @property
+    def level_index(self) -> int:
+        return LEVELS.index(self.level)
+
+    def strength(self, region: str) -> float:
+        """Effective strength of a region: 0 when the region is not enabled."""
+        if region not in self.regions:
+            return 0.0
+        return float(self.strengths.get(region, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIELAB (D65, sRGB companding), float32. OpenCV's float conversion approximates the cube root
+# (errors up to ~0.4 in a*), so it is done here exactly.
+
+_SRGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_D65_WHITE = np.array([0.950456, 1.0, 1.088754])
+_RGB_TO_XYZN = (_SRGB_TO_XYZ / _D65_WHITE[:, None]).astype(np.float32)
+_XYZN_TO_RGB = np.linalg.inv(_SRGB_TO_XYZ / _D65_WHITE[:, None]).astype(np.float32)
+_CODE = np.arange(256) / 255.0
+_SRGB_DECODE = np.where(_CODE <= 0.04045, _CODE / 12.92, ((_CODE + 0.055) / 1.055) ** 2.4).astype(np.float32)
+_DELTA = 6.0 / 29.0
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 sRGB -> (..., 3) float32 CIELAB: L in [0, 100], a* and b* about [-128, 128]."""
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"rgb_to_lab expects uint8, got {rgb.dtype}")
+    xyz = _SRGB_DECODE[rgb] @ _RGB_TO_XYZN.T
+    f = np.where(xyz > _DELTA**3, np.cbrt(xyz), xyz / (3 * _DELTA**2) + 4.0 / 29.0)
+    lab = np.empty_like(xyz)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """(..., 3) float CIELAB -> (..., 3) uint8 sRGB (out-of-gamut colours clipped, rounded)."""
+    lab = np.asarray(lab, dtype=np.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
+    xyz = np.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0))
+    linear = np.clip(xyz @ _XYZN_TO_RGB.T, 0.0, 1.0)
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1.0 / 2.4) - 0.055)
+    return np.clip(np.rint(srgb * 255.0), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Region masks
+
+
+def face_width(landmarks: np.ndarray) -> float:
+    """Distance between the jaw's two ends (landmarks 0 and 16), px: the scale of every region size."""
+    return float(np.linalg.norm(landmarks[16] - landmarks[0]))
+
+
+# Per eye: brow points left to right in the image, then the eye's inner/outer corner and lower lid from
+# right to left, so each polygon is traced without crossing itself.
+_EYE_SHADOW_OUTLINES = (
+    ((17, 18, 19, 20, 21), (39, 40, 41, 36)),
+    ((22, 23, 24, 25, 26), (45, 46, 47, 42)),
+)
+
+
+def eye_shadow_polygons(landmarks: np.ndarray) -> list[np.ndarray]:
+    """Two (N, 2) float polygons (image left then right): brow down to a little under each eye."""
+    polygons = []
+    for brow, lower in _EYE_SHADOW_OUTLINES:
+        brow_points = landmarks[list(brow)]
+        lower_points = landmarks[list(lower)]
+        below = (lower_points.mean(axis=0) - brow_points.mean(axis=0)) * _EYE_SHADOW_BELOW
+        polygons.append(np.concatenate([brow_points, lower_points + below]))
+    return polygons
+
+
+def eye_shadow_mask(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the two eye-shadow polygons of `eye_shadow_polygons` (labels not applied)."""
+    mask = np.zeros(size, dtype=np.uint8)
+    for polygon in eye_shadow_polygons(landmarks):
+        cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def _label_table(weights: Mapping[int, float]) -> np.ndarray:
+    table = np.zeros(256, dtype=np.float32)
+    for label, weight in weights.items():
+        table[label] = weight
+    return table
+
+
+def region_masks(labels: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndarray]:
+    """Hard region masks of a source crop: name -> (H, W) float32 weights in [0, 1] (before feathering).
+
+    labels: (H, W) uint8 CelebAMask-HQ ids; landmarks: (68, 2) float (x, y).
+    """
+    masks = {name: _label_table(_SOURCE_REGION_WEIGHTS[name])[labels] for name in REGIONS}
+    masks["eyes"] = masks["eyes"] * eye_shadow_mask(landmarks, labels.shape[:2])
+    return masks
+
+
+def paintable_mask(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: source pixels the engine may change (SHMT's face mask)."""
+    return np.isin(labels, PAINTABLE_LABELS)
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=max(sigma, 0.3), borderType=cv2.BORDER_REPLICATE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prepared faces
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    """A reference face ready to be paired with many sources.
+
+    stack: (H, W, 3 + 2R) float32: CIELAB, then per entry of `_REFERENCE_CHANNELS` a colour validity
+    channel, then per entry a texture validity channel (soft masks in [0, 1]);
+    region_means: region -> (3,) float32 mean reference Lab colour of that region (None when absent).
+    """
+
+    landmarks: np.ndarray
+    stack: np.ndarray
+    region_means: Mapping[str, np.ndarray | None]
+
+
+@dataclass(frozen=True)
+class PreparedSource:
+    """A source face: its Lab image, hard region masks and the paintable mask."""
+
+    rgb: np.ndarray
+    lab: np.ndarray
+    labels: np.ndarray
+    landmarks: np.ndarray
+    masks: Mapping[str, np.ndarray]
+    paintable: np.ndarray
+    width: float
+
+
+# Which validity channel of the reference stack serves each region (eyes use the skin channel).
+_REFERENCE_CHANNELS = ("skin", "brows", "lips")
+_REFERENCE_CHANNEL_OF = {"skin": 0, "eyes": 0, "brows": 1, "lips": 2}
+
+
+def _soft_inner(mask: np.ndarray, start_px: float, ramp_px: float) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: 0 within `start_px` of the mask's border, rising to 1 over `ramp_px`.
+
+    Parsing borders are a pixel or two off, and the pixels right at them mix two materials (skin and
+    hair, lip and teeth, the black padding of a rotated photo): the reference's colour and texture are
+    only trusted well inside its regions.
+    """
+    depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    ramp = np.clip((depth - np.float32(start_px)) / np.float32(max(ramp_px, 1e-3)), 0.0, 1.0)
+    return ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no kink where the ramp starts or ends
+
+
+def _check_face(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"labels {labels.shape} do not match the image {rgb.shape[:2]}")
+    if np.asarray(landmarks).shape != (68, 2):
+        raise ValueError(f"expected (68, 2) landmarks, got {np.asarray(landmarks).shape}")
+
+
+def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> PreparedReference:
+    """Per-reference work done once: Lab image, region validity channels and mean region colours.
+
+    rgb: (H, W, 3) uint8; labels: (H, W) uint8 parsing ids; landmarks: (68, 2) float (x, y).
+    """
+    _check_face(rgb, labels, landmarks)
+    labels = labels.astype(np.uint8, copy=False)
+    lab = rgb_to_lab(rgb)
+    width = face_width(np.asarray(landmarks, dtype=np.float64))
+    # Exactly black pixels are the padding of a rotated or letterboxed photo, whatever the parser says.
+    padding = ~rgb.any(axis=2)
+    validity = [np.isin(labels, _REFERENCE_REGION_LABELS[name]) & ~padding for name in _REFERENCE_CHANNELS]
+    colour_validity = [
+        _soft_inner(mask, *(width * np.array(_COLOUR_TRUST[name])))
+        for name, mask in zip(_REFERENCE_CHANNELS, validity, strict=True)
+    ]
+    texture_validity = [
+        _soft_inner(mask, *(width * np.array(_TEXTURE_TRUST[name])))
+        for name, mask in zip(_REFERENCE_CHANNELS, validity, strict=True)
+    ]
+    stack = np.concatenate([lab, np.stack(colour_validity + texture_validity, axis=-1)], axis=-1)
+    stack = stack.astype(np.float32)
+    means: dict[str, np.ndarray | None] = {}
+    for name in REGIONS:
+        inside = validity[_REFERENCE_CHANNEL_OF[name]]
+        if name == "eyes":
+            inside = inside & eye_shadow_mask(landmarks, labels.shape)
+        means[name] = lab[inside].mean(axis=0) if inside.any() else None
+    return PreparedReference(np.asarray(landmarks, dtype=np.float64), stack, MappingProxyType(means))
+
+
+def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> PreparedSource:
+    """Per-source work: Lab image, hard region masks, paintable mask, face width."""
+    _check_face(rgb, labels, landmarks)
+    labels = labels.astype(np.uint8, copy=False)
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    return PreparedSource(
+        rgb=rgb,
+        lab=rgb_to_lab(rgb),
+        labels=labels,
+        landmarks=landmarks,
+        masks=MappingProxyType(region_masks(labels, landmarks)),
+        paintable=paintable_mask(labels),
+        width=face_width(landmarks),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transfer
+
+
+def _fill_region(values: np.ndarray, valid: np.ndarray, fallback: np.ndarray, sigma: float) -> np.ndarray:
+    """Values where `valid` (soft, (H, W)), elsewhere a normalised convolution of the valid ones.
+
+    values: (H, W, C) float32; fallback (C,) is used far from any valid pixel.
+    """
+    weighted = _blur(values * valid[..., None], sigma)
+    density = _blur(valid, sigma)[..., None]
+    filled = (weighted + _FILL_PRIOR * fallback) / (density + _FILL_PRIOR)
+    return valid[..., None] * values + (1.0 - valid[..., None]) * filled
+
+
+def fine_detail(x: np.ndarray, level: int) -> np.ndarray:
+    """Sum of the Laplacian bands h0..h_{level-1} of (H, W, C) float32 (zeros for level 0)."""
+    if level == 0:
+        return np.zeros_like(x)
+    tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        bands = laplacian_pyramid(tensor, level)
+        detail = reconstruct_pyramid([*bands[:-1], torch.zeros_like(bands[-1])])
+    return detail[0].numpy().transpose(1, 2, 0)
+
+
+def transfer_prepared(
+    source: PreparedSource, reference: PreparedReference, params: ClassicParams | None = None
+) -> np.ndarray:
+    """Makeup of `reference` on `source` (same crop size): (H, W, 3) uint8 RGB."""
+    params = params or ClassicParams()
+    active = [
+        name
+        for name in REGIONS
+        if params.strength(name) > 0.0
+        and reference.region_means[name] is not None
+        and source.masks[name].any()
+    ]
+    if not active:
+        return source.rgb.copy()
+    size = source.labels.shape
+    if reference.stack.shape[:2] != size:
+        raise ValueError(f"reference crop {reference.stack.shape[:2]} differs from the source crop {size}")
+
+    warp = piecewise_affine_map(reference.landmarks, source.landmarks, size)
+    warped = apply_warp(reference.stack, warp)
+    warped_lab = warped[..., :3]
+    level = params.level_index
+
+    src_lab = source.lab
+    target_lab = src_lab.copy()  # a*, b* painted region by region; L used for the tone only
+    tone = np.zeros(size, dtype=np.float32)
+    weights, validities, fields = [], [], []
+    for name in active:
+        sigma_px = source.width
+        weight = _blur(source.masks[name], _FEATHER[name] * sigma_px) * params.strength(name)
+        weight *= source.paintable
+        channel = 3 + _REFERENCE_CHANNEL_OF[name]
+        valid = np.clip(warped[..., channel], 0.0, 1.0)
+        texture_valid = np.clip(warped[..., channel + len(_REFERENCE_CHANNELS)], 0.0, 1.0)
+        mean = reference.region_means[name]
+        filled = _fill_region(warped_lab, valid, mean, _FILL[name] * sigma_px)
+
+        region = source.masks[name] > 0
+        if _TONE[name] > 0.0:
+            # Local shift (an eye shadow darkens toward the lash line): normalised convolution of the
+            # lightness difference over the region.
+            inside = region.astype(np.float32)
+            tone_sigma = _TONE[name] * sigma_px
+            difference = (filled[..., 0] - src_lab[..., 0]) * inside
+            region_tone = _blur(difference, tone_sigma) / np.maximum(_blur(inside, tone_sigma), 1e-3)
+        else:
+            region_tone = np.float32(mean[0] - src_lab[..., 0][region].mean())
+            if name == "skin":
+                region_tone = region_tone * _SKIN_TONE_GAIN
+
+        w = weight[..., None]
+        target_lab[..., 1:] += w * (filled[..., 1:] - target_lab[..., 1:])
+        tone += weight * (region_tone - tone)
+        weights.append(weight)
+        validities.append(texture_valid)
+        fields.append(filled[..., 0])
+
+    # Texture: each region's reference-minus-source lightness, band-limited to the bands finer than
+    # the level, used only where the warped reference really shows that region (filled-in areas carry
+    # no texture of their own).
+    texture = np.zeros(size, dtype=np.float32)
+    if level > 0:
+        differences = np.stack([f - src_lab[..., 0] for f in fields], axis=-1)
+        details = fine_detail(differences, level)
+        for index, (weight, valid) in enumerate(zip(weights, validities, strict=True)):
+            texture += weight * (valid * details[..., index] - texture)
+
+    result_lab = target_lab
+    result_lab[..., 0] = src_lab[..., 0] + tone + texture
+    result = lab_to_rgb(result_lab)
+    # Bit-exact source wherever no region reaches (eyes, teeth, hair, background, disabled regions).
+    untouched = np.maximum.reduce(weights) <= 0.0
+    result[untouched] = source.rgb[untouched]
+    return result
+
+
+def transfer_classic(
+    src_rgb: np.ndarray,
+    src_labels: np.ndarray,
+    src_landmarks: np.ndarray,
+    ref_rgb: np.ndarray,
+    ref_labels: np.ndarray,
+    ref_landmarks: np.ndarray,
+    params: ClassicParams | None = None,
+) -> np.ndarray:
+    """Classic makeup transfer on aligned crops of equal size (256x256 in the pipeline).
+
+    Images (H, W, 3) uint8 RGB, labels (H, W) uint8 CelebAMask-HQ ids, landmarks (68, 2) float (x, y).
+    Returns the source wearing the reference's makeup, (H, W, 3) uint8 RGB. For many sources per
+    reference, call `prepare_reference` once and `transfer_prepared` per source.
+    """
+    source = prepare_source(src_rgb, src_labels, src_landmarks)
+    reference = prepare_reference(ref_rgb, ref_labels, ref_landmarks)
+    return transfer_prepared(source, reference, params)
+
+
+def transfer_many(
+    sources: Iterable[PreparedSource], reference: PreparedReference, params: ClassicParams | None = None
+) -> list[np.ndarray]:
+    """`transfer_prepared` for each source against one prepared reference."""
+    return [transfer_prepared(source, reference, params) for source in sources]
