@@ -1,12 +1,16 @@
 """Quality table of the built-in face parser against the official parser's maps.
 
-Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet]
+Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--fit-nose]
 
 FACES_DIR defaults to ../shared/faces (folders */images with the photos and */seg with 512x512 label
 PNGs of the official FaceParsing.PyTorch parser). Each photo is parsed as it is (unaligned, at its own
 size); the reference map is resized to the photo's size with nearest and both are compared there.
 Prints per-image IoUs, the per-class mean over the photos, and the mean of the class means, plus the
 parse time per photo.
+
+--fit-nose re-derives the nose shape constants of shmt_cli/face/parsing.py (NOSE_ANCHORS,
+NOSE_TOP_V, NOSE_BOTTOM_V, NOSE_HALF_WIDTHS) from the reference maps and prints them, with a
+leave-one-photo-out IoU to show how well the mean shape carries over to unseen photos.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import cv2
 import numpy as np
 
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.parsing import load_label_map, parse_face
+from shmt_cli.face.parsing import (
+    NOSE_ANCHOR_IDS,
+    face_frame,
+    load_label_map,
+    nose_outline_from_shape,
+    parse_face,
+)
 
 # Regions compared, as sets of CelebAMask ids. "mouth" is scored only where the reference has it.
 REGIONS: dict[str, tuple[int, ...]] = {
@@ -84,6 +94,103 @@ def evaluate(pairs: list[tuple[Path, Path]], verbose: bool = True) -> tuple[dict
     return scores, float(np.mean(seconds)) if seconds else float("nan")
 
 
+# ---- nose shape: a mean CelebAMask nose in landmark-normalised coordinates
+
+# Landmark index mirrored across the face's vertical axis (iBUG 300-W order), for the nose anchors.
+_MIRROR = {27: 27, 28: 28, 29: 29, 30: 30, 31: 35, 32: 34, 33: 33, 34: 32, 35: 31, 39: 42, 42: 39}
+_GRID = 100.0  # atlas pixels per interocular distance
+_ROWS = 16
+
+
+def _affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 affine map of (K, 2) src points onto dst points."""
+    design = np.hstack([src, np.ones((len(src), 1))])
+    return np.linalg.lstsq(design, dst, rcond=None)[0].T
+
+
+def _nose_samples(pairs: list[tuple[Path, Path]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(local anchors (11, 2), reference nose mask, 2x3 image->local map) per photo, then mirrored."""
+    detector = default_detector()
+    out = []
+    for image_path, seg_path in pairs:
+        rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        faces = detector.detect(rgb)
+        if not faces:
+            continue
+        frame = face_frame(faces[0].landmarks)
+        mask = (load_label_map(seg_path, rgb.shape[:2]) == 2).astype(np.float32)
+        local = frame.to_local(faces[0].landmarks)
+        rot = np.stack([frame.u, frame.v]) / frame.iod
+        to_local = np.hstack([rot, (-rot @ frame.origin)[:, None]])
+        out.append((local[list(NOSE_ANCHOR_IDS)], mask, to_local))
+        mirrored = local[[_MIRROR[i] for i in NOSE_ANCHOR_IDS]] * np.array([-1.0, 1.0])
+        out.append((mirrored, mask, np.diag([-1.0, 1.0]) @ to_local))
+    return out
+
+
+def _nose_shape(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Mean anchors and the half-width profile of the 50 % level of the nose atlas."""
+    anchors = np.mean([a for a, _, _ in samples], axis=0)
+    half = np.abs(anchors[:, 0]).max() + 0.6
+    top, bottom = anchors[:, 1].min() - 0.6, anchors[:, 1].max() + 0.6
+    width, height = round(2 * half * _GRID) + 1, round((bottom - top) * _GRID) + 1
+    to_grid = np.array([[_GRID, 0.0, half * _GRID], [0.0, _GRID, -top * _GRID], [0.0, 0.0, 1.0]])
+    atlas = np.zeros((height, width), np.float32)
+    for local_anchors, mask, to_local in samples:
+        to_canon = np.vstack([_affine(local_anchors, anchors), [0, 0, 1]])
+        warp = (to_grid @ to_canon @ np.vstack([to_local, [0, 0, 1]]))[:2]
+        atlas += cv2.warpAffine(mask, warp, (width, height), flags=cv2.INTER_LINEAR)
+    atlas /= len(samples)
+    atlas = (atlas + atlas[:, ::-1]) / 2  # the grid is centred on u = 0
+    rows = np.nonzero((atlas >= 0.5).any(axis=1))[0]
+    top_v, bottom_v = rows[0] / _GRID + top, rows[-1] / _GRID + top
+    levels = np.linspace(top_v, bottom_v, _ROWS + 2)[1:-1]
+    centre = (width - 1) / 2
+    widths = []
+    for v in levels:
+        row = atlas[round(float(v - top) * _GRID), int(centre) :]
+        outside = np.nonzero(row < 0.5)[0]
+        edge = outside[0] if len(outside) else len(row) - 1
+        # Sub-pixel: interpolate the 0.5 crossing between the last inside and first outside pixel.
+        inside_value = row[edge - 1] if edge > 0 else 1.0
+        frac = (inside_value - 0.5) / max(inside_value - row[edge], 1e-6) if edge > 0 else 0.0
+        widths.append((edge - 1 + frac) / _GRID)
+    return {
+        "anchors": anchors,
+        "top_v": np.float64(top_v),
+        "bottom_v": np.float64(bottom_v),
+        "half_widths": np.stack([levels, widths], axis=1),
+    }
+
+
+def fit_nose(pairs: list[tuple[Path, Path]]) -> None:
+    """Print the nose constants and their leave-one-photo-out IoU on the given photos."""
+    samples = _nose_samples(pairs)
+    shape = _nose_shape(samples)
+    scores = []
+    for k in range(0, len(samples), 2):
+        held_out = _nose_shape(samples[:k] + samples[k + 2 :])
+        local_anchors, mask, to_local = samples[k]
+        outline = nose_outline_from_shape(
+            local_anchors,
+            held_out["anchors"],
+            held_out["top_v"],
+            held_out["bottom_v"],
+            held_out["half_widths"],
+        )
+        from_local = np.linalg.inv(np.vstack([to_local, [0, 0, 1]]))[:2]
+        points = outline @ from_local[:, :2].T + from_local[:, 2]
+        pred = np.zeros(mask.shape, np.uint8)
+        cv2.fillPoly(pred, [np.round(points * 16).astype(np.int32)], 1, shift=4)
+        scores.append(iou(pred.astype(bool), mask > 0))
+    np.set_printoptions(suppress=True, precision=3, linewidth=100)
+    print(f"NOSE_ANCHORS = {np.round(shape['anchors'], 3).tolist()}")
+    print(f"NOSE_TOP_V = {shape['top_v']:.3f}")
+    print(f"NOSE_BOTTOM_V = {shape['bottom_v']:.3f}")
+    print(f"NOSE_HALF_WIDTHS = {np.round(shape['half_widths'], 3).tolist()}")
+    print(f"leave-one-photo-out nose IoU {np.mean(scores):.3f} over {len(scores)} photos")
+
+
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
     faces_dir = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -91,6 +198,9 @@ def main(argv: list[str]) -> int:
     if not pairs:
         print(f"no photos with reference maps under {faces_dir}", file=sys.stderr)
         return 1
+    if "--fit-nose" in argv:
+        fit_nose(pairs)
+        return 0
     scores, seconds = evaluate(pairs, verbose="--quiet" not in argv)
     means = {name: float(np.mean(values)) for name, values in scores.items() if values}
     print()
