@@ -1,0 +1,325 @@
+"""`shmt transfer`: source photos × reference photos → finished photos with the reference's makeup.
+
+Every face is prepared once (aligned, parsed, rendered, engine-prepared) and cached; pairs go to
+the engine in batches; each result is pasted back into the source photo at its original size, so
+only the face changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+
+from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
+from shmt_cli.decompose import FaceParts, analyse_face, load_parts, save_parts
+from shmt_cli.engines.base import Engine, PairJob
+from shmt_cli.face.align import AlignedFace, crop_face, paste_back
+from shmt_cli.face.detect import default_detector
+from shmt_cli.imageio import InputError, encode_image, read_image, write_bytes_atomic, write_json_atomic
+from shmt_cli.inputs import InputFile, UsageError, collect_inputs, display_path, output_file
+from shmt_cli.pipelines.faces import read_aligned_face, sidecar_for
+from shmt_cli.representations import FACE_LABELS, IMAGE_SIZE
+
+PAIR_MODES = ("all", "zip")
+FACE_CACHE_SIZE = 256
+FACES_DIR = "faces"
+# The face interior the engines may change: face-mask labels plus eyes and inner mouth.
+PASTE_LABELS = (*FACE_LABELS, 4, 5, 10)
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """Pipeline parameters that change results (engine parameters come from the engine)."""
+
+    pairs: str = "all"
+    seed: int = 321
+    crop: bool = False
+    grid: bool = False
+
+    def as_params(self) -> dict[str, Any]:
+        return {"pairs": self.pairs, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One source × reference pair and the output name stem it writes."""
+
+    source: InputFile
+    reference: InputFile
+    out_stem: PurePosixPath
+
+    @property
+    def key(self) -> str:
+        return f"{self.source.key} | {self.reference.key}"
+
+
+@dataclass
+class PreparedFace:
+    """A face ready for pairing: its parts, how it was aligned (photos only) and the engine's state."""
+
+    parts: FaceParts
+    aligned: AlignedFace | None
+    state: Any
+
+
+def pair_stem(source: InputFile, reference: InputFile) -> PurePosixPath:
+    """`<source folders>/<source>__<reference with / as _>`: one output per pair, no collisions."""
+    flat_reference = "_".join(reference.rel.parts)
+    return source.rel.parent / f"{source.rel.name}__{flat_reference}"
+
+
+def pair_seed(seed: int, pair: Pair) -> int:
+    """A pair's own noise seed: the same whatever the batch size or the order of the run."""
+    blob = f"{seed}|{pair.source.rel}|{pair.reference.rel}".encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def _safe_stem(text: str) -> PurePosixPath:
+    stem = PurePosixPath(text.replace("\\", "/"))
+    if stem.is_absolute() or ".." in stem.parts or not stem.parts:
+        raise UsageError(f"output name {text!r} in the pairs file must be a relative path without '..'")
+    return stem.with_suffix("") if stem.suffix.lower() in (".png", ".jpg", ".jpeg") else stem
+
+
+def read_pairs_csv(path: Path) -> list[tuple[str, str, str | None]]:
+    """Rows `source,reference[,output]` (a header row naming `source` is skipped)."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read pairs file {display_path(path)}: {exc}") from exc
+    rows = []
+    for number, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [cell.strip() for cell in row]
+        if not cells or not any(cells) or cells[0].startswith("#"):
+            continue
+        if number == 1 and cells[0].lower() == "source":
+            continue
+        if len(cells) not in (2, 3):
+            raise UsageError(f"{display_path(path)} line {number}: expected source,reference[,output]")
+        rows.append((cells[0], cells[1], cells[2] if len(cells) == 3 and cells[2] else None))
+    if not rows:
+        raise UsageError(f"{display_path(path)} lists no pairs")
+    return rows
+
+
+def plan_pairs(sources: Sequence[str], references: Sequence[str], mode: str) -> list[Pair]:
+    """The pairs of a run. `all`: every reference × every source (reference-major); `zip`: sorted,
+    pairwise; otherwise `mode` is a CSV file of pairs."""
+    if mode not in PAIR_MODES:
+        rows = read_pairs_csv(Path(mode))
+        files = {f.path: f for f in collect_inputs(sorted({p for row in rows for p in row[:2]}))}
+        by_given = {Path(p): files[Path(p)] for row in rows for p in row[:2] if Path(p) in files}
+        pairs = []
+        for source, reference, output in rows:
+            src, ref = by_given[Path(source)], by_given[Path(reference)]
+            pairs.append(Pair(src, ref, _safe_stem(output) if output else pair_stem(src, ref)))
+        return pairs
+    src_files, ref_files = collect_inputs(sources), collect_inputs(references)
+    if mode == "zip":
+        if len(src_files) != len(ref_files):
+            raise UsageError(
+                f"--pairs zip needs as many sources ({len(src_files)}) as references ({len(ref_files)})"
+            )
+        return [Pair(s, r, pair_stem(s, r)) for s, r in zip(src_files, ref_files, strict=True)]
+    return [Pair(s, r, pair_stem(s, r)) for r in ref_files for s in src_files]
+
+
+def load_face(path: Path, need_render: bool) -> tuple[FaceParts, AlignedFace | None]:
+    """A face from a parts file, an aligned crop (with its sidecar) or an ordinary photo."""
+    if path.suffix.lower() == ".safetensors":
+        return load_parts(path), None
+    if sidecar_for(path).is_file():
+        image, landmarks, source = read_aligned_face(path)
+        return _analyse(image, landmarks, need_render, source), None
+    photo = read_image(path)
+    faces = default_detector().detect(photo)
+    if not faces:
+        raise InputError("no face found")
+    height, width = photo.shape[:2]
+    aligned = AlignedFace.from_landmarks(
+        faces[0].landmarks, source_path=display_path(path), source_size=(width, height), score=faces[0].score
+    )
+    crop = crop_face(photo, aligned.matrix, IMAGE_SIZE)
+    return _analyse(crop, aligned.landmarks_crop, need_render, display_path(path)), aligned
+
+
+def _analyse(image: np.ndarray, landmarks: np.ndarray, need_render: bool, source: str) -> FaceParts:
+    # References never need the 3D render: skip its cost.
+    render = None if need_render else np.zeros_like(image)
+    parts = analyse_face(image, landmarks, render=render, source=source)
+    if not need_render:
+        parts.render_from = "none"
+    return parts
+
+
+def paste_mask(labels: np.ndarray) -> np.ndarray:
+    """(S, S) uint8 region of the crop pasted back: the face interior grown by a few pixels."""
+    inside = np.isin(labels, PASTE_LABELS).astype(np.uint8)
+    return cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+
+
+class FaceCache:
+    """Prepared faces by path (or the error that prevented preparing them), least recently used out."""
+
+    def __init__(self, engine: Engine, faces_dir: Path | None, capacity: int = FACE_CACHE_SIZE) -> None:
+        self.engine = engine
+        self.faces_dir = faces_dir
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, Path], PreparedFace | Exception] = OrderedDict()
+
+    def get(self, face: InputFile, role: str) -> PreparedFace:
+        key = (role, face.path)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        else:
+            self._entries[key] = self._prepare(face, role)
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        entry = self._entries[key]
+        if isinstance(entry, Exception):
+            raise InputError(f"{role} {display_path(face.path)}: {entry}")
+        return entry
+
+    def _prepare(self, face: InputFile, role: str) -> PreparedFace | Exception:
+        try:
+            parts, aligned = load_face(face.path, need_render=role == "source" and self.engine.needs_render)
+            state = (
+                self.engine.prepare_source(parts)
+                if role == "source"
+                else self.engine.prepare_reference(parts)
+            )
+            if self.faces_dir is not None:
+                self._save(face, role, parts, aligned)
+            return PreparedFace(parts, aligned, state)
+        except (InputError, ValueError) as exc:
+            return exc
+
+    def _save(self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None) -> None:
+        """Keep each face's crop, parsing and alignment for `shmt evaluate` (written once)."""
+        assert self.faces_dir is not None
+        target = output_file(self.faces_dir / f"{role}s", face.rel, ".safetensors")
+        if not target.exists():
+            save_parts(target, parts)
+            if aligned is not None:
+                write_json_atomic(
+                    output_file(self.faces_dir / f"{role}s", face.rel, ".json"), aligned.to_json_dict()
+                )
+
+    def parts_path(self, face: InputFile, role: str) -> str | None:
+        if self.faces_dir is None:
+            return None
+        return output_file(self.faces_dir / f"{role}s", face.rel, ".safetensors").as_posix()
+
+
+def grid_strip(source: np.ndarray, reference: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """The official 3-panel strip [source | reference | result], (S, 3S, 3) uint8."""
+    return np.hstack([source, reference, result])
+
+
+def run_transfer(
+    sources: Sequence[str],
+    references: Sequence[str],
+    out_dir: Path,
+    engine: Engine,
+    settings: TransferSettings,
+    options: RunOptions,
+) -> tuple[BatchRunner, Summary]:
+    """Transfer every planned pair into `out_dir` through `engine`."""
+    pairs = plan_pairs(sources, references, settings.pairs)
+    params = {**settings.as_params(), **engine.settings()}
+    runner = BatchRunner("transfer", out_dir, params, options)
+    cache = FaceCache(engine, out_dir / FACES_DIR)
+    items = [
+        WorkItem(key=p.key, inputs=(p.source.path, p.reference.path), out_stem=p.out_stem, payload=p)
+        for p in pairs
+    ]
+    engine_info = {k: v for k, v in engine.settings().items() if k in ("engine", "level", "steps")}
+
+    def process_batch(batch: list[WorkItem]) -> list[Any]:
+        outcomes: list[Any] = [None] * len(batch)
+        jobs: list[PairJob] = []
+        ready: list[tuple[int, Pair, PreparedFace, PreparedFace]] = []
+        for index, item in enumerate(batch):
+            pair: Pair = item.payload
+            try:
+                src = cache.get(pair.source, "source")
+                ref = cache.get(pair.reference, "reference")
+            except InputError as exc:
+                outcomes[index] = exc
+                continue
+            seed = pair_seed(settings.seed, pair)
+            jobs.append(PairJob(src.state, ref.state, seed))
+            ready.append((index, pair, src, ref))
+        if jobs:
+            results = engine.transfer_batch(jobs)
+            for (index, pair, src, ref), result, job in zip(ready, results, jobs, strict=True):
+                try:
+                    outcomes[index] = _write_pair(out_dir, pair, src, ref, result, settings, cache, job.seed)
+                except Exception as exc:  # recorded against this pair; the batch goes on
+                    outcomes[index] = exc
+        for outcome in outcomes:
+            if isinstance(outcome, tuple):
+                outcome[1].update(engine_info)
+        return outcomes
+
+    def done_outputs(item: WorkItem) -> list[Path]:
+        return [output_file(out_dir, item.out_stem, ".png")]
+
+    summary = runner.run(
+        items, done_outputs=done_outputs, process_batch=process_batch, batch_size=engine.batch_size
+    )
+    return runner, summary
+
+
+def _write_pair(
+    out_dir: Path,
+    pair: Pair,
+    src: PreparedFace,
+    ref: PreparedFace,
+    result: np.ndarray,
+    settings: TransferSettings,
+    cache: FaceCache,
+    seed: int,
+) -> tuple[list[Path], dict[str, Any]]:
+    written: list[Path] = []
+    main = output_file(out_dir, pair.out_stem, ".png")
+    if src.aligned is not None:
+        photo = read_image(pair.source.path)
+        final = paste_back(
+            photo,
+            result,
+            src.aligned.matrix,
+            crop_mask=paste_mask(src.parts.labels),
+            feather=0.03,
+            original_crop=src.parts.image,
+        )
+    else:
+        final = result
+    write_bytes_atomic(main, encode_image(final, ".png"))
+    written.append(main)
+    if settings.crop:
+        crop_path = output_file(out_dir, pair.out_stem, "_crop.png")
+        write_bytes_atomic(crop_path, encode_image(result, ".png"))
+        written.append(crop_path)
+    if settings.grid:
+        grid_path = output_file(out_dir, pair.out_stem, "_grid.jpg")
+        strip = grid_strip(src.parts.image, ref.parts.image, result)
+        write_bytes_atomic(grid_path, encode_image(strip, ".jpg", jpeg_quality=95))
+        written.append(grid_path)
+    extra = {
+        "source": display_path(pair.source.path),
+        "reference": display_path(pair.reference.path),
+        "seed": seed,
+        "source_parts": cache.parts_path(pair.source, "source"),
+        "reference_parts": cache.parts_path(pair.reference, "reference"),
+        "size": [int(final.shape[1]), int(final.shape[0])],
+    }
+    return written, extra
