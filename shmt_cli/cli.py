@@ -298,6 +298,79 @@ def transfer(
     run_batch(job)
 
 
+@app.command()
+def evaluate(
+    results: Annotated[list[Path], typer.Argument(help="Results folder(s) written by `shmt transfer`.")],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Compare the folders side by side over the pairs they share.")
+    ] = False,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write per-pair metrics as CSV here.")] = None,
+    json_out: JsonOut = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG with one box plot per metric.")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Weight-free quality metrics (makeup fidelity, content, identity, background) of transfer results."""
+    from rich.table import Table
+
+    from shmt_cli.pipelines import evaluate as ev
+
+    console = make_console()
+    evaluations = []
+    for folder in results:
+        try:
+            status = console.status(f"evaluating {escape(str(folder))}") if not quiet else None
+            if status:
+                status.start()
+            try:
+                evaluations.append(ev.evaluate_folder(folder))
+            finally:
+                if status:
+                    status.stop()
+        except UsageError as exc:
+            raise _error_exit(str(exc), EXIT_USAGE) from None
+    if not any(e.rows for e in evaluations):
+        raise _error_exit("no finished pairs to evaluate", 1)
+    pairs = ev.shared_pairs(evaluations) if (compare or len(evaluations) > 1) else None
+    if csv_out:
+        ev.write_csv(csv_out, evaluations)
+    if plot:
+        ev.box_plot(plot, evaluations, pairs or sorted(evaluations[0].rows))
+    if json_out:
+        typer.echo(ev.summary_json_line(evaluations, pairs))
+    if not quiet:
+        for evaluation in evaluations:
+            table = Table(
+                title=f"{escape(str(evaluation.folder))}: {len(evaluation.rows)} pairs", title_justify="left"
+            )
+            for column in ("metric", "mean", "median", "p10", "p90", "n"):
+                table.add_column(column, justify="left" if column == "metric" else "right")
+            for name, stats in evaluation.summary(pairs).items():
+                arrow = "↑" if ev.METRICS.get(name, ("", True))[1] else "↓"
+                table.add_row(
+                    f"{name} {arrow}",
+                    *(f"{stats[k]:.4g}" for k in ("mean", "median", "p10", "p90")),
+                    str(stats["n"]),
+                )
+            console.print(table)
+        if len(evaluations) > 1:
+            table = Table(
+                title=f"side by side over {len(pairs or [])} shared pairs (mean)", title_justify="left"
+            )
+            table.add_column("metric")
+            for evaluation in evaluations:
+                table.add_column(escape(evaluation.folder.name), justify="right")
+            summaries = [e.summary(pairs) for e in evaluations]
+            for name in summaries[0]:
+                table.add_row(name, *(f"{s.get(name, {}).get('mean', float('nan')):.4g}" for s in summaries))
+            console.print(table)
+    failures = [f for e in evaluations for f in e.failures]
+    for key, reason in failures:
+        console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")
+    raise typer.Exit(1 if failures else 0)
+
+
 weights_app = typer.Typer(
     help="Import, list and verify SHMT weights (nothing is ever downloaded).", no_args_is_help=True
 )
