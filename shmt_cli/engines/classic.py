@@ -62,7 +62,7 @@ _REFERENCE_REGION_LABELS: dict[str, tuple[int, ...]] = {
 # that fills the region where the warped reference lacks it; tone = sigma of the local lightness
 # shift (0: one shift for the whole region).
 _FEATHER = {"skin": 0.02, "eyes": 0.035, "brows": 0.012, "lips": 0.01}
-_FILL = {"skin": 0.06, "eyes": 0.04, "brows": 0.03, "lips": 0.03}
+_FILL = {"skin": 0.06, "eyes": 0.06, "brows": 0.03, "lips": 0.03}  # skin and eyes share one fill
 _TONE = {"skin": 0.0, "eyes": 0.06, "brows": 0.0, "lips": 0.0}
 # How far inside its parsing border a reference region starts to be trusted, and over what distance
 # the trust ramps up to full (fractions of the face width; 0.01 is about 1.4 px on a 256 crop).
@@ -238,14 +238,19 @@ class PreparedReference:
 
 @dataclass(frozen=True)
 class PreparedSource:
-    """A source face: its Lab image, hard region masks and the paintable mask."""
+    """A source face: its Lab image, region masks and the window the engine may touch.
+
+    masks: region -> (H, W) float32 hard region weights; weights: region -> the same feathered and
+    cut to the paintable pixels; box: (top, bottom, left, right) window holding every non-zero weight.
+    """
 
     rgb: np.ndarray
     lab: np.ndarray
     labels: np.ndarray
     landmarks: np.ndarray
     masks: Mapping[str, np.ndarray]
-    paintable: np.ndarray
+    weights: Mapping[str, np.ndarray]
+    box: tuple[int, int, int, int]
     width: float
 
 
@@ -307,18 +312,37 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
 
 
 def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> PreparedSource:
-    """Per-source work: Lab image, hard region masks, paintable mask, face width."""
+    """Per-source work: Lab image, hard and feathered region masks, working window, face width."""
     _check_face(rgb, labels, landmarks)
     labels = labels.astype(np.uint8, copy=False)
     landmarks = np.asarray(landmarks, dtype=np.float64)
+    width = face_width(landmarks)
+    masks = region_masks(labels, landmarks)
+    paintable = paintable_mask(labels)
+    weights = {name: _blur(masks[name], _FEATHER[name] * width) * paintable for name in REGIONS}
     return PreparedSource(
         rgb=rgb,
         lab=rgb_to_lab(rgb),
         labels=labels,
         landmarks=landmarks,
-        masks=MappingProxyType(region_masks(labels, landmarks)),
-        paintable=paintable_mask(labels),
-        width=face_width(landmarks),
+        masks=MappingProxyType(masks),
+        weights=MappingProxyType(weights),
+        box=_window(np.maximum.reduce(list(weights.values())) > 0, margin=round(0.05 * width)),
+        width=width,
+    )
+
+
+def _window(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the mask's bounding box grown by `margin`, inside the image."""
+    height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return 0, 0, 0, 0
+    return (
+        max(0, rows[0] - margin),
+        min(height, rows[-1] + 1 + margin),
+        max(0, cols[0] - margin),
+        min(width, cols[-1] + 1 + margin),
     )
 
 
@@ -326,26 +350,41 @@ def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -
 # Transfer
 
 
-def _fill_region(values: np.ndarray, valid: np.ndarray, fallback: np.ndarray, sigma: float) -> np.ndarray:
-    """Values where `valid` (soft, (H, W)), elsewhere a normalised convolution of the valid ones.
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of an (h, w[, C]) float32 image; wide ones run on a 2x or 4x smaller copy.
 
-    values: (H, W, C) float32; fallback (C,) is used far from any valid pixel.
+    The result only feeds smooth fields (fills, tones), where the resampling error is far below a
+    level of the output.
     """
-    weighted = _blur(values * valid[..., None], sigma)
-    density = _blur(valid, sigma)[..., None]
-    filled = (weighted + _FILL_PRIOR * fallback) / (density + _FILL_PRIOR)
-    return valid[..., None] * values + (1.0 - valid[..., None]) * filled
+    factor = 4 if sigma >= 6.0 else 2 if sigma >= 3.0 else 1
+    if factor == 1:
+        return _blur(image, sigma)
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (-(-width // factor), -(-height // factor)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(_blur(small, sigma / factor), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _fill_region(values: np.ndarray, valid: np.ndarray, fallback: np.ndarray, sigma: float) -> np.ndarray:
+    """Values where `valid` (soft, (h, w)), elsewhere a normalised convolution of the valid ones.
+
+    values: (h, w, C) float32; fallback (C,) is used far from any valid pixel.
+    """
+    weighted = _smooth(values * valid[..., None], sigma)
+    density = _smooth(valid, sigma)[..., None]
+    prior = np.float32(_FILL_PRIOR)
+    filled = (weighted + prior * fallback.astype(np.float32)) / (density + prior)
+    return filled + valid[..., None] * (values - filled)
 
 
 def fine_detail(x: np.ndarray, level: int) -> np.ndarray:
-    """Sum of the Laplacian bands h0..h_{level-1} of (H, W, C) float32 (zeros for level 0)."""
+    """Sum of the Laplacian bands h0..h_{level-1} of an (h, w) float32 image (zeros for level 0)."""
     if level == 0:
         return np.zeros_like(x)
-    tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
     with torch.no_grad():
         bands = laplacian_pyramid(tensor, level)
         detail = reconstruct_pyramid([*bands[:-1], torch.zeros_like(bands[-1])])
-    return detail[0].numpy().transpose(1, 2, 0)
+    return detail[0, 0].numpy()
 
 
 def transfer_prepared(
@@ -366,61 +405,63 @@ def transfer_prepared(
     if reference.stack.shape[:2] != size:
         raise ValueError(f"reference crop {reference.stack.shape[:2]} differs from the source crop {size}")
 
-    warp = piecewise_affine_map(reference.landmarks, source.landmarks, size)
+    # Everything below runs on the window that holds the source's regions.
+    top, bottom, left, right = source.box
+    window = (slice(top, bottom), slice(left, right))
+    warp = piecewise_affine_map(reference.landmarks, source.landmarks, size, box=source.box)
     warped = apply_warp(reference.stack, warp)
     warped_lab = warped[..., :3]
-    level = params.level_index
+    src_lab = source.lab[window]
+    src_l = src_lab[..., 0]
+    scale = source.width
+    channels = len(_REFERENCE_CHANNELS)
 
-    src_lab = source.lab
-    target_lab = src_lab.copy()  # a*, b* painted region by region; L used for the tone only
-    tone = np.zeros(size, dtype=np.float32)
-    weights, validities, fields = [], [], []
+    result_lab = src_lab.copy()
+    tone = np.zeros(src_l.shape, dtype=np.float32)
+    texture_weight = np.zeros(src_l.shape, dtype=np.float32)
+    # The reference's lightness as each source pixel's own region sees it (last region painted wins).
+    region_lightness = src_l.copy()
+    painted = np.zeros(src_l.shape, dtype=bool)
+    fills: dict[int, np.ndarray] = {}
     for name in active:
-        sigma_px = source.width
-        weight = _blur(source.masks[name], _FEATHER[name] * sigma_px) * params.strength(name)
-        weight *= source.paintable
+        weight = source.weights[name][window] * np.float32(params.strength(name))
         channel = 3 + _REFERENCE_CHANNEL_OF[name]
         valid = np.clip(warped[..., channel], 0.0, 1.0)
-        texture_valid = np.clip(warped[..., channel + len(_REFERENCE_CHANNELS)], 0.0, 1.0)
+        texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0)
         mean = reference.region_means[name]
-        filled = _fill_region(warped_lab, valid, mean, _FILL[name] * sigma_px)
+        # Skin and eye-shadow area read the same reference pixels (its skin): one fill serves both.
+        if channel not in fills:
+            fills[channel] = _fill_region(warped_lab, valid, mean, _FILL[name] * scale)
+        filled = fills[channel]
 
-        region = source.masks[name] > 0
+        region = source.masks[name][window] > 0
         if _TONE[name] > 0.0:
             # Local shift (an eye shadow darkens toward the lash line): normalised convolution of the
             # lightness difference over the region.
             inside = region.astype(np.float32)
-            tone_sigma = _TONE[name] * sigma_px
-            difference = (filled[..., 0] - src_lab[..., 0]) * inside
-            region_tone = _blur(difference, tone_sigma) / np.maximum(_blur(inside, tone_sigma), 1e-3)
+            tone_sigma = _TONE[name] * scale
+            difference = (filled[..., 0] - src_l) * inside
+            region_tone = _smooth(difference, tone_sigma) / np.maximum(_smooth(inside, tone_sigma), 1e-3)
         else:
-            region_tone = np.float32(mean[0] - src_lab[..., 0][region].mean())
+            region_tone = np.float32(mean[0] - src_l[region].mean())
             if name == "skin":
-                region_tone = region_tone * _SKIN_TONE_GAIN
+                region_tone = region_tone * np.float32(_SKIN_TONE_GAIN)
 
-        w = weight[..., None]
-        target_lab[..., 1:] += w * (filled[..., 1:] - target_lab[..., 1:])
+        result_lab[..., 1:] += weight[..., None] * (filled[..., 1:] - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
-        weights.append(weight)
-        validities.append(texture_valid)
-        fields.append(filled[..., 0])
+        texture_weight += weight * (texture_valid - texture_weight)
+        region_lightness = np.where(region, filled[..., 0], region_lightness)
+        painted |= weight > 0
 
-    # Texture: each region's reference-minus-source lightness, band-limited to the bands finer than
-    # the level, used only where the warped reference really shows that region (filled-in areas carry
-    # no texture of their own).
-    texture = np.zeros(size, dtype=np.float32)
-    if level > 0:
-        differences = np.stack([f - src_lab[..., 0] for f in fields], axis=-1)
-        details = fine_detail(differences, level)
-        for index, (weight, valid) in enumerate(zip(weights, validities, strict=True)):
-            texture += weight * (valid * details[..., index] - texture)
+    # Texture: the reference-minus-source lightness band-limited to the bands finer than the level,
+    # used only where the warped reference really shows the region (filled-in areas carry no texture).
+    texture = fine_detail(region_lightness - src_l, params.level_index)
+    result_lab[..., 0] = src_l + tone + texture_weight * texture
 
-    result_lab = target_lab
-    result_lab[..., 0] = src_lab[..., 0] + tone + texture
-    result = lab_to_rgb(result_lab)
     # Bit-exact source wherever no region reaches (eyes, teeth, hair, background, disabled regions).
-    untouched = np.maximum.reduce(weights) <= 0.0
-    result[untouched] = source.rgb[untouched]
+    result = source.rgb.copy()
+    result_window = result[window]
+    result_window[painted] = lab_to_rgb(result_lab[painted])
     return result
 
 

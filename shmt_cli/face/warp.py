@@ -106,21 +106,27 @@ def delaunay_triangles(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     corners = subdiv.getTriangleList().reshape(-1, 3, 2)
     # Subdiv2D stores float32 coordinates, so corners map back to point indices exactly; triangles
     # touching its virtual outer vertices (far outside the crop) match no point and are dropped.
-    lookup = {(float(x), float(y)): index for index, (x, y) in enumerate(points.astype(np.float32))}
-    triangles = [
-        [lookup.get((float(x), float(y)), -1) for x, y in triangle] for triangle in corners.astype(np.float32)
-    ]
-    indices = np.array(triangles, dtype=np.int64).reshape(-1, 3)
-    return indices[(indices >= 0).all(axis=1)]
+    keys = np.ascontiguousarray(points.astype(np.float32)).view(np.int64)[:, 0]
+    wanted = np.ascontiguousarray(corners.astype(np.float32)).view(np.int64)[..., 0]
+    order = np.argsort(keys)
+    slot = np.clip(np.searchsorted(keys, wanted, sorter=order), 0, len(keys) - 1)
+    indices = order[slot]
+    found = keys[indices] == wanted
+    return indices[found.all(axis=1)].astype(np.int64)
 
 
 def piecewise_affine_map(
-    src_landmarks: np.ndarray, dst_landmarks: np.ndarray, size: tuple[int, int]
+    src_landmarks: np.ndarray,
+    dst_landmarks: np.ndarray,
+    size: tuple[int, int],
+    box: tuple[int, int, int, int] | None = None,
 ) -> WarpMap:
     """Backward map that moves a face with `src_landmarks` onto `dst_landmarks` in a (height, width) crop.
 
     Both landmark sets are (68, 2) float (x, y) in crop pixels. Output pixels inside a destination
     triangle sample the input through that triangle's affine map; the crop border stays in place.
+    box: optional output window (top, bottom, left, right) of the crop; the map then covers only those
+    pixels (still sampling the whole input), which saves time when only a region is needed.
     """
     # Derived points are used only where they fall inside the output crop (it is triangulated there);
     # on the input side they may lie outside it (sampled with a replicated border), so a forehead above
@@ -148,8 +154,10 @@ def piecewise_affine_map(
     identity = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     table = np.concatenate([coefficients, identity[None]]).reshape(-1, 6).astype(np.float32)
     owner[owner < 0] = len(triangles)
-    coeff = table[owner]
+    top, bottom, left, right = (0, height, 0, width) if box is None else box
+    coeff = table[owner[top:bottom, left:right]]
     xs, ys = _pixel_grid(height, width)
+    xs, ys = xs[top:bottom, left:right], ys[top:bottom, left:right]
     map_x = xs * coeff[..., 0] + ys * coeff[..., 2] + coeff[..., 4]
     map_y = xs * coeff[..., 1] + ys * coeff[..., 3] + coeff[..., 5]
     return WarpMap(map_x, map_y)
