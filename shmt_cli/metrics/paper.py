@@ -1,0 +1,182 @@
+"""Plumbing shared by the paper's metrics (FID, CLS, Key-sim): weight files and image batches.
+
+The networks behind these metrics are never downloaded. The user gives the files their authors
+publish (``--inception-weights`` / ``--dino-weights``) or drops them under ``weights/metrics/``.
+Files are read without unpickling code (``torch.load(..., weights_only=True)`` or safetensors) and
+checked key by key against the architecture before use, so a wrong file fails with a message that
+names it instead of producing meaningless numbers.
+
+This module knows nothing about the networks themselves; ``inception.py`` and ``vit.py`` pass the
+expected key names and shapes in. Images arrive as an (N, H, W, 3) uint8 RGB array or a sequence of
+(H, W, 3) uint8 arrays (sizes may differ) and leave as resized NCHW float32 tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: (N, H, W, 3) uint8 RGB array, or a sequence of (H, W, 3) uint8 RGB arrays.
+ImageBatch = np.ndarray | Sequence[np.ndarray]
+
+#: Folder searched when no explicit weight file is given (relative to the working directory).
+DEFAULT_METRICS_WEIGHTS_DIR = Path("weights") / "metrics"
+
+#: The DINO release file (facebookresearch/dino, ViT-B/8 backbone, plain state dict).
+DINO_VITB8_FILENAME = "dino_vitbase8_pretrain.pth"
+
+#: The FID Inception weights as published by pytorch-fid (TF 2015-12-05 graph ported to PyTorch).
+FID_INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+
+#: torch-fidelity publishes the same network under this name with identical parameter names.
+FID_INCEPTION_ALT_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth",)
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A metric needs a weight file that is not there."""
+
+
+class CheckpointError(ValueError):
+    """A weight file exists but is not the checkpoint the metric needs."""
+
+
+def locate_weights(
+    explicit: str | Path | None,
+    filenames: Iterable[str],
+    what: str,
+    option: str,
+    search_dir: str | Path = DEFAULT_METRICS_WEIGHTS_DIR,
+) -> Path:
+    """Return the weight file to use: ``explicit`` if given, else the first of ``filenames`` (or their
+    ``.safetensors`` twins) found in ``search_dir``.
+
+    Raises WeightsNotFoundError naming the file(s) and the command-line option when nothing is found.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{what} weights not found: {option} {path} does not exist")
+        return path
+    names = list(filenames)
+    candidates: list[Path] = []
+    for name in names:
+        candidates.append(Path(search_dir) / name)
+        candidates.append(Path(search_dir) / (Path(name).stem + ".safetensors"))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise WeightsNotFoundError(
+        f"{what} weights not found: pass {option} FILE or put {names[0]} in {search_dir}/ "
+        f"(looked for {looked}); weights are never downloaded"
+    )
+
+
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Read a flat ``{name: tensor}`` checkpoint on the CPU without executing pickled code.
+
+    ``.safetensors`` files go through safetensors; anything else through ``torch.load`` with
+    ``weights_only=True``. A ``{"state_dict": {...}}`` wrapper is unwrapped. Raises CheckpointError
+    naming the file when it cannot be read or does not hold tensors.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded: object = load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
+        raise CheckpointError(
+            f"{path} is not a {what} checkpoint: it cannot be read as a tensor-only state dict ({error})"
+        ) from error
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise CheckpointError(
+            f"{path} is not a {what} checkpoint: it does not hold a flat name -> tensor dict"
+        )
+    return dict(loaded)
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    path: str | Path,
+    what: str,
+    optional: Iterable[str] = (),
+) -> None:
+    """Raise CheckpointError unless ``state`` has exactly the expected keys with the expected shapes.
+
+    Keys in ``optional`` may be absent (e.g. BatchNorm counters older files lack) but must have the
+    expected shape when present.
+    """
+    optional_keys = set(optional)
+    required = [k for k in expected_shapes if k not in optional_keys]
+    missing = [k for k in required if k not in state]
+    unexpected = sorted(k for k in state if k not in expected_shapes)
+    wrong = [
+        f"{k} has shape {tuple(state[k].shape)}, expected {expected_shapes[k]}"
+        for k in expected_shapes
+        if k in state and tuple(state[k].shape) != tuple(expected_shapes[k])
+    ]
+    problems: list[str] = []
+    if missing:
+        problems.append(f"missing key{'s' if len(missing) > 1 else ''} {_first(missing)}")
+    if wrong:
+        problems.append(f"shape mismatch: {_first(wrong)}")
+    if unexpected:
+        problems.append(f"unexpected key{'s' if len(unexpected) > 1 else ''} {_first(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{path} is not a {what} checkpoint: " + "; ".join(problems))
+
+
+def _first(items: list[str], shown: int = 3) -> str:
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head} (and {len(items) - shown} more)"
+
+
+def image_list(images: ImageBatch) -> list[np.ndarray]:
+    """Split a batch into (H, W, 3) uint8 images, checking dtype and shape."""
+    listed = list(images)
+    for index, image in enumerate(listed):
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or image.ndim != 3
+            or image.shape[2] != 3
+        ):
+            shape = getattr(image, "shape", None)
+            dtype = getattr(image, "dtype", type(image).__name__)
+            raise ValueError(f"image {index} must be an (H, W, 3) uint8 RGB array, got {shape} {dtype}")
+    return listed
+
+
+def resized_batches(
+    images: ImageBatch, size: int, batch_size: int, antialias: bool, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Yield (B, 3, size, size) float32 tensors in [0, 1] on ``device``, bilinear-resized, B <= batch_size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    listed = image_list(images)
+    for start in range(0, len(listed), batch_size):
+        resized = []
+        for image in listed[start : start + batch_size]:
+            tensor = (
+                torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+                / 255.0
+            )
+            if tensor.shape[-2:] != (size, size):
+                tensor = F.interpolate(
+                    tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias
+                )
+            resized.append(tensor)
+        yield torch.cat(resized)
