@@ -8,9 +8,14 @@ of animated files, and reports the declared size before decoding (decompression-
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import socket
+import stat
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 # 12000x8000 photos (96 MP) must decode; a file declaring more than this is refused before decoding.
 MAX_PIXELS = 150_000_000
 MIN_SIDE = 16
+EXIF_ORIENTATION = 0x0112
 
 
 class InputError(Exception):
@@ -40,14 +46,18 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     if path.is_dir():
         raise InputError("is a directory, not an image")
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise InputError(f"cannot read file ({exc.strerror or exc})") from exc
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        # Opening a FIFO would block the whole batch until some writer appears.
+        raise InputError(f"not a regular file ({_file_kind(info.st_mode)})")
+    if info.st_size == 0:
         raise InputError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89 MP on, below the 96 MP photos we accept; `max_pixels` is the guard.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
@@ -59,7 +69,9 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
                     raise InputError(f"image too small ({width}x{height}; at least {MIN_SIDE} px needed)")
                 img.seek(0)
                 img.load()
-                upright = ImageOps.exif_transpose(img)
+                # exif_transpose copies even an upright image: skip it then (a 96 MP copy is ~0.3 GB).
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+                upright = ImageOps.exif_transpose(img) if orientation in range(2, 9) else img
                 return _to_rgb8(upright)
     except InputError:
         raise
@@ -67,10 +79,20 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
         raise InputError("permission denied") from exc
     except UnidentifiedImageError as exc:
         raise InputError("not a recognised image format") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise InputError(f"image too large, possible decompression bomb ({_first_line(exc, '')})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"corrupt or truncated image ({_first_line(exc, type(exc).__name__)})") from exc
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a special file")
 
 
 def _first_line(exc: BaseException, default: str) -> str:
@@ -97,7 +119,8 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    rgb = img if mode == "RGB" else img.convert("RGB")
+    return np.array(rgb, dtype=np.uint8)
 
 
 def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
@@ -122,10 +145,62 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     return labels
 
 
+# Temporary files are `.<name, cut>.<host id>-<pid>.<random>.tmp`: the writer's host and PID in the
+# name let a later run remove what a killed writer left, without touching live writers' files.
+TEMP_NAME_KEEP = 80  # characters of the target name kept, so long names stay within NAME_MAX (255)
+TEMP_NAME = re.compile(r"^\..*\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)\.[a-z0-9_]+\.tmp$", re.DOTALL)
+STALE_TEMP_SECONDS = 24 * 3600  # a temp file this old is left over whoever wrote it
+
+
+def _host_id() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def temp_prefix(target: Path) -> str:
+    """The prefix of the temporary file `_atomic_write` uses for `target` (host and PID tagged)."""
+    return f".{target.name[:TEMP_NAME_KEEP]}.{_host_id()}-{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete temporary files left below `folder` by writers that died (killed, power cut).
+
+    A temp file is stale when this host wrote it from a PID that is no longer running, or when it
+    is older than `older_than` seconds. Files of live writers (a concurrent shard) and files not
+    named like ours are kept. Returns the paths removed.
+    """
+    host, now, removed = _host_id(), time.time(), []
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            match = TEMP_NAME.match(name)
+            if match is None:
+                continue
+            path = Path(parent) / name
+            try:
+                age = now - path.lstat().st_mtime
+            except OSError:
+                continue
+            dead = match["host"] == host and not _pid_alive(int(match["pid"]))
+            if dead or age > older_than:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

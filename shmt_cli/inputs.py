@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,17 @@ class UsageError(Exception):
     """The command line itself is wrong (exit code 2)."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def display_path(path: str | os.PathLike[str]) -> str:
-    """A printable form of a path, also for file names that are not valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    """A printable one-line form of a path, also for names that are not UTF-8 or hold control characters.
+
+    Undecodable bytes and control characters (a newline in a file name) become `\\xNN` escapes, so a
+    report about the file stays on one line.
+    """
+    text = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 @dataclass(frozen=True)
