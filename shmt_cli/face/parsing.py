@@ -34,7 +34,7 @@ EYE_SHIFT_V = -0.01
 # Eye refinement by colour (sclera/iris against lid skin and lashes): weak, the outline is mostly right.
 EYE_WEIGHT = 0.1
 EYE_SOFT = 0.03
-EYE_BAND = 0.06
+EYE_BAND = 0.09
 EYE_MARGIN = 0.01
 # Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
 BROW_THICK_INNER = 0.12
@@ -81,6 +81,8 @@ WORK_INTEROCULAR = 56.0
 # where the face may be: head (forehead up to a typical hairline height), neck, and the search area.
 HEAD_PRIOR = [[-1.15, 0.2], [-1.1, -0.6], [-0.8, -1.2], [0.0, -1.45], [0.8, -1.2], [1.1, -0.6], [1.15, 0.2]]
 NECK_PRIOR = [[-0.85, 1.3], [0.85, 1.3], [0.95, 4.5], [-0.95, 4.5]]
+# Throat patch, relative to the chin point (landmark 8).
+THROAT_SEED = [[-0.25, 0.12], [0.25, 0.12], [0.25, 0.32], [-0.25, 0.32]]
 WIDE_PRIOR = [
     [-1.7, 0.2],
     [-1.5, -1.6],
@@ -477,16 +479,29 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     mask[wide] = cv2.GC_PR_BGD
     # The neck is usually in the chin's shadow, darker than the cheeks: a looser colour test there.
     mask[((head | interior) & skin_like) | (neck & (maha < NECK_MAHA))] = cv2.GC_PR_FGD
-    mask[core | (interior & features)] = cv2.GC_FGD
+    # Sure face: the skin-coloured landmark interior (bangs over the forehead fail the colour test),
+    # the painted-over features, and a patch of the throat right under the chin when it is skin-ish,
+    # so that the face colour model also knows the shadowed skin of the neck.
+    chin = sframe.to_local(lm[8])
+    throat = _fill(shape, sframe.to_image(chin + np.array(THROAT_SEED)))
+    mask[(core & skin_like) | (interior & features) | (throat & (maha < NECK_MAHA))] = cv2.GC_FGD
     bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
     bgr[features] = np.round(np.median(bgr[core], axis=0) if core.any() else bgr[features].mean(0))
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
     if (mask == cv2.GC_PR_BGD).any() or (mask == cv2.GC_BGD).any():
+        # Only the search area (plus a margin of sure background) takes part: the cost is per pixel.
+        ys, xs = np.nonzero(wide)
+        pad = max(2, round(0.1 * iod))
+        top, bottom = max(0, ys.min() - pad), min(small_h, ys.max() + pad + 1)
+        left, right = max(0, xs.min() - pad), min(small_w, xs.max() + pad + 1)
+        crop_mask = np.ascontiguousarray(mask[top:bottom, left:right])
+        crop_bgr = np.ascontiguousarray(bgr[top:bottom, left:right])
         # GrabCut seeds its colour mixtures with k-means on OpenCV's (thread-local) RNG: fix it so
         # that a photo always parses the same way.
         cv2.setRNGSeed(20241211)
-        cv2.grabCut(bgr, mask, None, bgd_model, fgd_model, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+        mask[top:bottom, left:right] = crop_mask
     face = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     # GrabCut's colour mixtures can leak into similar hair or clothes far from the face: the prior
     # (slightly grown, for ears and loose landmarks) bounds the result.
