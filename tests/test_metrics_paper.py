@@ -171,12 +171,15 @@ def test_locate_weights_explains_what_is_missing(tmp_path) -> None:
     absent = tmp_path / "nowhere.pth"
     with pytest.raises(paper.WeightsNotFoundError, match=r"nowhere\.pth"):
         paper.locate_weights(absent, [paper.DINO_VITB8_FILENAME], "DINO ViT-B/8", "--dino-weights", tmp_path)
+    with pytest.raises(paper.WeightsNotFoundError, match="--inception-weights"):
+        paper.locate_fid_inception_weights(None, tmp_path)
+    fidelity_name = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    fidelity_name.write_bytes(b"")
+    assert paper.locate_fid_inception_weights(None, tmp_path) == fidelity_name
     twin = tmp_path / "pt_inception-2015-12-05-6726825d.safetensors"
     twin.write_bytes(b"")
-    found = paper.locate_weights(
-        None, [paper.FID_INCEPTION_FILENAME], "FID Inception", "--inception-weights", tmp_path
-    )
-    assert found == twin
+    assert paper.locate_fid_inception_weights(None, tmp_path) == twin  # pytorch-fid's name comes first
+    assert paper.locate_fid_inception_weights(fidelity_name, tmp_path / "elsewhere") == fidelity_name
 
 
 def test_wrong_files_raise_clear_errors(tmp_path) -> None:

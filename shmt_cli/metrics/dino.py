@@ -22,6 +22,7 @@ only with numbers computed the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,14 +69,15 @@ def dino_outputs(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     size: int = DINO_INPUT_SIZE,
-) -> list[ViTOutput]:
-    """Run the ViT on images resized to ``size``; one ViTOutput per batch of at most ``batch_size``."""
+) -> Iterator[ViTOutput]:
+    """Run the ViT on images resized to ``size``, yielding one ViTOutput per batch of <= ``batch_size``.
+
+    A generator, so callers reduce each batch (keys are ~2.4 MB per image) before the next one runs.
+    """
     device = _model_device(model, device)
     model = model.to(device)
-    return [
-        model(normalize_imagenet(batch))
-        for batch in resized_batches(images, size, batch_size, antialias=True, device=device)
-    ]
+    for batch in resized_batches(images, size, batch_size, antialias=True, device=device):
+        yield model(normalize_imagenet(batch))
 
 
 def cosine_self_similarity(keys: torch.Tensor, eps: float = COSINE_EPS) -> torch.Tensor:
@@ -104,15 +106,17 @@ def cls_tokens(
     model: DinoViT, images: ImageBatch, batch_size: int = 4, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """(N, dim) float32 CPU: the last block's [CLS] token of each image."""
-    return torch.cat([out.cls.cpu() for out in dino_outputs(model, images, batch_size, device)])
+    # clone: a view would keep each batch's full (B, T, dim) token tensor alive.
+    return torch.cat([out.cls.cpu().clone() for out in dino_outputs(model, images, batch_size, device)])
 
 
 def key_self_similarity(
     model: DinoViT, images: ImageBatch, batch_size: int = 4, device: str | torch.device | None = None
 ) -> torch.Tensor:
     """(N, T, T) float32 CPU: self-similarity of the last block's keys (T = 785 at 224 px for ViT-B/8)."""
-    outputs = dino_outputs(model, images, batch_size, device)
-    return torch.cat([cosine_self_similarity(out.last_keys).cpu() for out in outputs])
+    with torch.no_grad():
+        outputs = dino_outputs(model, images, batch_size, device)
+        return torch.cat([cosine_self_similarity(out.last_keys).cpu() for out in outputs])
 
 
 def _check_pairs(first: ImageBatch, second: ImageBatch, names: str) -> tuple[list, list]:
@@ -193,9 +197,9 @@ def dino_scores(
     cls_parts, cos_parts, mse_parts = [], [], []
     for start in range(0, len(results), batch_size):
         window = slice(start, start + batch_size)
-        (src,) = dino_outputs(model, sources[window], batch_size, device)
-        (ref,) = dino_outputs(model, references[window], batch_size, device)
-        (res,) = dino_outputs(model, results[window], batch_size, device)
+        (src,) = list(dino_outputs(model, sources[window], batch_size, device))
+        (ref,) = list(dino_outputs(model, references[window], batch_size, device))
+        (res,) = list(dino_outputs(model, results[window], batch_size, device))
         src_sim, res_sim = cosine_self_similarity(src.last_keys), cosine_self_similarity(res.last_keys)
         cls_parts.append(matrix_cosine(ref.cls, res.cls).cpu())
         cos_parts.append(matrix_cosine(src_sim, res_sim).cpu())

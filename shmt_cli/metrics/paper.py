@@ -77,6 +77,21 @@ def locate_weights(
     )
 
 
+def locate_dino_weights(
+    explicit: str | Path | None = None, search_dir: str | Path = DEFAULT_METRICS_WEIGHTS_DIR
+) -> Path:
+    """The DINO ViT-B/8 file for CLS / Key-sim: ``--dino-weights`` or ``weights/metrics/``."""
+    return locate_weights(explicit, [DINO_VITB8_FILENAME], "DINO ViT-B/8", "--dino-weights", search_dir)
+
+
+def locate_fid_inception_weights(
+    explicit: str | Path | None = None, search_dir: str | Path = DEFAULT_METRICS_WEIGHTS_DIR
+) -> Path:
+    """The FID Inception file: ``--inception-weights`` or ``weights/metrics/`` (either published name)."""
+    names = [FID_INCEPTION_FILENAME, *FID_INCEPTION_ALT_FILENAMES]
+    return locate_weights(explicit, names, "FID Inception", "--inception-weights", search_dir)
+
+
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """Read a flat ``{name: tensor}`` checkpoint on the CPU without executing pickled code.
 
