@@ -131,3 +131,14 @@ def test_label_png_channels(tmp_path: Path) -> None:
     Image.fromarray(different).save(tmp_path / "bad.png")
     with pytest.raises(InputError, match="differ"):
         read_label_png(tmp_path / "bad.png")
+
+
+def test_outputs_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    write_image_atomic(tmp_path / "x.png", _gradient())
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.png").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
