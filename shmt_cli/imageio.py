@@ -191,10 +191,20 @@ def remove_stale_temp_files(folder: Path, older_than: float = STALE_TEMP_SECONDS
                 continue
             dead = match["host"] == host and not _pid_alive(int(match["pid"]))
             if dead or age > older_than:
-                with contextlib.suppress(FileNotFoundError):
+                # A file we cannot delete (read-only share) must not stop the run that tidies up.
+                with contextlib.suppress(OSError):
                     path.unlink()
                     removed.append(path)
     return removed
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -202,6 +212,8 @@ def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); outputs get the usual permissions instead.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
