@@ -61,8 +61,9 @@ NOSE_HALF_WIDTHS = [
     [0.226, 0.156], [0.275, 0.162], [0.324, 0.173], [0.372, 0.19], [0.421, 0.217], [0.47, 0.244],
     [0.519, 0.261], [0.568, 0.273], [0.617, 0.272], [0.665, 0.246],
 ]  # fmt: skip
-# Lips: outward growth of the outer lip contour (annotated lips include the vermilion border).
-LIP_GROW = 0.0
+# Lips: horizontal scale of the mouth points about their centre and vertical shift (down positive).
+LIP_SCALE_U = 0.97
+LIP_SHIFT_V = -0.015
 # Lip colour refinement: prior softness, search band, sampling margins (interocular distances).
 LIP_SOFT = 0.1
 LIP_BAND = 0.10
@@ -177,11 +178,22 @@ class _Frame:
 # landmark shapes
 
 
-def lip_polygons(landmarks: np.ndarray, iod: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smooth outlines (M, 2) of the upper lip, lower lip and inner mouth from the 20 mouth landmarks."""
-    lm = landmarks
-    outer = _grow(lm[48:60], LIP_GROW * iod)
-    inner = lm[60:68]
+def lip_polygons(frame: _Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smooth outlines (M, 2) of the upper lip, lower lip and inner mouth from the 20 mouth landmarks.
+
+    The mouth points are first narrowed by LIP_SCALE_U about their centre along the eye line and moved
+    by LIP_SHIFT_V along the face's vertical (dlib's lip points sit slightly wide and low of the
+    annotated lip border).
+    """
+    mouth = frame.lm[48:68]
+    centre = mouth[:12].mean(axis=0)
+    rel = mouth - centre
+    along, across = rel @ frame.u, rel @ frame.v
+    moved = (
+        centre + np.outer(along * LIP_SCALE_U, frame.u) + np.outer(across + LIP_SHIFT_V * frame.iod, frame.v)
+    )
+    outer = moved[:12]
+    inner = moved[12:]
     outer_top = _catmull_rom(outer[0:7], closed=False)  # 48..54
     outer_bottom = _catmull_rom(np.concatenate([outer[6:12], outer[:1]]), closed=False)  # 54..59, 48
     # Inner chain from the outer mouth corners so that the lips meet at the corners.
@@ -390,7 +402,7 @@ def mouth_regions(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boolean (H, W) masks of the upper lip, lower lip and inner mouth, refined by lip colour."""
     shape = lab.shape[:2]
-    upper_poly, lower_poly, mouth_poly = lip_polygons(landmarks, iod)
+    upper_poly, lower_poly, mouth_poly = lip_polygons(_Frame(landmarks))
     upper, lower, mouth = _fill(shape, upper_poly), _fill(shape, lower_poly), _fill(shape, mouth_poly)
     lips = upper | lower
     outer = lips | mouth
