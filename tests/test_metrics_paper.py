@@ -310,6 +310,8 @@ def test_dino_metrics_with_a_small_vit(photos) -> None:
     assert sims.shape == (1, 785, 785)  # 224 px input: 1 + 28 x 28 tokens
     assert torch.allclose(sims, sims.transpose(1, 2), atol=1e-6)
 
+    assert dino.cls_similarity(model, [], []).shape == (0,)
+    assert dino.dino_scores(model, [], [], []).keysim.shape == (0,)
     with pytest.raises(ValueError, match="pair up"):
         dino.keysim(model, [face, ramp], [face])
     with pytest.raises(ValueError, match="uint8"):

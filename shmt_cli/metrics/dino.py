@@ -107,7 +107,8 @@ def cls_tokens(
 ) -> torch.Tensor:
     """(N, dim) float32 CPU: the last block's [CLS] token of each image."""
     # clone: a view would keep each batch's full (B, T, dim) token tensor alive.
-    return torch.cat([out.cls.cpu().clone() for out in dino_outputs(model, images, batch_size, device)])
+    tokens = [out.cls.cpu().clone() for out in dino_outputs(model, images, batch_size, device)]
+    return torch.cat(tokens) if tokens else torch.zeros(0, model.config.dim)
 
 
 def key_self_similarity(
@@ -115,8 +116,14 @@ def key_self_similarity(
 ) -> torch.Tensor:
     """(N, T, T) float32 CPU: self-similarity of the last block's keys (T = 785 at 224 px for ViT-B/8)."""
     with torch.no_grad():
-        outputs = dino_outputs(model, images, batch_size, device)
-        return torch.cat([cosine_self_similarity(out.last_keys).cpu() for out in outputs])
+        sims = [
+            cosine_self_similarity(out.last_keys).cpu()
+            for out in dino_outputs(model, images, batch_size, device)
+        ]
+    if not sims:
+        count = 1 + (DINO_INPUT_SIZE // model.config.patch_size) ** 2
+        return torch.zeros(0, count, count)
+    return torch.cat(sims)
 
 
 def _check_pairs(first: ImageBatch, second: ImageBatch, names: str) -> tuple[list, list]:
