@@ -341,6 +341,13 @@ def test_golden_unet_channels_last_and_bf16_autocast(golden_case: dict) -> None:
     # bf16 keeps ~3 significant digits: a loose but discriminating bound (|e_t| mean ≈ 0.25).
     assert (eps_bf16 - golden).abs().mean().item() < 0.02
     assert (eps_bf16 - golden).abs().max().item() < 0.2
+    # bf16 weights without autocast (no per-call weight casts); GroupNorm and attention stay float32.
+    fast.to(torch.bfloat16)
+    with torch.no_grad():
+        eps_bf16_weights = fast(x_cl, golden_case["t"])
+    assert eps_bf16_weights.dtype == torch.float32
+    assert (eps_bf16_weights - golden).abs().mean().item() < 0.02
+    assert (eps_bf16_weights - golden).abs().max().item() < 0.2
 
 
 def test_golden_warp_paper_blends_both_branches(golden_case: dict) -> None:
@@ -363,3 +370,44 @@ def test_blend_warps_formula() -> None:
     w, mask = torch.tensor([[0.25], [0.9]]), torch.rand(2, 1, 4, 4)
     expected = (w[:, :, None, None] * a0[:, :51] + (1 - w[:, :, None, None]) * a1[:, :51]) * mask
     torch.testing.assert_close(blend_warps(a0, a1, w, mask), expected)
+
+
+def _small_ida_inputs(level: int = 4, side: int = 8) -> dict[str, torch.Tensor]:
+    """Random IDA inputs on a side x side latent grid (the module works at any grid size)."""
+    content_channels = variant_config(level).content_channels
+    seg_src = torch.randint(0, 4, (2, 1, 4 * side, 4 * side))
+    seg_ref = torch.randint(0, 4, (2, 1, 4 * side, 4 * side))
+    return {
+        "content": torch.randn(2, content_channels, side, side),
+        "z_ref": torch.randn(2, 3, side, side),
+        "ref_pixels": torch.rand(2, 48, side, side) * 2 - 1,
+        "mask64": torch.rand(2, 1, side, side),
+        "onehot_src": _onehot(seg_src),
+        "onehot_ref": _onehot(seg_ref),
+    }
+
+
+def test_ida_entry_points_agree_and_ignore_autocast_by_default() -> None:
+    torch.manual_seed(3)
+    ida = ShmtIda(variant_config(4, "tiny").ida).eval()
+    args = _small_ida_inputs()
+    z_t, t = torch.randn(2, 3, 8, 8), torch.tensor([900, 20])
+    with torch.no_grad():
+        released = ida.warp_released(**args)
+        full, w = ida.forward_official(z_t, t, **args)
+        train_full, _ = ida.forward_official(z_t, t, **args, training_form=True)
+        paper = ida.warp_paper(z_t, t, **args)
+        a0, a1 = ida.warps(z_t, **args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            released_autocast = ida.warp_released(**args)
+        ida.autocast_encoders = True
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            released_bf16 = ida.warp_released(**args)
+    assert released.shape == (2, 51, 8, 8) and full.shape == (2, 55, 8, 8) and w.shape == (2, 1)
+    assert torch.equal(full[:, :51], released)
+    assert torch.equal(full[:, 51:53], a0[:, 51:]) and torch.equal(full[:, 53:], a1[:, 51:])
+    assert torch.equal(released, a1[:, :51] * args["mask64"])
+    assert torch.equal(paper, train_full[:, :51])
+    assert torch.equal(paper, blend_warps(a0, a1, w, args["mask64"]))
+    assert torch.equal(released_autocast, released)
+    assert not torch.equal(released_bf16, released)  # the opt-in bf16 path really runs in bf16

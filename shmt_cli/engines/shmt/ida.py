@@ -186,11 +186,17 @@ _UNLABELLED_REFERENCE = -2
 
 
 class ShmtIda(nn.Module):
-    """The official `Correspondence` module without its dead projection convs."""
+    """The official `Correspondence` module without its dead projection convs.
 
-    def __init__(self, config: IdaConfig) -> None:
+    The encoders ignore an enclosing autocast unless `autocast_encoders`: the ×100 correlation turns
+    bf16 feature rounding into visible warp changes (max |Δ| 0.26 against the float32 golden on the
+    tiny model), and the released form runs once per pair, so float32 costs little.
+    """
+
+    def __init__(self, config: IdaConfig, autocast_encoders: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.autocast_encoders = autocast_encoders
         mc = config.model_channels
         sd_in, source_in, ref_in = config.encoder_in_channels
         self.proportion_prediction = nn.Sequential(
@@ -203,7 +209,11 @@ class ShmtIda(nn.Module):
     # -- building blocks ---------------------------------------------------------------------
 
     def _encode(self, encoder: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        return encoder(x.to(encoder[-1].weight.dtype))
+        x = x.to(encoder[-1].weight.dtype)
+        if self.autocast_encoders:
+            return encoder(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return encoder(x)
 
     def proportion(self, t: torch.Tensor) -> torch.Tensor:
         """Timestep weight w(t) (B, 1) in (0, 1) of the training-form blend, from t (B,)."""
@@ -249,6 +259,35 @@ class ShmtIda(nn.Module):
         return warped.view(b, -1, height, width)
 
     # -- entry points --------------------------------------------------------------------------
+
+    def content_warp_prepared(
+        self,
+        content: torch.Tensor,
+        onehot_src: torch.Tensor,
+        reference: PreparedReference,
+        query_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """A1, all 53 channels unmasked (B, 53, H, W) float32: the warp driven by the content C.
+
+        Constant over DDIM steps, so callers compute it once per pair (both IDA forms use it).
+        """
+        parsing = parsing_at(onehot_src, content)
+        return self._warp_from(self.source_enc, content, parsing, reference, query_chunk)
+
+    def latent_warp_prepared(
+        self,
+        z_t: torch.Tensor,
+        mask64: torch.Tensor,
+        onehot_src: torch.Tensor,
+        reference: PreparedReference,
+        query_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """A0, all 53 channels unmasked (B, 53, H, W) float32: the warp driven by z_t ⊙ M64.
+
+        Changes with z_t, so the training form needs it at every step.
+        """
+        parsing = parsing_at(onehot_src, z_t)
+        return self._warp_from(self.sd_enc, z_t.float() * mask64.float(), parsing, reference, query_chunk)
 
     def warp_prepared(
         self,
