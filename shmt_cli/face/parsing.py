@@ -38,12 +38,16 @@ EYE_BAND = 0.09
 EYE_MARGIN = 0.01
 # Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
 BROW_THICK_INNER = 0.12
-BROW_THICK_OUTER = 0.07
-BROW_LIFT = -0.01
+BROW_THICK_OUTER = 0.09
+# Shift of the brow points along the face's vertical (down positive), and how much longer (positive)
+# or shorter (negative) the brow is than dlib's points at its inner and outer end.
+BROW_LIFT = -0.02
+BROW_EXT_INNER = 0.0
+BROW_EXT_OUTER = -0.1
 # Brow refinement: brow hair (or paint) against the surrounding skin.
 BROW_WEIGHT = 0.3
 BROW_SOFT = 0.06
-BROW_BAND = 0.10
+BROW_BAND = 0.08
 BROW_MARGIN = 0.03
 # Nose: a mean CelebAMask nose learned from the dev reference maps (`tools/parsing_iou.py --fit-nose`),
 # in face-frame coordinates: anchor landmarks (27..35, inner eye corners 39 and 42), the top and
@@ -224,10 +228,33 @@ def eye_polygon(points: np.ndarray, frame: _Frame) -> np.ndarray:
     return np.concatenate([top, bottom])
 
 
+def _trim_curve(curve: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Curve (M, 2) lengthened (positive, along its end direction) or cut (negative) by arc lengths in px."""
+    seg = np.linalg.norm(np.diff(curve, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    lo, hi = max(0.0, -start), arc[-1] - max(0.0, -end)
+    if hi - lo < 1e-6:
+        return curve
+    grid = np.linspace(lo, hi, len(curve))
+    out = np.stack([np.interp(grid, arc, curve[:, 0]), np.interp(grid, arc, curve[:, 1])], axis=1)
+    if start > 0:
+        head = out[0] - out[1]
+        out = np.concatenate([[out[0] + head / max(np.linalg.norm(head), 1e-6) * start], out])
+    if end > 0:
+        tail = out[-1] - out[-2]
+        out = np.concatenate([out, [out[-1] + tail / max(np.linalg.norm(tail), 1e-6) * end]])
+    return out
+
+
 def brow_polygon(points: np.ndarray, frame: _Frame, inner_first: bool) -> np.ndarray:
     """Brow band (M, 2): dlib's 5 brow points mark the upper edge; thickness tapers from inner to outer."""
     pts = points + frame.v * BROW_LIFT * frame.iod
-    upper = _catmull_rom(pts, closed=False)
+    upper = _catmull_rom(pts, closed=False, samples=16)
+    # Trim or extend the ends: dlib's outer brow point runs past where annotators end the tail.
+    ext_first, ext_last = (
+        (BROW_EXT_INNER, BROW_EXT_OUTER) if inner_first else (BROW_EXT_OUTER, BROW_EXT_INNER)
+    )
+    upper = _trim_curve(upper, ext_first * frame.iod, ext_last * frame.iod)
     weights = np.linspace(0.0, 1.0, len(upper))
     if inner_first:
         weights = weights[::-1]
