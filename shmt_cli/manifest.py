@@ -11,6 +11,17 @@ MANIFEST_NAME = "manifest.jsonl"
 SHARD_GLOB = "manifest.shard-*.jsonl"
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """`record` as one line of JSON text that any UTF-8 stream can carry.
+
+    Non-ASCII text stays readable; a lone surrogate (a file name that is not UTF-8, decoded with
+    surrogateescape) becomes a `\\udcXX` escape instead of making the write fail, and reads back as
+    the same surrogate, so the name still opens the file.
+    """
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def manifest_path(out_dir: Path, shard_label: str | None = None) -> Path:
     """`manifest.jsonl`, or `manifest.shard-K-of-N.jsonl` for one shard writing into a shared folder."""
     return out_dir / (MANIFEST_NAME if not shard_label else f"manifest.shard-{shard_label}.jsonl")
@@ -56,9 +67,7 @@ class Manifest:
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record as a single write, then fsync (a crash leaves at most one cut line)."""
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode(
-            "utf-8", "backslashreplace"
-        )
+        line = (json_line(record) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             size = os.fstat(fd).st_size
@@ -88,10 +97,7 @@ def merge_manifests(
             # An ok result is never replaced by a later skip/failed record of the same key.
             if previous is None or previous.get("status") != "ok" or record.get("status") == "ok":
                 merged[record["key"]] = record
-    blob = b"".join(
-        (json.dumps(r, ensure_ascii=False, default=str) + "\n").encode("utf-8", "backslashreplace")
-        for r in merged.values()
-    )
+    blob = "".join(json_line(r) + "\n" for r in merged.values()).encode("utf-8")
     target = manifest_path(out_dir)
     write_bytes_atomic(target, blob)
     return merged, target

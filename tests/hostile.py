@@ -226,3 +226,25 @@ def readable_despite_mode_0(path: Path) -> bool:
     except PermissionError:
         return False
     return True
+
+
+def write_photo_set(
+    folder: Path, face: np.ndarray, count: int, sizes: tuple[int, ...] = (400, 448, 512)
+) -> list[Path]:
+    """`count` distinct one-face photos (the astronaut resized, mirrored, brightened) in `folder`.
+
+    Names are `photo_NN.jpg` / `photo_NN.png` (alternating); returns the paths in name order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        size = sizes[index % len(sizes)]
+        photo = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+        if index // len(sizes) % 2:
+            photo = np.ascontiguousarray(photo[:, ::-1])
+        photo = np.clip(photo.astype(np.int16) + (index % 5 - 2) * 6, 0, 255).astype(np.uint8)
+        suffix = ".jpg" if index % 2 else ".png"
+        path = folder / f"photo_{index:02d}{suffix}"
+        Image.fromarray(photo).save(path, **({"quality": 90} if suffix == ".jpg" else {"compress_level": 1}))
+        paths.append(path)
+    return paths
