@@ -411,3 +411,34 @@ def test_ida_entry_points_agree_and_ignore_autocast_by_default() -> None:
     assert torch.equal(paper, blend_warps(a0, a1, w, args["mask64"]))
     assert torch.equal(released_autocast, released)
     assert not torch.equal(released_bf16, released)  # the opt-in bf16 path really runs in bf16
+
+
+def test_prepared_reference_is_reused_across_sources() -> None:
+    torch.manual_seed(4)
+    ida = ShmtIda(variant_config(0, "tiny").ida).eval()
+    args = _small_ida_inputs(level=0)
+    one_ref = {k: args[k][:1].expand_as(args[k]) for k in ("z_ref", "ref_pixels", "onehot_ref")}
+    with torch.no_grad():
+        expected = ida.warp_released(**(args | one_ref))
+        prepared = ida.prepare_reference(args["z_ref"][:1], args["ref_pixels"][:1], args["onehot_ref"][:1])
+        got = ida.warp_prepared(args["content"], args["mask64"], args["onehot_src"], prepared.expand(2))
+    # Batch-1 and batch-2 convolutions round differently; the ×100 softmax amplifies that a little.
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError):
+        prepared.expand(2).expand(4)
+
+
+def test_unet_accepts_one_timestep_for_the_batch() -> None:
+    torch.manual_seed(5)
+    unet = ShmtUNet(SMALL_UNET).eval()
+    for module in unet.modules():  # give the zero-initialised output convs a signal
+        if isinstance(module, torch.nn.Conv2d):
+            module.weight.data.normal_(0, 0.05)
+    x = torch.randn(2, 5, 16, 16)
+    with torch.no_grad():
+        shared = unet(x, torch.tensor(321))
+        per_sample = unet(x, torch.tensor([321, 321]))
+        other = unet(x, torch.tensor([321, 900]))
+    assert shared.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(shared, per_sample)
+    assert not torch.allclose(other[1], per_sample[1]) and torch.allclose(other[0], per_sample[0])

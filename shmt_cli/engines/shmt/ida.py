@@ -113,12 +113,12 @@ def normalized_positions(features: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_over_reference(energy: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 1 of (B, M, n), in place when no gradient is needed.
+    """Softmax over dim 1 of (B, M, n), in place on CPU when no gradient is needed.
 
     Same kernel as `F.softmax(energy, dim=1)`, so the result is bit-identical to it; the in-place
-    form only saves a second (B, M, n) buffer.
+    form only saves a second (B, M, n) buffer. (Aliased output is verified on the CPU kernel only.)
     """
-    if torch.is_grad_enabled() and energy.requires_grad:
+    if (torch.is_grad_enabled() and energy.requires_grad) or energy.device.type != "cpu":
         return F.softmax(energy, dim=1)
     return torch.ops.aten._softmax.out(energy, 1, False, out=energy)
 
@@ -169,6 +169,16 @@ class PreparedReference:
     values: torch.Tensor
     features: torch.Tensor
     labels: torch.Tensor
+
+    def expand(self, batch: int) -> PreparedReference:
+        """The same single reference (batch 1) broadcast to `batch` sources, without copying."""
+        if self.values.shape[0] != 1:
+            raise ValueError("only a batch-1 reference can be expanded")
+        return PreparedReference(
+            values=self.values.expand(batch, -1, -1),
+            features=self.features.expand(batch, -1, -1),
+            labels=self.labels.expand(batch, -1),
+        )
 
 
 def blend_warps(

@@ -139,7 +139,7 @@ class UNetStage(nn.Sequential):
 
 
 class ShmtUNet(nn.Module):
-    """ε-predictor: x (B, C_in, 64, 64) with C_in = 121 (h0) / 106 (h4), t (B,) -> ε (B, 3, 64, 64).
+    """ε-predictor: x (B, C_in, 64, 64) with C_in = 121 (h0) / 106 (h4), t (B,) or scalar -> ε (B, 3, 64, 64).
 
     The output has the input's dtype; the body runs in the parameters' dtype (or autocast's).
     """
@@ -189,6 +189,8 @@ class ShmtUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0:  # one timestep for the whole batch, as a DDIM loop has
+            t = t.expand(x.shape[0])
         dtype = self.time_embed[0].weight.dtype
         t_emb = timestep_embedding(t, self.config.model_channels).to(dtype)
         emb = self.time_embed(t_emb)
