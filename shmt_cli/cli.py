@@ -309,14 +309,39 @@ def evaluate(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a PNG with one box plot per metric.")
     ] = None,
+    paper: Annotated[
+        bool,
+        typer.Option("--paper", help="Also the paper's metrics: FID, DINO CLS and Key-sim (local weights)."),
+    ] = False,
+    dino_weights: Annotated[
+        Path | None,
+        typer.Option("--dino-weights", help="dino_vitbase8_pretrain.pth (default: weights/metrics/)."),
+    ] = None,
+    inception_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: weights/metrics/)."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Device for the paper's networks: cpu or cuda.")
+    ] = "cpu",
     quiet: Quiet = False,
 ) -> None:
-    """Weight-free quality metrics (makeup fidelity, content, identity, background) of transfer results."""
+    """Quality metrics of transfer results: weight-free ones always, the paper's with --paper."""
     from rich.table import Table
 
     from shmt_cli.pipelines import evaluate as ev
 
     console = make_console()
+    models = None
+    if paper:
+        from shmt_cli.metrics.paper import CheckpointError, WeightsNotFoundError
+
+        try:
+            models = ev.PaperModels.load(dino_weights, inception_weights, device)
+        except (WeightsNotFoundError, CheckpointError) as exc:
+            raise _error_exit(str(exc).splitlines()[0], EXIT_USAGE) from None
     evaluations = []
     for folder in results:
         try:
@@ -324,7 +349,7 @@ def evaluate(
             if status:
                 status.start()
             try:
-                evaluations.append(ev.evaluate_folder(folder))
+                evaluations.append(ev.evaluate_folder(folder, models))
             finally:
                 if status:
                     status.stop()
@@ -353,6 +378,10 @@ def evaluate(
                     *(f"{stats[k]:.4g}" for k in ("mean", "median", "p10", "p90")),
                     str(stats["n"]),
                 )
+            for name, value in evaluation.set_metrics.items():
+                table.add_row(
+                    f"{name} {'↑' if ev.SET_METRICS[name][1] else '↓'}", f"{value:.4g}", "", "", "", "set"
+                )
             console.print(table)
         if len(evaluations) > 1:
             table = Table(
@@ -364,6 +393,8 @@ def evaluate(
             summaries = [e.summary(pairs) for e in evaluations]
             for name in summaries[0]:
                 table.add_row(name, *(f"{s.get(name, {}).get('mean', float('nan')):.4g}" for s in summaries))
+            for name in evaluations[0].set_metrics:
+                table.add_row(name, *(f"{e.set_metrics.get(name, float('nan')):.4g}" for e in evaluations))
             console.print(table)
     failures = [f for e in evaluations for f in e.failures]
     for key, reason in failures:

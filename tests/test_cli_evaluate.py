@@ -68,3 +68,60 @@ def test_compare_folders(results: tuple[Path, Path]) -> None:
 def test_not_a_results_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 2 and "manifest.jsonl" in result.output
+
+
+def test_paper_metrics_with_weights_in_the_official_layouts(
+    tmp_path: Path, astronaut_rgb: np.ndarray
+) -> None:
+    import torch
+
+    from shmt_cli.metrics import inception, paper, vit
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "ref").mkdir()
+    Image.fromarray(astronaut_rgb).save(tmp_path / "src" / "a.png")
+    for index, shift in enumerate((30, 60)):
+        made_up = astronaut_rgb.copy()
+        made_up[..., index] = np.clip(made_up[..., index].astype(int) + shift, 0, 255).astype(np.uint8)
+        Image.fromarray(made_up).save(tmp_path / "ref" / f"r{index}.png")
+    out = tmp_path / "out"
+    args = ["transfer", str(tmp_path / "src"), str(tmp_path / "ref"), "-o", str(out), "--engine", "classic"]
+    assert runner.invoke(app, args).exit_code == 0
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    torch.manual_seed(0)
+    torch.save(vit.DinoViT().state_dict(), metrics / paper.DINO_VITB8_FILENAME)
+    torch.save(inception.FidInceptionV3().state_dict(), metrics / paper.FID_INCEPTION_FILENAME)
+    dino_file, fid_file = metrics / paper.DINO_VITB8_FILENAME, metrics / paper.FID_INCEPTION_FILENAME
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(out),
+            "--paper",
+            "--json",
+            "--dino-weights",
+            str(dino_file),
+            "--inception-weights",
+            str(fid_file),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    folder = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))["folders"][
+        0
+    ]
+    assert len(folder["pairs"]) == 2
+    for pair in folder["pairs"]:
+        assert -1.0 <= pair["cls"] <= 1.0 and 0.0 < pair["keysim"] <= 1.0 and pair["keysim_mse"] >= 0.0
+    assert isinstance(folder["set_metrics"]["fid"], float) and folder["set_metrics"]["fid"] >= 0.0
+
+    # A file of the wrong format, and a missing one, fail clearly before any work.
+    wrong = metrics / "wrong.pth"
+    torch.save({"not": torch.zeros(3)}, wrong)
+    result = runner.invoke(app, ["evaluate", str(out), "--paper", "--dino-weights", str(wrong)])
+    assert result.exit_code == 2 and "wrong.pth is not a DINO ViT-B/8 checkpoint" in result.output
+    result = runner.invoke(
+        app, ["evaluate", str(out), "--paper", "--dino-weights", str(metrics / "nope.pth")]
+    )
+    assert result.exit_code == 2 and "nope.pth" in result.output

@@ -13,7 +13,6 @@ expected key names and shapes in. Images arrive as an (N, H, W, 3) uint8 RGB arr
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -107,9 +106,12 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
             loaded: object = load_file(str(path), device="cpu")
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as error:
+    except Exception as error:  # torch's unpickler raises many kinds (KeyError, ...) on a corrupt file
+        if isinstance(error, FileNotFoundError):
+            raise WeightsNotFoundError(f"{what} weights file not found: {path}") from error
         raise CheckpointError(
-            f"{path} is not a {what} checkpoint: it cannot be read as a tensor-only state dict ({error})"
+            f"{path} is not a {what} checkpoint: it cannot be read as a tensor-only state dict "
+            f"({type(error).__name__}: {error})"
         ) from error
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]

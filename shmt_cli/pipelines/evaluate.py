@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,13 @@ METRICS: dict[str, tuple[str, bool]] = {
     "landmark_px": ("landmark displacement, source vs result, px on the 256 crop", False),
     "identity": ("dlib face-recognition distance, source vs result (< 0.6 same person)", False),
     "background_psnr": ("PSNR outside the face mask, source vs result photo, dB", True),
+    "cls": ("paper: DINO ViT-B/8 [CLS] cosine, reference vs result (makeup fidelity)", True),
+    "keysim": ("paper: cosine of DINO key self-similarity matrices, source vs result (content)", True),
+    "keysim_mse": ("Splice's structure distance: mean squared difference of the same matrices", False),
+}
+#: Set-level metrics (one number per folder).
+SET_METRICS: dict[str, tuple[str, bool]] = {
+    "fid": ("paper: FID between the reference set and the result set", False),
 }
 
 
@@ -168,6 +175,7 @@ class FolderEvaluation:
     folder: Path
     rows: dict[tuple[str, str], dict[str, float]]
     failures: list[tuple[str, str]]
+    set_metrics: dict[str, float] = field(default_factory=dict)
 
     def summary(self, pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, dict[str, float]]:
         keys = list(self.rows) if pairs is None else [p for p in pairs if p in self.rows]
@@ -182,24 +190,76 @@ def _metric_order(name: str) -> tuple[int, str]:
 
 def evaluate_folder(
     folder: Path,
-    extra: Callable[[list[PairRecord]], dict[tuple[str, str], dict[str, float]]] | None = None,
+    paper: PaperModels | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FolderEvaluation:
-    """Weight-free metrics for every finished pair of a results folder (plus `extra` set-level metrics)."""
+    """Weight-free metrics for every finished pair of a results folder, plus the paper's metrics
+    (CLS and Key-sim per pair, FID per folder) when their models are given."""
     records = read_results(folder)
     rows: dict[tuple[str, str], dict[str, float]] = {}
     failures: list[tuple[str, str]] = []
+    crops: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for record in records:
         if progress:
             progress(f"{Path(record.source).name} × {Path(record.reference).name}")
         try:
             rows[record.pair] = pair_metrics(record)
+            if paper is not None:
+                source, reference = load_parts(record.source_parts), load_parts(record.reference_parts)
+                crops[record.pair] = (source.image, reference.image, result_crop(record, source))
         except (InputError, OSError, ValueError) as exc:
             failures.append((f"{record.source} | {record.reference}", str(exc).splitlines()[0]))
-    if extra is not None:
-        for pair, values in extra([r for r in records if r.pair in rows]).items():
-            rows[pair].update(values)
-    return FolderEvaluation(folder, rows, failures)
+    evaluation = FolderEvaluation(folder, rows, failures)
+    if paper is not None and crops:
+        evaluation.set_metrics.update(paper.score(crops, rows))
+    return evaluation
+
+
+@dataclass
+class PaperModels:
+    """The networks of the paper's metrics, loaded once from local weight files (never downloaded)."""
+
+    dino: Any
+    inception: Any
+    device: str = "cpu"
+
+    @classmethod
+    def load(
+        cls, dino_weights: Path | None, inception_weights: Path | None, device: str = "cpu"
+    ) -> PaperModels:
+        """Raises metrics.paper.WeightsNotFoundError / CheckpointError with messages naming the file."""
+        from shmt_cli.metrics.inception import load_fid_inception
+        from shmt_cli.metrics.paper import locate_dino_weights, locate_fid_inception_weights
+        from shmt_cli.metrics.vit import load_dino_vitb8
+
+        dino = load_dino_vitb8(locate_dino_weights(dino_weights), device)
+        inception = load_fid_inception(locate_fid_inception_weights(inception_weights), device)
+        return cls(dino, inception, device)
+
+    def score(
+        self,
+        crops: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+        rows: dict[tuple[str, str], dict[str, float]],
+    ) -> dict[str, float]:
+        """Add cls / keysim / keysim_mse to `rows` (in place); return the set-level FID."""
+        from shmt_cli.metrics.dino import dino_scores
+        from shmt_cli.metrics.fid import fid
+
+        pairs = sorted(crops)
+        sources = [crops[p][0] for p in pairs]
+        references = [crops[p][1] for p in pairs]
+        results = [crops[p][2] for p in pairs]
+        scores = dino_scores(self.dino, sources, references, results, device=self.device)
+        for index, pair in enumerate(pairs):
+            rows[pair].update(
+                cls=float(scores.cls[index]),
+                keysim=float(scores.keysim[index]),
+                keysim_mse=float(scores.keysim_mse[index]),
+            )
+        unique_references = list({pair[1]: crops[pair][1] for pair in pairs}.values())
+        if len(unique_references) < 2 or len(results) < 2:
+            return {"fid": math.nan}
+        return {"fid": fid(self.inception, unique_references, results, device=self.device)}
 
 
 def shared_pairs(evaluations: Sequence[FolderEvaluation]) -> list[tuple[str, str]]:
@@ -250,6 +310,7 @@ def to_json(
             {
                 "folder": str(e.folder),
                 "summary": clean(e.summary(pairs)),
+                "set_metrics": clean(e.set_metrics),
                 "pairs": [
                     {"source": s, "reference": r, **clean(row)} for (s, r), row in sorted(e.rows.items())
                 ],
