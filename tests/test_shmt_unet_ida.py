@@ -422,8 +422,15 @@ def test_prepared_reference_is_reused_across_sources() -> None:
         expected = ida.warp_released(**(args | one_ref))
         prepared = ida.prepare_reference(args["z_ref"][:1], args["ref_pixels"][:1], args["onehot_ref"][:1])
         got = ida.warp_prepared(args["content"], args["mask64"], args["onehot_src"], prepared.expand(2))
+        z_t = torch.randn(2, 3, 8, 8)
+        a0, a1 = ida.warps(z_t, **(args | one_ref))
+        prepared_a0 = ida.latent_warp_prepared(z_t, args["mask64"], args["onehot_src"], prepared.expand(2))
+        prepared_a1 = ida.content_warp_prepared(args["content"], args["onehot_src"], prepared.expand(2))
     # Batch-1 and batch-2 convolutions round differently; the ×100 softmax amplifies that a little.
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(prepared_a0, a0, atol=1e-4, rtol=0)
+    torch.testing.assert_close(prepared_a1, a1, atol=1e-4, rtol=0)
+    assert torch.equal(got, prepared_a1[:, :51] * args["mask64"])
     with pytest.raises(ValueError):
         prepared.expand(2).expand(4)
 

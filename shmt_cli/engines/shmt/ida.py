@@ -308,8 +308,7 @@ class ShmtIda(nn.Module):
         query_chunk: int | None = None,
     ) -> torch.Tensor:
         """Released inference form with a prepared reference: A1[:, :51] ⊙ M64 -> (B, 51, H, W) float32."""
-        parsing = parsing_at(onehot_src, content)
-        warped = self._warp_from(self.source_enc, content, parsing, reference, query_chunk)
+        warped = self.content_warp_prepared(content, onehot_src, reference, query_chunk)
         return warped[:, :WARPED_REF_CHANNELS] * mask64.float()
 
     def warp_released(
@@ -343,10 +342,8 @@ class ShmtIda(nn.Module):
         """Both unmasked warps (B, 53, H, W) float32: A0 driven by the noisy latent z_t ⊙ M64 and
         A1 driven by the content. Channels 51:53 are the warped (x, y) coordinates."""
         reference = self.prepare_reference(z_ref, ref_pixels, onehot_ref)
-        parsing = parsing_at(onehot_src, content)
-        mask = mask64.float()
-        warp_latent = self._warp_from(self.sd_enc, z_t.float() * mask, parsing, reference, query_chunk)
-        warp_content = self._warp_from(self.source_enc, content, parsing, reference, query_chunk)
+        warp_latent = self.latent_warp_prepared(z_t, mask64, onehot_src, reference, query_chunk)
+        warp_content = self.content_warp_prepared(content, onehot_src, reference, query_chunk)
         return warp_latent, warp_content
 
     def warp_paper(
