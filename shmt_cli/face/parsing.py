@@ -30,6 +30,7 @@ MOUTH, U_LIP, L_LIP, HAIR, HAT, EARRING, NECKLACE, NECK, CLOTH = 10, 11, 12, 13,
 # visible eye opening that CelebAMask annotators outline.
 EYE_SCALE_U = 1.0
 EYE_SCALE_V = 0.85
+EYE_SCALE_LOW = 0.85
 EYE_SHIFT_V = -0.01
 # Eye refinement by colour (sclera/iris against lid skin and lashes): weak, the outline is mostly right.
 EYE_WEIGHT = 0.1
@@ -99,9 +100,18 @@ WIDE_PRIOR = [
     [-1.6, 4.6],
     [-1.5, 1.8],
 ]
+# Hair: where hair is searched (face frame), and the squared Mahalanobis distance to the hair colour.
+HAIR_PRIOR = [[-1.9, 1.2], [-1.8, -1.2], [-1.0, -2.2], [0.0, -2.5], [1.0, -2.2], [1.8, -1.2], [1.9, 1.2],
+              [1.9, 3.5], [-1.9, 3.5]]  # fmt: skip
+HAIR_MAHA = 12.0
+# Ears: zone beside the jaw line (gap and width beyond the jaw's widest point, top height).
+EAR_GAP = 0.02
+EAR_WIDTH = 0.45
+EAR_TOP_V = -0.25
 # Squared Mahalanobis distance to the per-image skin colour below which a prior pixel starts as face.
 SKIN_MAHA = 25.0
 NECK_MAHA = 128.0
+HEAD_MAHA = 12.0
 ALLOWED_GROW = 0.15
 GRABCUT_ITERS = 4
 
@@ -221,7 +231,9 @@ def eye_polygon(points: np.ndarray, frame: _Frame) -> np.ndarray:
     pts = (
         centre
         + np.outer(along * EYE_SCALE_U, frame.u)
-        + np.outer(across * EYE_SCALE_V + EYE_SHIFT_V * frame.iod, frame.v)
+        + np.outer(
+            across * np.where(across < 0, EYE_SCALE_V, EYE_SCALE_LOW) + EYE_SHIFT_V * frame.iod, frame.v
+        )
     )
     top = _catmull_rom(pts[0:4], closed=False)
     bottom = _catmull_rom(np.concatenate([pts[3:6], pts[:1]]), closed=False)
@@ -314,14 +326,20 @@ def _signed_distance(mask: np.ndarray) -> np.ndarray:
     return inside - outside
 
 
-def _gaussian_loglik(features: np.ndarray, samples: np.ndarray, floor: float) -> np.ndarray:
-    """Log-likelihood of (N, C) features under a Gaussian fitted to (M, C) samples (covariance floored)."""
+def _mahalanobis(features: np.ndarray, samples: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
+    """Squared Mahalanobis distances of (N, C) features to a Gaussian fitted to (M, C) samples, and the
+    log-determinant of its covariance (floored by `floor` on the diagonal)."""
     mean = samples.mean(axis=0)
     cov = np.cov(samples, rowvar=False) + np.eye(samples.shape[1]) * floor
-    inv = np.linalg.inv(cov)
     diff = features - mean
-    maha = np.einsum("nc,cd,nd->n", diff, inv, diff)
-    return -0.5 * maha - 0.5 * np.log(np.linalg.det(cov))
+    maha = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
+    return maha, float(np.linalg.slogdet(cov)[1])
+
+
+def _gaussian_loglik(features: np.ndarray, samples: np.ndarray, floor: float) -> np.ndarray:
+    """Log-likelihood (up to a constant) of (N, C) features under a Gaussian fitted to (M, C) samples."""
+    maha, logdet = _mahalanobis(features, samples, floor)
+    return -0.5 * maha - 0.5 * logdet
 
 
 def refine_region(
@@ -408,11 +426,7 @@ def _open_mouth(
     if grow > 0:
         near = cv2.dilate(near, _disk(grow))
     near = near.astype(bool)
-    samples = lab[lip_core]
-    mean = samples.mean(axis=0)
-    cov = np.cov(samples, rowvar=False) + np.eye(3) * 4.0
-    diff = lab[near] - mean
-    maha = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
+    maha = _mahalanobis(lab[near], lab[lip_core], 4.0)[0]
     out = np.zeros(mouth.shape, np.uint8)
     out[near] = maha > MOUTH_MAHA
     # Drop isolated specks (a gap between lips is thin but long, so no morphological opening).
@@ -517,7 +531,7 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     mask = np.full(shape, cv2.GC_BGD, np.uint8)
     mask[wide] = cv2.GC_PR_BGD
     # The neck is usually in the chin's shadow, darker than the cheeks: a looser colour test there.
-    mask[((head | interior) & skin_like) | (neck & (maha < NECK_MAHA))] = cv2.GC_PR_FGD
+    mask[(interior & skin_like) | (head & (maha < HEAD_MAHA)) | (neck & (maha < NECK_MAHA))] = cv2.GC_PR_FGD
     # Sure face: the skin-coloured landmark interior (bangs over the forehead fail the colour test),
     # the painted-over features, and a patch of the throat right under the chin when it is skin-ish,
     # so that the face colour model also knows the shadowed skin of the neck.
@@ -578,6 +592,55 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 # public API
 
 
+def _ear_zones(shape: tuple[int, int], frame: _Frame, jaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (H, W) zones beside the jaw contour where ears appear: image-left, image-right.
+
+    Each zone starts a little outside the jaw line and spans from brow height down to the jaw's
+    upper third (in face-frame units), where the ear lies in a frontal photo.
+    """
+    local = frame.to_local(jaw)
+    top, bottom = EAR_TOP_V, float(np.interp(0.45, [0.0, 1.0], [local[0, 1], local[len(local) // 2, 1]]))
+    zones = []
+    for side, part in ((-1.0, local[: len(local) // 3]), (1.0, local[-(len(local) // 3) :])):
+        edge = part[np.argsort(part[:, 1])]
+        inner_u = side * (np.abs(edge[:, 0]).max() + EAR_GAP)
+        outer_u = side * (np.abs(edge[:, 0]).max() + EAR_WIDTH)
+        polygon = np.array([[inner_u, top], [outer_u, top], [outer_u, bottom], [inner_u, bottom]])
+        zones.append(_fill(shape, frame.to_image(polygon)))
+    return zones[0], zones[1]
+
+
+def _hair_region(lab: np.ndarray, face: np.ndarray, frame: _Frame) -> np.ndarray:
+    """Boolean (H, W) hair: non-face pixels around the head that match the colour found above the forehead.
+
+    The colour model is fitted to a thin band just outside the face above the eyes (hairline); where
+    the head is bald or the band shows background, that is what gets modelled, so this is a coarse
+    label (hair is not part of any SHMT mask).
+    """
+    iod = frame.iod
+    grown = cv2.dilate(face.astype(np.uint8), _disk(max(1, round(0.12 * iod)))).astype(bool)
+    ys, xs = np.mgrid[0 : face.shape[0], 0 : face.shape[1]]
+    local_v = (np.stack([xs, ys], axis=-1) - frame.origin) @ frame.v / iod
+    band = grown & ~face & (local_v < -0.3)
+    if band.sum() < 20:
+        return np.zeros_like(face)
+    samples = lab[band]
+    med = np.median(samples, axis=0)
+    keep = np.abs(samples - med).max(axis=1) < 3 * (
+        np.median(np.abs(samples - med), axis=0).max() * 1.4826 + 1
+    )
+    if keep.sum() >= 20:
+        samples = samples[keep]
+    head = _fill(face.shape, frame.to_image(np.array(HAIR_PRIOR)))
+    candidates = head & ~face
+    out = np.zeros_like(face)
+    out[candidates] = _mahalanobis(lab[candidates], samples, 4.0)[0] < HAIR_MAHA
+    # Keep hair connected to the band above the forehead.
+    _, comp = cv2.connectedComponents(out.astype(np.uint8), connectivity=8)
+    touching = np.unique(comp[band & out])
+    return np.isin(comp, touching[touching > 0])
+
+
 def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """19-class CelebAMask-HQ label map (H, W) uint8 of the face whose 68 landmarks are given.
 
@@ -594,16 +657,20 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     iod = frame.iod
 
     labels = np.zeros(shape, np.uint8)
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     face = _skin_region(rgb, frame)
+    labels[_hair_region(lab, face, frame)] = HAIR
     labels[face] = SKIN
 
-    # Neck: face pixels below the jaw line.
+    # Neck: face pixels below the jaw line. Ears: face pixels beside the jaw, between brow and jaw.
     jaw = _catmull_rom(lm[0:17], closed=False)
     far = 10.0 * iod
     below_jaw = _fill(shape, np.concatenate([jaw, [lm[16] + far * frame.v, lm[0] + far * frame.v]]))
     labels[face & below_jaw] = NECK
+    beside = _ear_zones(shape, frame, jaw)
+    labels[face & beside[0] & ~below_jaw] = R_EAR
+    labels[face & beside[1] & ~below_jaw] = L_EAR
 
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     labels[_fill(shape, nose_polygon(frame))] = NOSE
     labels[brow_region(lab, lm[17:22], frame, inner_first=False)] = R_BROW
     labels[brow_region(lab, lm[22:27], frame, inner_first=True)] = L_BROW
