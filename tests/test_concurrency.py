@@ -8,7 +8,10 @@ run side by side in one folder, each under its own lock.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ import numpy as np
 from hostile import shmt_command, write_photo_set
 
 from shmt_cli.inputs import display_path
+from shmt_cli.lock import OutputLock
 from shmt_cli.manifest import manifest_path, read_records
 
 LOCK = ".shmt.lock"
@@ -130,3 +134,49 @@ def test_shards_run_side_by_side_in_one_folder(tmp_path: Path, astronaut_rgb: np
     assert merged.returncode == 0, merged.stderr.decode("utf-8", "replace")
     assert f"{len(photos)} items, {len(photos)} ok" in merged.stderr.decode("utf-8", "replace")
     assert not list(out.glob(".*.lock")) and not list(out.rglob("*.tmp"))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def _most_holders_at_once(folder: Path, racers: int) -> int:
+    """Let `racers` threads take a lock left by a dead run at the same moment; the most holding it at once."""
+    (folder / LOCK).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    holding, most = [0], [0]
+    count = threading.Lock()
+    start = threading.Barrier(racers)
+
+    def race() -> None:
+        lock = OutputLock(folder, wait_seconds=30)
+        start.wait()
+        lock.acquire()
+        with count:
+            holding[0] += 1
+            most[0] = max(most[0], holding[0])
+        time.sleep(0.002)
+        with count:
+            holding[0] -= 1
+        lock.release()
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return most[0]
+
+
+def test_racing_takeovers_of_a_stale_lock_admit_one_run_at_a_time(tmp_path: Path) -> None:
+    # Tiny thread switch intervals interleave the racers at every step (deleting and re-creating a
+    # stale lock let two of them in on about half of these rounds).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        most = [_most_holders_at_once(tmp_path, racers=5) for _ in range(6)]
+    finally:
+        sys.setswitchinterval(interval)
+    assert most == [1] * 6
+    assert not (tmp_path / LOCK).exists()
