@@ -11,6 +11,7 @@ import pytest
 
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.parsing import (
+    HAIR,
     L_BROW,
     L_EYE,
     L_LIP,
@@ -85,15 +86,20 @@ def test_astronaut_eyes_inside_eye_landmark_hulls(astronaut_parse):
         assert (eye & hull).sum() / eye.sum() > 0.95
 
 
-def test_astronaut_skin_covers_forehead(astronaut_parse):
+def test_astronaut_skin_covers_forehead_and_hair_is_separate(astronaut_parse):
     labels, landmarks = astronaut_parse
     iod = np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0))
-    # A patch centred between the brows, half an interocular distance above them, is skin.
-    centre = (landmarks[21] + landmarks[22]) / 2 - np.array([0.0, 0.5 * iod])
-    x, y = np.round(centre).astype(int)
-    r = max(2, round(0.1 * iod))
-    patch = labels[y - r : y + r + 1, x - r : x + r + 1]
-    assert (patch == SKIN).mean() > 0.9
+    brows_mid = (landmarks[21] + landmarks[22]) / 2
+    # The astronaut's bangs start about a quarter of an interocular distance above the brows: the
+    # strip of forehead between is skin, and the bangs above are hair, not skin.
+    r = max(2, round(0.08 * iod))
+    x, y = np.round(brows_mid - np.array([0.0, 0.12 * iod])).astype(int)
+    assert (labels[y - r : y + r + 1, x - r : x + r + 1] == SKIN).mean() > 0.9
+    x, y = np.round(brows_mid - np.array([0.0, 0.6 * iod])).astype(int)
+    assert (labels[y - r : y + r + 1, x - r : x + r + 1] == HAIR).mean() > 0.8
+    # Skin reaches above the brows over their whole width, not only between them.
+    for point in (landmarks[19], landmarks[24]):
+        assert labels[round(point[1] - 0.12 * iod), round(point[0])] == SKIN
 
 
 def test_dev_photos_reach_iou_floor(faces_dir):

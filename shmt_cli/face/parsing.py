@@ -638,7 +638,10 @@ def _hair_region(lab: np.ndarray, face: np.ndarray, frame: _Frame) -> np.ndarray
     # Keep hair connected to the band above the forehead.
     _, comp = cv2.connectedComponents(out.astype(np.uint8), connectivity=8)
     touching = np.unique(comp[band & out])
-    return np.isin(comp, touching[touching > 0])
+    hair = np.isin(comp, touching[touching > 0]).astype(np.uint8)
+    # Strands alternate light and dark: close the gaps, without spilling onto the face.
+    hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, _disk(max(1, round(0.05 * iod))))
+    return hair.astype(bool) & head & ~face
 
 
 def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
