@@ -70,6 +70,12 @@ _COLOUR_TRUST = {"skin": (0.015, 0.02), "brows": (0.005, 0.01), "lips": (0.007, 
 # Texture fades in more gently: where the reference's texture stops, the source's takes over, and a
 # sharp switch would draw the reference region's outline on the result.
 _TEXTURE_TRUST = {"skin": (0.015, 0.06), "brows": (0.005, 0.015), "lips": (0.007, 0.02)}
+# Width of the fade-in of paint inside the source's paintable pixels (fraction of the face width).
+_PAINTABLE_RAMP = 0.015
+# How many of the finest Laplacian bands each region may take from the reference at most. Skin stops
+# at h0..h1 (pores, glitter, painted lines): its coarser bands are the reference's facial relief
+# (nose and cheek shading, folds), which would carry the reference's identity over.
+_TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
 # Weight of the fallback (the region's mean reference colour) in the normalised convolution, relative
 # to a pixel surrounded by valid reference pixels: only matters far from any of them.
 _FILL_PRIOR = 1e-3
@@ -241,7 +247,8 @@ class PreparedSource:
     """A source face: its Lab image, region masks and the window the engine may touch.
 
     masks: region -> (H, W) float32 hard region weights; weights: region -> the same feathered and
-    cut to the paintable pixels; box: (top, bottom, left, right) window holding every non-zero weight.
+    faded out toward the unpaintable pixels; box: (top, bottom, left, right) window holding every
+    non-zero weight.
     """
 
     rgb: np.ndarray
@@ -318,7 +325,9 @@ def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -
     landmarks = np.asarray(landmarks, dtype=np.float64)
     width = face_width(landmarks)
     masks = region_masks(labels, landmarks)
-    paintable = paintable_mask(labels)
+    # Fade to zero at the border of the paintable pixels rather than stopping there: a parser border a
+    # pixel off (skin into hair, lid into eye) would otherwise show as a hard painted edge.
+    paintable = _soft_inner(paintable_mask(labels), 0.0, _PAINTABLE_RAMP * width)
     weights = {name: _blur(masks[name], _FEATHER[name] * width) * paintable for name in REGIONS}
     return PreparedSource(
         rgb=rgb,
@@ -376,15 +385,25 @@ def _fill_region(values: np.ndarray, valid: np.ndarray, fallback: np.ndarray, si
     return filled + valid[..., None] * (values - filled)
 
 
-def fine_detail(x: np.ndarray, level: int) -> np.ndarray:
-    """Sum of the Laplacian bands h0..h_{level-1} of an (h, w) float32 image (zeros for level 0)."""
-    if level == 0:
-        return np.zeros_like(x)
+def fine_details(x: np.ndarray, level: int, depths: Iterable[int]) -> list[np.ndarray]:
+    """For each depth d, the sum of the Laplacian bands h0..h_{min(d, level)-1} of an (h, w) float32 image.
+
+    One decomposition serves every depth; depth 0 (or level 0) gives zeros.
+    """
+    depths = [min(depth, level) for depth in depths]
+    if max(depths, default=0) == 0:
+        return [np.zeros_like(x) for _ in depths]
     tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+    details = []
     with torch.no_grad():
-        bands = laplacian_pyramid(tensor, level)
-        detail = reconstruct_pyramid([*bands[:-1], torch.zeros_like(bands[-1])])
-    return detail[0, 0].numpy()
+        bands = laplacian_pyramid(tensor, max(depths))
+        for depth in depths:
+            if depth == 0:
+                details.append(np.zeros_like(x))
+                continue
+            kept = [band if index < depth else torch.zeros_like(band) for index, band in enumerate(bands)]
+            details.append(reconstruct_pyramid(kept)[0, 0].numpy())
+    return details
 
 
 def transfer_prepared(
@@ -418,7 +437,9 @@ def transfer_prepared(
 
     result_lab = src_lab.copy()
     tone = np.zeros(src_l.shape, dtype=np.float32)
-    texture_weight = np.zeros(src_l.shape, dtype=np.float32)
+    # Texture weights per texture depth (see _TEXTURE_DEPTH), composited like the colours.
+    depths = sorted(set(_TEXTURE_DEPTH.values()))
+    texture_weights = {depth: np.zeros(src_l.shape, dtype=np.float32) for depth in depths}
     # The reference's lightness as each source pixel's own region sees it (last region painted wins).
     region_lightness = src_l.copy()
     painted = np.zeros(src_l.shape, dtype=bool)
@@ -449,14 +470,17 @@ def transfer_prepared(
 
         result_lab[..., 1:] += weight[..., None] * (filled[..., 1:] - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
-        texture_weight += weight * (texture_valid - texture_weight)
+        for depth, texture_weight in texture_weights.items():
+            own = texture_valid if depth == _TEXTURE_DEPTH[name] else 0.0
+            texture_weight += weight * (own - texture_weight)
         region_lightness = np.where(region, filled[..., 0], region_lightness)
         painted |= weight > 0
 
     # Texture: the reference-minus-source lightness band-limited to the bands finer than the level,
     # used only where the warped reference really shows the region (filled-in areas carry no texture).
-    texture = fine_detail(region_lightness - src_l, params.level_index)
-    result_lab[..., 0] = src_l + tone + texture_weight * texture
+    textures = fine_details(region_lightness - src_l, params.level_index, depths)
+    texture = sum(texture_weights[depth] * detail for depth, detail in zip(depths, textures, strict=True))
+    result_lab[..., 0] = src_l + tone + texture
 
     # Bit-exact source wherever no region reaches (eyes, teeth, hair, background, disabled regions).
     result = source.rgb.copy()

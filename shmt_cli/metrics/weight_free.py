@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from shmt_cli.engines.classic import eye_shadow_mask, rgb_to_lab
-from shmt_cli.face.warp import warp_to_landmarks
+from shmt_cli.face.warp import apply_warp, piecewise_affine_map
 
 # SHMT's face mask M_face (spec §1.2): skin, nose, brows, ears, lips, neck.
 FACE_LABELS = (1, 2, 6, 7, 8, 9, 11, 12, 17)
@@ -131,14 +131,39 @@ def makeup_fidelity(
     matching labels. Returns {'lips', 'skin', 'eyes', 'mean'}; 'mean' averages the regions present
     (NaN for a region with no such pixel).
     """
-    size = result_labels.shape[:2]
-    warped_rgb = warp_to_landmarks(ref_rgb, ref_landmarks, result_landmarks, size)
-    warped_labels = warp_to_landmarks(ref_labels, ref_landmarks, result_landmarks, size, labels=True)
-    difference = ciede2000(rgb_to_lab(result_rgb), rgb_to_lab(warped_rgb))
-    scores: dict[str, float] = {}
+    warped_rgb, warped_labels = warp_reference(ref_rgb, ref_labels, ref_landmarks, result_landmarks)
+    return makeup_fidelity_warped(result_rgb, result_labels, result_landmarks, warped_rgb, warped_labels)
+
+
+def warp_reference(
+    ref_rgb: np.ndarray, ref_labels: np.ndarray, ref_landmarks: np.ndarray, result_landmarks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference image and labels warped onto the result's geometry (same crop size)."""
+    warp = piecewise_affine_map(ref_landmarks, result_landmarks, ref_labels.shape[:2])
+    return apply_warp(ref_rgb, warp), apply_warp(ref_labels, warp, labels=True)
+
+
+def makeup_fidelity_warped(
+    result_rgb: np.ndarray,
+    result_labels: np.ndarray,
+    result_landmarks: np.ndarray,
+    warped_ref_rgb: np.ndarray,
+    warped_ref_labels: np.ndarray,
+) -> dict[str, float]:
+    """`makeup_fidelity` with the reference already warped (`warp_reference`), to score many results."""
+    regions = {}
     for region, (_, ref_own) in FIDELITY_REGIONS.items():
-        inside = region_mask(result_labels, result_landmarks, region) & np.isin(warped_labels, ref_own)
-        scores[region] = float(difference[inside].mean()) if inside.any() else math.nan
+        regions[region] = region_mask(result_labels, result_landmarks, region) & np.isin(
+            warped_ref_labels, ref_own
+        )
+    union = np.logical_or.reduce(list(regions.values()))
+    # Colour differences only where some region needs them.
+    difference = np.zeros(union.shape, dtype=np.float64)
+    difference[union] = ciede2000(rgb_to_lab(result_rgb[union]), rgb_to_lab(warped_ref_rgb[union]))
+    scores = {
+        region: float(difference[inside].mean()) if inside.any() else math.nan
+        for region, inside in regions.items()
+    }
     present = [value for value in scores.values() if not math.isnan(value)]
     scores["mean"] = float(np.mean(present)) if present else math.nan
     return scores
@@ -149,7 +174,12 @@ def emd_1d(samples_a: np.ndarray, samples_b: np.ndarray, quantiles: int = 256) -
     if samples_a.size == 0 or samples_b.size == 0:
         return math.nan
     levels = (np.arange(quantiles) + 0.5) / quantiles
-    return float(np.abs(np.quantile(samples_a, levels) - np.quantile(samples_b, levels)).mean())
+
+    def quantile_function(samples: np.ndarray) -> np.ndarray:
+        ordered = np.sort(np.asarray(samples, dtype=np.float64).ravel())
+        return np.interp(levels, (np.arange(len(ordered)) + 0.5) / len(ordered), ordered)
+
+    return float(np.abs(quantile_function(samples_a) - quantile_function(samples_b)).mean())
 
 
 def histogram_distance(
