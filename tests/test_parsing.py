@@ -113,6 +113,20 @@ def test_dev_photos_reach_iou_floor(faces_dir):
         assert means[name] >= floor, f"{name}: mean IoU {means[name]:.3f} < {floor}"
 
 
+def test_parse_face_degenerate_inputs(astronaut_parse):
+    _, landmarks = astronaut_parse
+    # A featureless image still gets landmark-drawn parts, and nothing breaks.
+    flat = np.full((128, 128, 3), 128, np.uint8)
+    labels = parse_face(flat, landmarks * 128 / 512)
+    assert labels.shape == (128, 128) and (labels == U_LIP).any()
+    # A face entirely outside the image leaves it background.
+    assert not parse_face(flat, landmarks + 1000).any()
+    with pytest.raises(ValueError, match="uint8"):
+        parse_face(flat.astype(np.float32), landmarks)
+    with pytest.raises(ValueError, match="68, 2"):
+        parse_face(flat, landmarks[:5])
+
+
 # ---- label orders
 
 

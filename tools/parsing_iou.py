@@ -1,12 +1,15 @@
 """Quality table of the built-in face parser against the official parser's maps.
 
-Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--fit-nose]
+Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--size=N] [--fit-nose]
 
 FACES_DIR defaults to ../shared/faces (folders */images with the photos and */seg with 512x512 label
 PNGs of the official FaceParsing.PyTorch parser). Each photo is parsed as it is (unaligned, at its own
 size); the reference map is resized to the photo's size with nearest and both are compared there.
 Prints per-image IoUs, the per-class mean over the photos, and the mean of the class means, plus the
 parse time per photo.
+
+--size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
+at another scale.
 
 --fit-nose re-derives the nose shape constants of shmt_cli/face/parsing.py (NOSE_ANCHORS,
 NOSE_TOP_V, NOSE_BOTTOM_V, NOSE_HALF_WIDTHS) from the reference maps and prints them, with a
@@ -70,13 +73,20 @@ def photo_pairs(faces_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def evaluate(pairs: list[tuple[Path, Path]], verbose: bool = True) -> tuple[dict[str, list[float]], float]:
-    """Per-region lists of IoUs over the photos and the mean parse CPU time in seconds."""
+def evaluate(
+    pairs: list[tuple[Path, Path]], verbose: bool = True, size: int | None = None
+) -> tuple[dict[str, list[float]], float]:
+    """Per-region lists of IoUs over the photos and the mean parse CPU time in seconds.
+
+    size: when given, photos are resized to size x size (area filter) before parsing.
+    """
     detector = default_detector()
     scores: dict[str, list[float]] = {name: [] for name in REGIONS}
     seconds = []
     for image_path, seg_path in pairs:
         rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        if size is not None:
+            rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
         faces = detector.detect(rgb)
         if not faces:
             print(f"{image_path.name}: no face found", file=sys.stderr)
@@ -202,7 +212,8 @@ def main(argv: list[str]) -> int:
     if "--fit-nose" in argv:
         fit_nose(pairs)
         return 0
-    scores, seconds = evaluate(pairs, verbose="--quiet" not in argv)
+    sizes = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--size=")]
+    scores, seconds = evaluate(pairs, verbose="--quiet" not in argv, size=sizes[0] if sizes else None)
     means = {name: float(np.mean(values)) for name, values in scores.items() if values}
     print()
     print(f"{'region':<8} {'mean IoU':>8} {'photos':>6}")

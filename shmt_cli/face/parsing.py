@@ -512,6 +512,9 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     samples = lab[core]
     if len(samples) < 20:
         samples = lab[interior]
+    if len(samples) < 20:
+        # The face is (nearly) outside the image or tiny: nothing to learn a colour from.
+        return _upscale_mask(interior.astype(np.uint8), width, height)
     # Robust Gaussian: drop the samples farthest from the median (shadows, stray hair, highlights).
     med = np.median(samples, axis=0)
     spread = np.median(np.abs(samples - med), axis=0) * 1.4826 + 1.0
@@ -542,7 +545,8 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     bgr[features] = np.round(np.median(bgr[core], axis=0) if core.any() else bgr[features].mean(0))
     bgd_model = np.zeros((1, 65), np.float64)
     fgd_model = np.zeros((1, 65), np.float64)
-    if (mask == cv2.GC_PR_BGD).any() or (mask == cv2.GC_BGD).any():
+    is_fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    if wide.any() and is_fg.any() and not is_fg.all():
         # Only the search area (plus a margin of sure background) takes part: the cost is per pixel.
         ys, xs = np.nonzero(wide)
         pad = max(2, round(0.1 * iod))
@@ -553,8 +557,10 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
         # GrabCut seeds its colour mixtures with k-means on OpenCV's (thread-local) RNG: fix it so
         # that a photo always parses the same way.
         cv2.setRNGSeed(20241211)
-        cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
-        mask[top:bottom, left:right] = crop_mask
+        crop_fg = (crop_mask == cv2.GC_FGD) | (crop_mask == cv2.GC_PR_FGD)
+        if crop_fg.any() and not crop_fg.all():
+            cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+            mask[top:bottom, left:right] = crop_mask
     face = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     # GrabCut's colour mixtures can leak into similar hair or clothes far from the face: the prior
     # (slightly grown, for ears and loose landmarks) bounds the result.
@@ -563,8 +569,12 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     radius = max(1, round(0.04 * iod))
     face = cv2.morphologyEx(face, cv2.MORPH_OPEN, _disk(radius))
     face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, _disk(radius))
-    face = cv2.resize(face * 255, (width, height), interpolation=cv2.INTER_LINEAR) >= 128
-    return face
+    return _upscale_mask(face, width, height)
+
+
+def _upscale_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boolean (height, width) mask from a {0, 1} uint8 mask at the working scale (bilinear, 50 %)."""
+    return cv2.resize(mask * 255, (width, height), interpolation=cv2.INTER_LINEAR) >= 128
 
 
 def _disk(radius: int) -> np.ndarray:
