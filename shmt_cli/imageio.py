@@ -58,6 +58,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
         with warnings.catch_warnings():
             # Pillow warns from 89 MP on, below the 96 MP photos we accept; `max_pixels` is the guard.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns about damage it works around (corrupt EXIF): noise on stderr naming no file.
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:

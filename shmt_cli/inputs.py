@@ -125,6 +125,25 @@ def collect_inputs(
     return _disambiguate(list(unique.values()))
 
 
+# Output names add suffixes to a stem (`_face12.json`, `_parsing_color.png`): stems longer than this
+# many bytes are cut so every output name stays within the 255 bytes file systems allow.
+MAX_STEM_BYTES = 200
+
+
+def _bounded(stem: PurePosixPath) -> PurePosixPath:
+    """`stem` with its last part cut to MAX_STEM_BYTES (whole characters, plus a hash of the full name)."""
+    if len(os.fsencode(stem.name)) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha256(os.fsencode(stem.name)).hexdigest()[:8]
+    kept, size = [], 0
+    for char in stem.name:
+        size += len(os.fsencode(char))
+        if size > MAX_STEM_BYTES - len(digest) - 1:
+            break
+        kept.append(char)
+    return stem.with_name(f"{''.join(kept)}~{digest}")
+
+
 def _disambiguate(found: list[tuple[Path, PurePosixPath]]) -> list[InputFile]:
     """Drop suffixes from relative names; names that then collide keep their suffix, then get ~N."""
     stems = [rel.with_suffix("") if rel.suffix else rel for _, rel in found]
@@ -140,6 +159,7 @@ def _disambiguate(found: list[tuple[Path, PurePosixPath]]) -> list[InputFile]:
         # `x.jpg` beside `x.png` keeps the suffix; two `x.jpg` from different folders get ~N instead.
         if counts[stem] > 1 and rel.suffix and suffixes[stem, rel.suffix.lower()] == 1:
             name = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
+        name = _bounded(name)
         base, n = name, 2
         while name in taken:
             name = base.with_name(f"{base.name}~{n}")

@@ -22,7 +22,8 @@ from PIL import Image
 
 EXIF_ORIENTATION = 0x0112
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9 \xff.jpg")
-LONG_NAME = "long_" + "x" * 235 + ".jpg"  # 244 bytes: the outputs fit in 255, a temp name may not
+LONG_NAME = "long_" + "x" * 195 + ".jpg"  # a 200-byte stem: the longest kept whole
+LONGEST_NAME = "y" * 251 + ".jpg"  # 255 bytes: `<stem>.json` would be 256 unless the stem is cut
 HUGE_SIZE = (12000, 8000)  # (width, height), 96 MP
 
 
@@ -133,6 +134,13 @@ def build_corpus(root: Path, face: np.ndarray) -> list[str]:
         stored = stored_for_orientation(face, orientation)
         add(f"exif/orientation_{orientation}.jpg", encoded(stored, "JPEG", quality=92, exif=exif.tobytes()))
 
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 9  # no such orientation: ignored
+    add("exif/orientation_9_invalid.jpg", encoded(face, "JPEG", quality=92, exif=exif.tobytes()))
+    noise_bytes = np.random.default_rng(5).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    garbage = b"Exif\x00\x00MM\x00\x2a" + noise_bytes
+    add("exif/garbage_exif.jpg", encoded(face, "JPEG", quality=92, exif=garbage))
+
     buffer = io.BytesIO()
     Image.fromarray(face).convert("CMYK").save(buffer, format="JPEG", quality=92)
     add("modes/cmyk.jpg", buffer.getvalue())
@@ -195,6 +203,7 @@ def build_corpus(root: Path, face: np.ndarray) -> list[str]:
     special("names/empty_folder.png", lambda p: p.mkdir())
     add("names/" + NON_UTF8_NAME, jpeg)
     add("names/" + LONG_NAME, jpeg)
+    add("names/" + LONGEST_NAME, jpeg)
     add("names/same.jpg", jpeg)
     add("names/same.png", png)
     add("names/a/x.jpg", jpeg)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hostile import (
     LONG_NAME,
+    LONGEST_NAME,
     NON_UTF8_NAME,
     build_corpus,
     readable_despite_mode_0,
@@ -26,7 +27,7 @@ from PIL import Image
 
 from shmt_cli.face.align import read_sidecar
 from shmt_cli.face.detect import default_detector
-from shmt_cli.inputs import display_path
+from shmt_cli.inputs import collect_inputs, display_path
 from shmt_cli.pipelines.align import AlignSettings, align_photo
 
 FACE = "face"  # an aligned crop that must look like the astronaut's own crop
@@ -38,6 +39,8 @@ IGNORED = "ignored"  # not an input: the folder walk does not take it
 EXPECTED: dict[str, tuple[str, str]] = {
     "plain.png": (FACE, ""),
     **{f"exif/orientation_{k}.jpg": (FACE, "") for k in range(1, 9)},
+    "exif/orientation_9_invalid.jpg": (FACE, ""),  # not an orientation: ignored
+    "exif/garbage_exif.jpg": (FACE, ""),  # Pillow's warning about it must not reach stderr
     "modes/cmyk.jpg": (FACE, ""),
     "modes/gray.jpg": (FACE, ""),
     "modes/deep16_gray.png": (FACE, ""),
@@ -71,6 +74,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "names/[bold]markup[reset] 100% {x}.jpg": (FACE, ""),
     "names/" + NON_UTF8_NAME: (FACE, ""),
     "names/" + LONG_NAME: (FACE, ""),
+    "names/" + LONGEST_NAME: (FACE, ""),  # output stem cut to fit 255 bytes with any suffix
     "names/same.jpg": (FACE, ""),
     "names/same.png": (FACE, ""),
     "names/a/x.jpg": (FACE, ""),
@@ -190,6 +194,9 @@ def test_every_input_gives_an_output_or_one_clear_line(
             continue
         assert item["status"] == "ok", (name, item)
         stem = _output_stem(name)
+        if name.endswith(LONGEST_NAME):
+            stem = item["outputs"][0].removesuffix(".png")
+            assert stem.startswith("names/yyyy") and len(os.fsencode(Path(stem).name)) <= 200
         assert item["outputs"] == [f"{stem}.png", f"{stem}.json"], name
         crop = np.asarray(Image.open(out / f"{stem}.png"))
         assert crop.shape == (256, 256, 3), name
@@ -203,7 +210,10 @@ def test_every_input_gives_an_output_or_one_clear_line(
             assert crop.mean() > 20, name  # a face crop, not an empty frame
 
     failed = [key for key, item in items.items() if item["status"] == "failed"]
-    assert len(error_lines) == len(failed), "one error line per failed input, nothing else"
+    assert len(error_lines) == len(failed), "one error line per failed input"
+    # Nothing else on stderr but the summary and its list of failures (no library warnings).
+    others = [line for line in stderr.splitlines() if not line.startswith(("error ", "  failed "))]
+    assert len(others) == 1 and others[0].startswith("align: "), others
     assert (summary["done"], summary["skipped"], summary["failed"]) == (
         len(items) - len(failed),
         0,
@@ -311,3 +321,15 @@ def test_json_lines_survive_a_strict_utf8_stdout(corpus: tuple[Path, list[str]],
     assert result.returncode == 0
     lines = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
     assert lines[-1]["done"] == 1
+
+
+def test_long_stems_are_cut_uniquely(tmp_path: Path) -> None:
+    names = ["é" * 120 + "a.jpg", "é" * 120 + "b.jpg", "short.jpg"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    found = collect_inputs([str(tmp_path)])
+    stems = [f.rel.name for f in found]
+    assert len(set(stems)) == 3 and "short" in stems
+    assert all(len(os.fsencode(stem)) <= 200 for stem in stems)
+    cut = [stem for stem in stems if stem != "short"]
+    assert all(stem.startswith("é" * 90) and "~" in stem for stem in cut)
