@@ -85,7 +85,15 @@ MOUTH_MAHA = 8.0
 WORK_INTEROCULAR = 56.0
 # Face-frame polygons (u along the eyes, v down; origin between the eyes; interocular units) bounding
 # where the face may be: head (forehead up to a typical hairline height), neck, and the search area.
-HEAD_PRIOR = [[-1.15, 0.2], [-1.1, -0.6], [-0.8, -1.2], [0.0, -1.45], [0.8, -1.2], [1.1, -0.6], [1.15, 0.2]]
+HEAD_PRIOR = [
+    [-1.03, 0.2],
+    [-0.99, -0.51],
+    [-0.72, -1.02],
+    [0.0, -1.23],
+    [0.72, -1.02],
+    [0.99, -0.51],
+    [1.03, 0.2],
+]
 NECK_PRIOR = [[-0.85, 1.3], [0.85, 1.3], [0.95, 4.5], [-0.95, 4.5]]
 # Throat patch, relative to the chin point (landmark 8).
 THROAT_SEED = [[-0.25, 0.12], [0.25, 0.12], [0.25, 0.32], [-0.25, 0.32]]
