@@ -51,9 +51,22 @@ def output_file(out_dir: Path, stem: PurePosixPath, suffix: str) -> Path:
     return out_dir / stem.parent / f"{stem.name}{suffix}"
 
 
-def _walk_images(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
-    """Image files below `root`, following symlinked folders once (symlink loops are cut)."""
-    seen: set[tuple[int, int]] = set()
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _walk_images(
+    root: Path, extensions: Sequence[str], skip: frozenset[tuple[int, int] | None] = frozenset()
+) -> Iterator[Path]:
+    """Image files below `root`, following symlinked folders once (symlink loops are cut).
+
+    Folders whose (st_dev, st_ino) is in `skip` are not entered unless they are `root` itself.
+    """
+    seen = set(skip) - {_folder_id(root)}
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -99,22 +112,27 @@ def read_file_list(source: str) -> list[str]:
 
 
 def collect_inputs(
-    paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str] = IMAGE_EXTENSIONS
+    paths: Sequence[str | os.PathLike[str]],
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    exclude: Sequence[str | os.PathLike[str]] = (),
 ) -> list[InputFile]:
     """Expand files and folders (recursively) into a sorted, de-duplicated, collision-free input list.
 
     A named file is taken whatever its suffix (reading it reports what is wrong); inside folders only
-    files with one of `extensions` are taken. A path that does not exist is a UsageError.
+    files with one of `extensions` are taken, and folders in `exclude` (the run's output folder: else
+    `shmt align photos -o photos/aligned` would align its own crops one level deeper on every run) are
+    not searched. A path that does not exist is a UsageError.
     """
     if not paths:
         raise UsageError("no inputs given")
+    skip = frozenset(_folder_id(Path(folder)) for folder in exclude) - {None}
     found: list[tuple[Path, PurePosixPath]] = []
     for given in paths:
         path = Path(given)
         if not path.exists() and not path.is_symlink():
             raise UsageError(f"input not found: {display_path(path)}")
         if path.is_dir():
-            below = sorted(_walk_images(path, extensions), key=lambda p: os.fsencode(p))
+            below = sorted(_walk_images(path, extensions, skip), key=lambda p: os.fsencode(p))
             for file in below:
                 found.append((file, PurePosixPath(*file.relative_to(path).parts)))
         else:

@@ -333,3 +333,38 @@ def test_long_stems_are_cut_uniquely(tmp_path: Path) -> None:
     assert all(len(os.fsencode(stem)) <= 200 for stem in stems)
     cut = [stem for stem in stems if stem != "short"]
     assert all(stem.startswith("é" * 90) and "~" in stem for stem in cut)
+
+
+def test_the_output_folder_inside_an_input_folder_is_not_searched(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for rel in ("a.jpg", "sub/b.jpg", "aligned/a.png", "aligned/aligned/a.png"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        (photos / rel).write_bytes(b"x")
+    os.symlink(photos / "aligned", photos / "link_to_aligned")
+    found = collect_inputs([str(photos)], exclude=[photos / "aligned"])
+    assert sorted(str(f.rel) for f in found) == ["a", "sub/b"]
+    # Named as an input itself, the folder is searched (`shmt decompose aligned -o parts`).
+    assert len(collect_inputs([str(photos / "aligned")], exclude=[photos / "aligned"])) == 2
+    # The symlinked copy is the same folder: searched once, whichever name reaches it first.
+    assert len(collect_inputs([str(photos)], exclude=[tmp_path / "not-made-yet"])) == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pipelines do not yet pass their output folder to collect_inputs(exclude=...): a cron job "
+    "`shmt align photos -o photos/aligned` aligns its own crops one level deeper on every run; "
+    "diff proposed in the helper report",
+)
+def test_rerun_with_the_output_inside_the_inputs_does_not_nest(
+    astronaut_rgb: np.ndarray, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut_rgb).save(photos / "plain.png")
+    for _ in range(2):
+        result = _run(["align", str(photos), "-o", str(photos / "aligned"), "--quiet"])
+        assert result.returncode == 0, _text(result.stderr)
+    assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.png")) == [
+        "aligned/plain.png",
+        "plain.png",
+    ]
