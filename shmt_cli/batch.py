@@ -370,7 +370,8 @@ class BatchRunner:
             fields = {k: v for k, v in asdict(result).items() if k != "extra"}
             line = {"type": "item", **fields, **result.extra}
             line["seconds"] = round(result.seconds, 4)
-            sys.stdout.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+            # ASCII escapes: a non-UTF-8 file name must not break a strict UTF-8 stdout.
+            sys.stdout.write(json.dumps(line, ensure_ascii=True, default=str) + "\n")
             sys.stdout.flush()
 
     def _log(self, message: str) -> None:
@@ -383,7 +384,7 @@ class BatchRunner:
     def report(self, summary: Summary) -> None:
         """Print the end-of-run summary (human form on stderr, JSON on stdout with --json)."""
         if self.options.json_lines:
-            sys.stdout.write(json.dumps(summary.to_json(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(summary.to_json(), ensure_ascii=True) + "\n")
             sys.stdout.flush()
         if self.options.quiet and not summary.failed:
             return

@@ -24,7 +24,9 @@ from hostile import (
     shmt_command,
 )
 from PIL import Image
+from typer.testing import CliRunner
 
+from shmt_cli.cli import app
 from shmt_cli.face.align import read_sidecar
 from shmt_cli.face.detect import default_detector
 from shmt_cli.inputs import collect_inputs, display_path
@@ -59,8 +61,11 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "broken/text.jpg": (FAILED, "not a recognised image format"),
     "broken/text\nwith newline.jpg": (FAILED, "not a recognised image format"),
     "broken/bomb.png": (FAILED, "image too large, possible decompression bomb"),
+    "broken/text_chunk_bomb.png": (FAILED, "metadata too large, possible decompression bomb"),
+    "broken/icc_chunk_bomb.png": (FAILED, "metadata too large, possible decompression bomb"),
     "broken/over_limit.png": (FAILED, "image too large (13000x12000 = 156 MP, limit 150 MP)"),
     "sizes/one_pixel.png": (FAILED, "image too small (1x1; at least 16 px needed)"),
+    "sizes/extreme_aspect.png": (FAILED, "no face found"),  # 20x60000
     "sizes/tiny_32.png": (FAILED, "no face found"),
     "sizes/huge_12000x8000.jpg": (FACE, ""),
     "faces/too_small.png": (FAILED, "no face found"),
@@ -300,12 +305,6 @@ def test_files_from_stdin_names_outputs_safely(corpus: tuple[Path, list[str]], t
     assert sorted(p.name for p in work.iterdir()) == ["out"]  # nothing escaped the output folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch.py writes --json lines with ensure_ascii=False: a non-UTF-8 file name cannot be "
-    "encoded on a strict UTF-8 stdout (a normal en_US.UTF-8 terminal) and the run dies with a "
-    "traceback; fix proposed in the helper report",
-)
 def test_json_lines_survive_a_strict_utf8_stdout(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = corpus
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
@@ -349,12 +348,6 @@ def test_the_output_folder_inside_an_input_folder_is_not_searched(tmp_path: Path
     assert len(collect_inputs([str(photos)], exclude=[tmp_path / "not-made-yet"])) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipelines do not yet pass their output folder to collect_inputs(exclude=...): a cron job "
-    "`shmt align photos -o photos/aligned` aligns its own crops one level deeper on every run; "
-    "diff proposed in the helper report",
-)
 def test_rerun_with_the_output_inside_the_inputs_does_not_nest(
     astronaut_rgb: np.ndarray, tmp_path: Path
 ) -> None:
@@ -368,3 +361,14 @@ def test_rerun_with_the_output_inside_the_inputs_does_not_nest(
         "aligned/plain.png",
         "plain.png",
     ]
+
+
+def test_an_output_path_that_is_a_file_cannot_run(astronaut_rgb: np.ndarray, tmp_path: Path) -> None:
+    photo, taken = tmp_path / "plain.png", tmp_path / "results"
+    Image.fromarray(astronaut_rgb).save(photo)
+    taken.write_text("not a folder")
+    result = CliRunner().invoke(app, ["align", str(photo), "-o", str(taken)])
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "cannot create output folder" in lines[0] and "results" in lines[0]
+    assert taken.read_text() == "not a folder"

@@ -58,7 +58,7 @@ def run_align(
     inputs: list[str], out_dir: Path, settings: AlignSettings, options: RunOptions
 ) -> tuple[BatchRunner, Summary]:
     """Align every photo found in `inputs` into `out_dir`."""
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, exclude=[out_dir])
     items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
     runner = BatchRunner("align", out_dir, settings.as_params(), options)
     detector = default_detector()

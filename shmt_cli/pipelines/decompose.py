@@ -109,7 +109,7 @@ def run_decompose(
     for folder in (settings.parsing_dir, settings.render_dir):
         if folder is not None and not folder.is_dir():
             raise UsageError(f"not a folder: {display_path(folder)}")
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, exclude=[out_dir])
     items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
     runner = BatchRunner("decompose", out_dir, settings.as_params(), options)
 

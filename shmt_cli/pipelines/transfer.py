@@ -110,9 +110,11 @@ def read_pairs_csv(path: Path) -> list[tuple[str, str, str | None]]:
     return rows
 
 
-def plan_pairs(sources: Sequence[str], references: Sequence[str], mode: str) -> list[Pair]:
+def plan_pairs(
+    sources: Sequence[str], references: Sequence[str], mode: str, exclude: Sequence[Path] = ()
+) -> list[Pair]:
     """The pairs of a run. `all`: every reference × every source (reference-major); `zip`: sorted,
-    pairwise; otherwise `mode` is a CSV file of pairs."""
+    pairwise; otherwise `mode` is a CSV file of pairs. Folders in `exclude` (the output) are not searched."""
     if mode not in PAIR_MODES:
         rows = read_pairs_csv(Path(mode))
         files = {f.path: f for f in collect_inputs(sorted({p for row in rows for p in row[:2]}))}
@@ -122,7 +124,8 @@ def plan_pairs(sources: Sequence[str], references: Sequence[str], mode: str) -> 
             src, ref = by_given[Path(source)], by_given[Path(reference)]
             pairs.append(Pair(src, ref, _safe_stem(output) if output else pair_stem(src, ref)))
         return pairs
-    src_files, ref_files = collect_inputs(sources), collect_inputs(references)
+    src_files = collect_inputs(sources, exclude=exclude)
+    ref_files = collect_inputs(references, exclude=exclude)
     if mode == "zip":
         if len(src_files) != len(ref_files):
             raise UsageError(
@@ -233,7 +236,7 @@ def run_transfer(
     options: RunOptions,
 ) -> tuple[BatchRunner, Summary]:
     """Transfer every planned pair into `out_dir` through `engine`."""
-    pairs = plan_pairs(sources, references, settings.pairs)
+    pairs = plan_pairs(sources, references, settings.pairs, exclude=[out_dir])
     params = {**settings.as_params(), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
     cache = FaceCache(engine, out_dir / FACES_DIR)
