@@ -95,6 +95,34 @@ def test_full_size_state_dict_equals_official_keys_and_shapes(golden_dir: Path, 
     assert {ema_key(k)[len(EMA_PREFIX) :] for k, _ in ours_unet} == ema_rows - {"decay", "num_updates"}
 
 
+@pytest.mark.parametrize("level", [0, 4])
+def test_full_size_official_key_set_is_fully_accounted_for(golden_dir: Path, level: int) -> None:
+    # Every key of a full official checkpoint, as shape-only "meta" tensors.
+    checkpoint = {
+        key: torch.empty(shape, device="meta")
+        for key, shape in _tsv_rows(golden_dir / f"state_dict_h{level}.tsv", "")
+    }
+    assert len(checkpoint) == 1085
+    config = variant_config(level, "full")
+    with torch.device("meta"):
+        unet, ida = ShmtUNet(config.unet), ShmtIda(config.ida)
+    unet_report = load_official_unet(unet, {"state_dict": checkpoint}, assign=True)
+    ida_report = load_official_ida(ida, checkpoint, assign=True)
+
+    assert unet_report.complete and len(unet_report.loaded) == 368
+    assert all(key.startswith("model_ema.diffusion_model") for key in unet_report.loaded.values())
+    assert set(unet_report.ignored) == {
+        k for k in checkpoint if k.startswith((UNET_PREFIX, EMA_PREFIX))
+    } - set(unet_report.loaded.values())
+    assert len(unet_report.ignored) == 368 + 2
+    assert ida_report.complete and len(ida_report.loaded) == 106 and len(ida_report.ignored) == 24
+    for report, prefixes in ((unet_report, (UNET_PREFIX, EMA_PREFIX)), (ida_report, (IDA_PREFIX,))):
+        used = set(report.loaded.values()) | set(report.ignored)
+        assert used | set(report.foreign) == set(checkpoint)
+        assert not used & set(report.foreign)
+        assert all(not key.startswith(prefixes) for key in report.foreign)
+
+
 # ------------------------------------------------------------------------------------------------
 # Building blocks against independent straightforward formulas
 
