@@ -15,6 +15,7 @@ from shmt_cli.engines.classic import (
     prepare_source,
     region_masks,
     rgb_to_lab,
+    specular_highlights,
     transfer_classic,
     transfer_many,
     transfer_prepared,
@@ -184,3 +185,15 @@ def test_dev_pair_open_mouth_keeps_teeth_and_eyes(faces_dir):
     after = makeup_fidelity(result, source[1], source[2], *reference)
     for region in ("lips", "skin", "eyes"):
         assert after[region] < 0.7 * before[region], (region, before[region], after[region])
+
+
+def test_specular_highlights_flag_shine_not_blush():
+    lab = np.zeros((64, 64, 3), dtype=np.float32)
+    lab[...] = (65.0, 14.0, 16.0)  # skin
+    lab[10:20, 10:20] = (85.0, 3.0, 4.0)  # shine: lighter and nearly grey
+    lab[40:50, 40:50] = (68.0, 30.0, 10.0)  # blush: a little lighter, more saturated
+    region = np.ones((64, 64), dtype=bool)
+    flagged = specular_highlights(lab, region)
+    assert flagged[10:20, 10:20].all()
+    assert flagged.sum() == 100
+    assert not specular_highlights(lab, np.zeros_like(region)).any()

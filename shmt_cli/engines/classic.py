@@ -76,6 +76,10 @@ _PAINTABLE_RAMP = 0.015
 # at h0..h1 (pores, glitter, painted lines): its coarser bands are the reference's facial relief
 # (nose and cheek shading, folds), which would carry the reference's identity over.
 _TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
+# Specular highlight: lighter than the region's median lightness by this much (L units) and below this
+# fraction of its median chroma.
+_HIGHLIGHT_LIGHTER = 8.0
+_HIGHLIGHT_CHROMA = 0.7
 # Weight of the fallback (the region's mean reference colour) in the normalised convolution, relative
 # to a pixel surrounded by valid reference pixels: only matters far from any of them.
 _FILL_PRIOR = 1e-3
@@ -278,6 +282,20 @@ def _soft_inner(mask: np.ndarray, start_px: float, ramp_px: float) -> np.ndarray
     return ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no kink where the ramp starts or ends
 
 
+def specular_highlights(lab: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels of `region` much lighter and much less saturated than the region's median.
+
+    lab: (H, W, 3) float32 CIELAB. Shine on skin or lips is the light's colour, not the makeup's.
+    """
+    if region.sum() < 50:
+        return np.zeros_like(region)
+    lightness = lab[..., 0]
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    median_l = np.median(lightness[region])
+    median_c = np.median(chroma[region])
+    return region & (lightness > median_l + _HIGHLIGHT_LIGHTER) & (chroma < _HIGHLIGHT_CHROMA * median_c)
+
+
 def _check_face(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> None:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
@@ -299,9 +317,11 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
     # Exactly black pixels are the padding of a rotated or letterboxed photo, whatever the parser says.
     padding = ~rgb.any(axis=2)
     validity = [np.isin(labels, _REFERENCE_REGION_LABELS[name]) & ~padding for name in _REFERENCE_CHANNELS]
+    # Colour is not read from specular highlights: they are the photo's lighting, not foundation.
+    colour_sources = [mask & ~specular_highlights(lab, mask) for mask in validity]
     colour_validity = [
         _soft_inner(mask, *(width * np.array(_COLOUR_TRUST[name])))
-        for name, mask in zip(_REFERENCE_CHANNELS, validity, strict=True)
+        for name, mask in zip(_REFERENCE_CHANNELS, colour_sources, strict=True)
     ]
     texture_validity = [
         _soft_inner(mask, *(width * np.array(_TEXTURE_TRUST[name])))
@@ -311,7 +331,7 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
     stack = stack.astype(np.float32)
     means: dict[str, np.ndarray | None] = {}
     for name in REGIONS:
-        inside = validity[_REFERENCE_CHANNEL_OF[name]]
+        inside = colour_sources[_REFERENCE_CHANNEL_OF[name]]
         if name == "eyes":
             inside = inside & eye_shadow_mask(landmarks, labels.shape)
         means[name] = lab[inside].mean(axis=0) if inside.any() else None
