@@ -84,6 +84,8 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     except Image.DecompressionBombError as exc:
         raise InputError(f"image too large, possible decompression bomb ({_first_line(exc, '')})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if "decompressed data too large" in str(exc).lower():  # a text or ICC chunk inflating to GBs
+            raise InputError("metadata too large, possible decompression bomb") from exc
         raise InputError(f"corrupt or truncated image ({_first_line(exc, type(exc).__name__)})") from exc
 
 

@@ -42,14 +42,17 @@ def stored_for_orientation(upright: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(stored)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares `width` x `height` RGB pixels (a decompression bomb's shape)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    body = (
+        png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+    )
     return b"\x89PNG\r\n\x1a\n" + body
 
 
@@ -180,9 +183,15 @@ def build_corpus(root: Path, face: np.ndarray) -> list[str]:
     add("broken/text.jpg", b"this is a shopping list, not a photo\n")
     add("broken/text\nwith newline.jpg", b"a newline in a name must not split the report\n")
     add("broken/bomb.png", png_declaring(100_000, 100_000))
+    # Metadata bombs: chunks that inflate far past Pillow's 1 MB limit for text and ICC profiles.
+    text_bomb = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * 8_000_000, 9))
+    add("broken/text_chunk_bomb.png", png[:33] + text_bomb + png[33:])
+    icc_bomb = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(b"\x00" * 8_000_000, 9))
+    add("broken/icc_chunk_bomb.png", png[:33] + icc_bomb + png[33:])
     add("broken/over_limit.png", png_declaring(13_000, 12_000))  # 156 MP: our limit, below Pillow's
 
     add("sizes/one_pixel.png", encoded(np.full((1, 1, 3), 200, np.uint8), "PNG"))
+    add("sizes/extreme_aspect.png", encoded(np.full((60000, 20, 3), 128, np.uint8), "PNG"))
     add("sizes/tiny_32.png", encoded(cv2.resize(face, (32, 32), interpolation=cv2.INTER_AREA), "PNG"))
     huge = io.BytesIO()
     huge_photo(face).save(huge, format="JPEG", quality=85)
