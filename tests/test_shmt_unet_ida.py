@@ -293,7 +293,9 @@ def golden_case(request: pytest.FixtureRequest, golden_dir: Path, tiny_h4_weight
     z_t, t = inputs["noise.unet_x_noisy"], inputs["noise.unet_t"]
     with torch.no_grad():
         full, proportion = ida.forward_official(z_t, t, **ida_args)
-        released = ida.warp_released(**ida_args)
+        # The public inference entry point, end to end on one variant (the small-input test checks
+        # that it always equals forward_official's first 51 channels).
+        released = ida.warp_released(**ida_args) if level == 4 else None
     return {
         "level": level,
         "state": state,
@@ -335,7 +337,8 @@ def test_golden_ida_warp_and_proportion(golden_case: dict) -> None:
     assert (full - golden).abs().max().item() <= WARP_ATOL
     torch.testing.assert_close(golden_case["proportion"], golden_case["io"]["unet.corr_proportion"])
     # The released form is exactly the first 51 channels of the official inference output.
-    assert torch.equal(golden_case["released"], full[:, :51])
+    if golden_case["released"] is not None:
+        assert torch.equal(golden_case["released"], full[:, :51])
 
 
 def test_golden_unet_eps(golden_case: dict) -> None:
@@ -376,21 +379,6 @@ def test_golden_unet_channels_last_and_bf16_autocast(golden_case: dict) -> None:
     assert eps_bf16_weights.dtype == torch.float32
     assert (eps_bf16_weights - golden).abs().mean().item() < 0.02
     assert (eps_bf16_weights - golden).abs().max().item() < 0.2
-
-
-def test_golden_warp_paper_blends_both_branches(golden_case: dict) -> None:
-    if golden_case["level"] != 4:
-        pytest.skip("the training form is variant-independent code; one variant keeps the test fast")
-    ida, args = golden_case["ida"], golden_case["args"]
-    with torch.no_grad():
-        paper = ida.warp_paper(golden_case["z_t"], golden_case["t"], **args)
-    # The noisy-latent branch really enters: the blend differs from the content-only warp, and
-    # solving the blend for the latent warp gives makeup pixels inside the warped range [-1, 1].
-    released = golden_case["released"]
-    assert (paper - released).abs().max().item() > 1e-3
-    w = golden_case["proportion"][:, :, None, None]
-    latent_part = (paper - (1 - w) * released) / w
-    assert latent_part[:, 3:].abs().max().item() <= 1.0 + 1e-3  # masked convex mix of pixels
 
 
 def test_blend_warps_formula() -> None:
