@@ -1,10 +1,20 @@
 """Face parsing in CelebAMask-HQ label ids, built in (no weights), plus loading and remapping external maps.
 
-The built-in parser draws the facial parts (lips, inner mouth, eyes, brows, nose) from dlib's 68
-landmarks as smooth curves whose shape is expressed in units of the interocular distance, and grows
-the skin region (forehead, neck, ears) from the image itself: a per-image skin colour model learned on
-the cheeks seeds an OpenCV GrabCut inside a landmark-derived prior. Brows and eyes are refined with
-local image evidence so that painted lines (costume makeup) that pull the landmarks do not decide alone.
+The built-in parser (`parse_face`) works from dlib's 68 landmarks and the image, with numpy/OpenCV:
+
+* lips, inner mouth, eyes and brows are smooth curves through the landmarks, calibrated in the face
+  frame (units of the interocular distance), then moved by per-image colour models (lip colour
+  against the surrounding skin; eye and brow colour against the nearby skin; teeth and the dark
+  gap between the lips against the lip colour);
+* the nose is a mean CelebAMask nose (bridge from between the eyes to the alae) learned from
+  reference maps in landmark-normalised coordinates and fitted to each face by an affine map;
+* the skin region (forehead up to the hairline, neck, ears where visible) is grown by GrabCut from
+  seeds chosen by a per-image skin colour model learned on the landmark face interior, bounded by
+  a generous landmark prior; a coarse hair label comes from the colour just above the hairline.
+
+Known limits: eyes hidden behind heavy eyeliner come out a little large, and costume makeup that
+pulls dlib's eye and brow points onto painted lines is only partly corrected (brows by darkness
+against the local skin, eyes by colour; the landmark geometry still decides where they are).
 
 Label ids (spec §1.2): 0 background, 1 skin, 2 nose, 3 eyeglasses, 4 l_eye, 5 r_eye, 6 l_brow,
 7 r_brow, 8 l_ear, 9 r_ear, 10 inner mouth, 11 upper lip, 12 lower lip, 13 hair, 14 hat, 15 earring,
@@ -24,15 +34,17 @@ BACKGROUND, SKIN, NOSE, GLASSES = 0, 1, 2, 3
 L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = 4, 5, 6, 7, 8, 9
 MOUTH, U_LIP, L_LIP, HAIR, HAT, EARRING, NECKLACE, NECK, CLOTH = 10, 11, 12, 13, 14, 15, 16, 17, 18
 
-# --- global shape parameters, in interocular distances (fitted once on the dev photos with
-# tools/parsing_iou.py; they are ratios of landmark distances, not per-photo constants)
-# How far the eye outline is pushed out from its centre: dlib's eye points sit slightly inside the
-# visible eye opening that CelebAMask annotators outline.
+# --- Global shape parameters. Lengths are in interocular distances (iod) in the face frame (u along
+# the eye line, v perpendicular and pointing down). They were fitted once by coordinate search on the
+# 36 dev photos with tools/parsing_iou.py, each against one region's mean IoU; they are ratios of
+# landmark distances shared by all photos, not per-photo constants.
+# Eyes: scale of the 6 eye points about their centre (along u; above / below the centre along v) and
+# a shift along v: CelebAMask eyes are a little flatter and higher than dlib's eye points.
 EYE_SCALE_U = 1.0
 EYE_SCALE_V = 0.85
 EYE_SCALE_LOW = 0.85
 EYE_SHIFT_V = -0.01
-# Eye refinement by colour (sclera/iris against lid skin and lashes): weak, the outline is mostly right.
+# Eye refinement by colour (eye against lid skin and lashes): weak, the outline is mostly right.
 EYE_WEIGHT = 0.1
 EYE_SOFT = 0.03
 EYE_BAND = 0.09
@@ -80,6 +92,10 @@ LIP_WEIGHT = 0.05
 MOUTH_GROW = 0.015
 MOUTH_MAHA = 8.0
 
+# Faces with a larger interocular distance (px) are parsed at this size and the labels scaled back.
+PARSE_MAX_INTEROCULAR = 160.0
+
+# --- Skin region.
 # Working scale for the image-driven skin region: the face is resampled so that the interocular
 # distance is this many pixels (GrabCut cost grows with the pixel count).
 WORK_INTEROCULAR = 56.0
@@ -129,7 +145,7 @@ GRABCUT_ITERS = 4
 
 
 def _catmull_rom(points: np.ndarray, closed: bool, samples: int = 8) -> np.ndarray:
-    """Centripetal-free (uniform) Catmull-Rom curve through (N, 2) points; returns (M, 2) float64."""
+    """Uniform Catmull-Rom curve through (N, 2) points (`samples` per segment); returns (M, 2) float64."""
     pts = np.asarray(points, dtype=np.float64)
     if closed:
         padded = np.concatenate([pts[-1:], pts, pts[:2]])
@@ -164,14 +180,6 @@ def _fill(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
         pts = np.round(np.asarray(polygon) * 16).astype(np.int32)
         cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
     return mask.astype(bool)
-
-
-def _grow(points: np.ndarray, amount: float) -> np.ndarray:
-    """Push points away from their centroid by `amount` pixels."""
-    centre = points.mean(axis=0)
-    offset = points - centre
-    norm = np.linalg.norm(offset, axis=1, keepdims=True)
-    return points + offset / np.maximum(norm, 1e-6) * amount
 
 
 class _Frame:
@@ -488,7 +496,8 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     background and clothes.
     """
     height, width = rgb.shape[:2]
-    scale = WORK_INTEROCULAR / frame.iod
+    # Downscale large faces; never upscale small ones (that would only add pixels).
+    scale = min(1.0, WORK_INTEROCULAR / frame.iod)
     small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
     small = cv2.resize(
         rgb, (small_w, small_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -673,7 +682,38 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     if lm.shape != (68, 2):
         raise ValueError(f"parse_face expects (68, 2) landmarks, got {lm.shape}")
     height, width = rgb.shape[:2]
-    shape = (height, width)
+    labels = np.zeros((height, width), np.uint8)
+    # Everything happens inside the region where face and hair may be, so the cost does not grow with
+    # the photo's size; the rest stays background.
+    frame = _Frame(lm)
+    reach = frame.to_image(np.concatenate([np.array(HAIR_PRIOR), np.array(WIDE_PRIOR)]))
+    margin = 0.1 * frame.iod
+    left, top = np.floor(reach.min(axis=0) - margin).astype(int)
+    right, bottom = np.ceil(reach.max(axis=0) + margin).astype(int) + 1
+    left, top, right, bottom = max(0, left), max(0, top), min(width, right), min(height, bottom)
+    if right - left < 2 or bottom - top < 2:
+        return labels
+    roi = np.ascontiguousarray(rgb[top:bottom, left:right])
+    roi_lm = lm - np.array([left, top])
+    # Very large faces are parsed at a bounded size and the labels scaled back (nearest).
+    factor = min(1.0, PARSE_MAX_INTEROCULAR / frame.iod)
+    if factor < 1.0:
+        roi_w, roi_h = right - left, bottom - top
+        small_size = (max(2, round(roi_w * factor)), max(2, round(roi_h * factor)))
+        small = cv2.resize(roi, small_size, interpolation=cv2.INTER_AREA)
+        scaled_lm = (roi_lm + 0.5) * np.array([small_size[0] / roi_w, small_size[1] / roi_h]) - 0.5
+        small_labels = _parse_roi(small, scaled_lm)
+        labels[top:bottom, left:right] = cv2.resize(
+            small_labels, (roi_w, roi_h), interpolation=cv2.INTER_NEAREST
+        )
+    else:
+        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm)
+    return labels
+
+
+def _parse_roi(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """parse_face on an image cropped around the face (landmarks in the crop's pixels)."""
+    shape = rgb.shape[:2]
     frame = _Frame(lm)
     iod = frame.iod
 
