@@ -184,6 +184,17 @@ def test_load_label_map_resizes_with_nearest(tmp_path):
     assert np.array_equal(load_label_map(path3, 16), out)
 
 
+def test_load_label_map_reads_palette_indices(tmp_path):
+    from PIL import Image
+
+    labels = np.array([[0, 1, 2], [11, 12, 13]], np.uint8)
+    image = Image.fromarray(labels, mode="L").convert("P")
+    image.putpalette([value for i in range(256) for value in (i * 7 % 256, i * 13 % 256, i * 29 % 256)])
+    path = tmp_path / "palette.png"
+    image.save(path)
+    assert np.array_equal(load_label_map(path, (2, 3)), labels)
+
+
 def test_load_label_map_rejects_differing_channels(tmp_path):
     image = np.zeros((4, 4, 3), np.uint8)
     image[..., 1] = 2
@@ -205,6 +216,10 @@ def test_load_label_map_rejects_out_of_range_and_bad_files(tmp_path):
     cv2.imwrite(str(rgba), np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match=r"rgba\.png.*channels"):
         load_label_map(rgba, 4)
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), np.full((4, 4), 3, np.uint16))
+    with pytest.raises(ValueError, match=r"deep\.png.*8-bit"):
+        load_label_map(deep, 4)
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"junk\.png"):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 NUM_CLASSES = 19
 
@@ -784,18 +785,23 @@ def remap_labels(labels: np.ndarray, order: str) -> np.ndarray:
 def load_label_map(path: str | Path, size: tuple[int, int] | int, order: str = "celebamask") -> np.ndarray:
     """Read a PNG label map, resize it (nearest) to `size` = (height, width) or a side, remap to CelebAMask.
 
-    Accepts 1-channel maps and 3-channel maps whose channels are identical. Raises ValueError naming the
-    file for anything else (unreadable file, other channel counts, differing channels, values out of range).
+    Accepts 8-bit 1-channel maps (grey or palette: the palette indices are the labels) and 3-channel
+    maps whose channels are identical. Raises ValueError naming the file for anything else
+    (unreadable file, other channel counts or bit depths, differing channels, values out of range).
     """
     path = Path(path)
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ValueError(f"{path}: cannot read as an image")
-    if raw.dtype != np.uint8:
-        raise ValueError(f"{path}: label map must be 8-bit, got {raw.dtype}")
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            raw = np.array(image)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read as an image ({exc})") from exc
+    if mode not in ("L", "P", "RGB"):
+        channels = {"LA": 2, "PA": 2, "RGBA": 4, "CMYK": 4}.get(mode)
+        if channels is not None:
+            raise ValueError(f"{path}: label map must have 1 or 3 channels, got {channels} (mode {mode})")
+        raise ValueError(f"{path}: label map must be 8-bit with 1 or 3 channels, got mode {mode}")
     if raw.ndim == 3:
-        if raw.shape[2] != 3:
-            raise ValueError(f"{path}: label map must have 1 or 3 channels, got {raw.shape[2]}")
         if not (np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 0], raw[..., 2])):
             raise ValueError(
                 f"{path}: 3-channel label map has channels that differ (a colour visualisation?)"
