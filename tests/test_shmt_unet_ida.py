@@ -425,6 +425,7 @@ def test_ida_entry_points_agree_and_ignore_autocast_by_default() -> None:
     assert torch.equal(released, a1[:, :51] * args["mask64"])
     assert torch.equal(paper, train_full[:, :51])
     assert torch.equal(paper, blend_warps(a0, a1, w, args["mask64"]))
+    torch.testing.assert_close(ida.proportion(torch.tensor(900)), w[:1])  # one timestep for the batch
     assert torch.equal(released_autocast, released)
     assert not torch.equal(released_bf16, released)  # the opt-in bf16 path really runs in bf16
 

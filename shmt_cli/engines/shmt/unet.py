@@ -23,13 +23,13 @@ GROUPS = 32
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of timesteps t (B,) (any numeric dtype) -> (B, dim) float32.
+    """Sinusoidal embedding of timesteps t (B,) or scalar (any numeric dtype) -> (B | 1, dim) float32.
 
     Layout [cos(t·f_0..f_{h-1}), sin(t·f_0..f_{h-1})] with h = dim // 2, f_k = max_period^(-k/h).
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    args = t.reshape(-1).to(torch.float32)[:, None] * freqs[None, :]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
