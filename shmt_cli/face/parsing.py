@@ -50,6 +50,11 @@ EYE_WEIGHT = 0.1
 EYE_SOFT = 0.03
 EYE_BAND = 0.09
 EYE_MARGIN = 0.01
+# Lower-lid liner peel: at most this deep (iod), pixels darker than LINER_LIGHTNESS (Lab L) with
+# chroma below LINER_CHROMA (black or grey, unlike irises).
+LINER_DEPTH = 0.03
+LINER_LIGHTNESS = 20.0
+LINER_CHROMA = 6.0
 # Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
 BROW_THICK_INNER = 0.12
 BROW_THICK_OUTER = 0.09
@@ -399,12 +404,36 @@ def refine_region(
 
 
 def eye_region(lab: np.ndarray, points: np.ndarray, frame: _Frame) -> np.ndarray:
-    """Boolean (H, W) mask of one eye: the landmark outline moved by sclera/iris colour evidence."""
+    """Boolean (H, W) mask of one eye: the landmark outline moved by colour evidence.
+
+    Then the lower lid's dark, colourless rim (eyeliner, lash line), which dlib's lower eye points
+    often include, is peeled off; the upper lid is left alone because the iris touches it.
+    """
     prior = _fill(lab.shape[:2], eye_polygon(points, frame))
     iod = frame.iod
-    return refine_region(
+    eye = refine_region(
         lab, prior, softness=EYE_SOFT * iod, band=EYE_BAND * iod, margin=EYE_MARGIN * iod, weight=EYE_WEIGHT
     )
+    if not eye.any():
+        return eye
+    ys, xs = np.nonzero(eye)
+    top, bottom, left, right = ys.min(), ys.max() + 2, xs.min(), xs.max() + 2
+    box = eye[top:bottom, left:right].astype(np.uint8)
+    patch = lab[top:bottom, left:right]
+    gy, gx = np.mgrid[top:bottom, left:right]
+    below = (np.stack([gx, gy], axis=-1) - points.mean(axis=0)) @ frame.v > 0
+    liner = (
+        (patch[..., 0] < LINER_LIGHTNESS) & (np.hypot(patch[..., 1], patch[..., 2]) < LINER_CHROMA) & below
+    )
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(max(1, round(LINER_DEPTH * iod))):
+        rim = box.astype(bool) & ~cv2.erode(box, kernel).astype(bool)
+        drop = rim & liner
+        if not drop.any():
+            break
+        box[drop] = 0
+    eye[top:bottom, left:right] = box.astype(bool)
+    return eye
 
 
 def brow_region(lab: np.ndarray, points: np.ndarray, frame: _Frame, inner_first: bool) -> np.ndarray:
