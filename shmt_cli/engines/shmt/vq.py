@@ -334,10 +334,16 @@ def quantize(vq: VQModel, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.no_grad()
+def decode_with_indices(vq: VQModel, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode`` that also returns the codebook indices (B, h, w) int64 it snapped to."""
+    z_q, indices = quantize(vq, latent)
+    return vq.decoder(vq.post_quant_conv(z_q)), indices
+
+
+@torch.no_grad()
 def decode(vq: VQModel, latent: torch.Tensor) -> torch.Tensor:
     """Latent (B, 3, h, w) -> image (B, 3, 4h, 4w) float, nominally [-1, 1], NOT clamped.
 
     Quantise, then ``post_quant_conv``, then the decoder, as LDM's ``decode_first_stage``.
     """
-    z_q, _ = quantize(vq, latent)
-    return vq.decoder(vq.post_quant_conv(z_q))
+    return decode_with_indices(vq, latent)[0]
