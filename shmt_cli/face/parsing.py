@@ -55,6 +55,8 @@ EYE_MARGIN = 0.01
 LINER_DEPTH = 0.03
 LINER_LIGHTNESS = 20.0
 LINER_CHROMA = 6.0
+# Half width (iod) of the band around the eye centre where the upper lid is not peeled (the iris).
+LINER_IRIS_HALF = 0.12
 # Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
 BROW_THICK_INNER = 0.12
 BROW_THICK_OUTER = 0.09
@@ -406,8 +408,9 @@ def refine_region(
 def eye_region(lab: np.ndarray, points: np.ndarray, frame: _Frame) -> np.ndarray:
     """Boolean (H, W) mask of one eye: the landmark outline moved by colour evidence.
 
-    Then the lower lid's dark, colourless rim (eyeliner, lash line), which dlib's lower eye points
-    often include, is peeled off; the upper lid is left alone because the iris touches it.
+    Then the lids' dark, colourless rim (eyeliner, lash line), which dlib's eye points often
+    include, is peeled off: along the lower lid, and along the upper lid beside the iris only
+    (a dark iris touches the upper lid).
     """
     prior = _fill(lab.shape[:2], eye_polygon(points, frame))
     iod = frame.iod
@@ -421,10 +424,11 @@ def eye_region(lab: np.ndarray, points: np.ndarray, frame: _Frame) -> np.ndarray
     box = eye[top:bottom, left:right].astype(np.uint8)
     patch = lab[top:bottom, left:right]
     gy, gx = np.mgrid[top:bottom, left:right]
-    below = (np.stack([gx, gy], axis=-1) - points.mean(axis=0)) @ frame.v > 0
-    liner = (
-        (patch[..., 0] < LINER_LIGHTNESS) & (np.hypot(patch[..., 1], patch[..., 2]) < LINER_CHROMA) & below
-    )
+    rel = np.stack([gx, gy], axis=-1) - points.mean(axis=0)
+    # Lower lid everywhere; upper lid only beside the iris.
+    peelable = (rel @ frame.v > 0) | (np.abs(rel @ frame.u) > LINER_IRIS_HALF * iod)
+    dark = (patch[..., 0] < LINER_LIGHTNESS) & (np.hypot(patch[..., 1], patch[..., 2]) < LINER_CHROMA)
+    liner = dark & peelable
     kernel = np.ones((3, 3), np.uint8)
     for _ in range(max(1, round(LINER_DEPTH * iod))):
         rim = box.astype(bool) & ~cv2.erode(box, kernel).astype(bool)
