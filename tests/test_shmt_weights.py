@@ -25,19 +25,9 @@ def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_state_dicts(golden_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Official-style tiny state dicts (float32) with the EMA shadows the golden README describes."""
-    h4 = {k: v.float() for k, v in load_file(golden_dir / "tiny_h4.safetensors").items()}
-    h0 = {**h4, **{k: v.float() for k, v in load_file(golden_dir / "tiny_h0.safetensors").items()}}
-    out = {}
-    for name, sd in (("h4", h4), ("h0", h0)):
-        sd = dict(sd)
-        for key in [k for k in sd if k.startswith(W.UNET_PREFIX)]:
-            sd[W.ema_key(key[len(W.UNET_PREFIX) :])] = sd[key].clone()
-        sd["model_ema.decay"] = torch.tensor(0.9999, dtype=torch.float32)
-        sd["model_ema.num_updates"] = torch.tensor(0, dtype=torch.int32)
-        out[name] = sd
-    return out
+def tiny_state_dicts(tiny_official_state_dicts: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Official-style tiny state dicts (float32) with the EMA shadows (see tests/conftest.py)."""
+    return tiny_official_state_dicts
 
 
 def _save_lightning(path: Path, sd: dict[str, torch.Tensor], epoch: int = 700) -> Path:
