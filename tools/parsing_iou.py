@@ -101,7 +101,8 @@ def evaluate(
             scores[name].append(value)
         if verbose:
             cells = "  ".join(f"{name} {value:.3f}" for name, value in row.items())
-            print(f"{image_path.parent.parent.name}/{image_path.name:<16} {cells}")
+            name = f"{image_path.parent.parent.name}/{image_path.name}"
+            print(f"{name:<28} {cells}")
     return scores, float(np.mean(seconds)) if seconds else float("nan")
 
 

@@ -470,6 +470,9 @@ def _open_mouth(
     near = mouth.astype(np.uint8)
     # Midline between the upper and lower inner lip points, corner to corner.
     midline = (landmarks[[60, 61, 62, 63, 64]] + landmarks[[60, 67, 66, 65, 64]]) / 2
+    # Same vertical calibration as the lip outlines (lip_polygons).
+    frame = _Frame(landmarks)
+    midline = midline + LIP_SHIFT_V * frame.iod * frame.v
     pts = np.round(_catmull_rom(midline, closed=False) * 16).astype(np.int32)
     cv2.polylines(near, [pts], False, 1, thickness=1, lineType=cv2.LINE_8, shift=4)
     grow = round(MOUTH_GROW * iod)
