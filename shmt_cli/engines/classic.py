@@ -396,13 +396,15 @@ def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 def _fill_region(values: np.ndarray, valid: np.ndarray, fallback: np.ndarray, sigma: float) -> np.ndarray:
     """Values where `valid` (soft, (h, w)), elsewhere a normalised convolution of the valid ones.
 
-    values: (h, w, C) float32; fallback (C,) is used far from any valid pixel.
+    values: (h, w) or (h, w, C) float32; fallback: scalar or (C,), used far from any valid pixel.
     """
-    weighted = _smooth(values * valid[..., None], sigma)
-    density = _smooth(valid, sigma)[..., None]
+    weight = valid if values.ndim == 2 else valid[..., None]
+    density = _smooth(valid, sigma)
+    if values.ndim == 3:
+        density = density[..., None]
     prior = np.float32(_FILL_PRIOR)
-    filled = (weighted + prior * fallback.astype(np.float32)) / (density + prior)
-    return filled + valid[..., None] * (values - filled)
+    filled = (_smooth(values * weight, sigma) + prior * np.float32(fallback)) / (density + prior)
+    return filled + weight * (values - filled)
 
 
 def fine_details(x: np.ndarray, level: int, depths: Iterable[int]) -> list[np.ndarray]:
@@ -463,7 +465,7 @@ def transfer_prepared(
     # The reference's lightness as each source pixel's own region sees it (last region painted wins).
     region_lightness = src_l.copy()
     painted = np.zeros(src_l.shape, dtype=bool)
-    fills: dict[int, np.ndarray] = {}
+    fills: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for name in active:
         weight = source.weights[name][window] * np.float32(params.strength(name))
         channel = 3 + _REFERENCE_CHANNEL_OF[name]
@@ -471,9 +473,14 @@ def transfer_prepared(
         texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0)
         mean = reference.region_means[name]
         # Skin and eye-shadow area read the same reference pixels (its skin): one fill serves both.
+        # Colour and lightness are filled from different pixels: colour skips specular highlights,
+        # lightness (the texture's source) keeps them, or their outlines would be drawn as texture.
         if channel not in fills:
-            fills[channel] = _fill_region(warped_lab, valid, mean, _FILL[name] * scale)
-        filled = fills[channel]
+            sigma = _FILL[name] * scale
+            chroma = _fill_region(warped_lab[..., 1:], valid, mean[1:], sigma)
+            lightness = _fill_region(warped_lab[..., 0], texture_valid, mean[0], sigma)
+            fills[channel] = (chroma, lightness)
+        filled_ab, filled_l = fills[channel]
 
         region = source.masks[name][window] > 0
         if _TONE[name] > 0.0:
@@ -481,19 +488,19 @@ def transfer_prepared(
             # lightness difference over the region.
             inside = region.astype(np.float32)
             tone_sigma = _TONE[name] * scale
-            difference = (filled[..., 0] - src_l) * inside
+            difference = (filled_l - src_l) * inside
             region_tone = _smooth(difference, tone_sigma) / np.maximum(_smooth(inside, tone_sigma), 1e-3)
         else:
             region_tone = np.float32(mean[0] - src_l[region].mean())
             if name == "skin":
                 region_tone = region_tone * np.float32(_SKIN_TONE_GAIN)
 
-        result_lab[..., 1:] += weight[..., None] * (filled[..., 1:] - result_lab[..., 1:])
+        result_lab[..., 1:] += weight[..., None] * (filled_ab - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
         for depth, texture_weight in texture_weights.items():
             own = texture_valid if depth == _TEXTURE_DEPTH[name] else 0.0
             texture_weight += weight * (own - texture_weight)
-        region_lightness = np.where(region, filled[..., 0], region_lightness)
+        region_lightness = np.where(region, filled_l, region_lightness)
         painted |= weight > 0
 
     # Texture: the reference-minus-source lightness band-limited to the bands finer than the level,
