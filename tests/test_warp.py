@@ -135,3 +135,15 @@ def test_dev_photo_pairs_align_landmarks(faces_dir):
     warp = piecewise_affine_map(src, dst, SIZE)
     error = np.linalg.norm(_map_at(warp, dst) - src, axis=1)
     assert error.max() <= 1.5
+
+
+def test_window_map_is_the_full_map_cropped(astronaut_face):
+    _, src = astronaut_face
+    dst = _moved(src)
+    full = piecewise_affine_map(src, dst, SIZE)
+    box = (40, 200, 30, 220)
+    window = piecewise_affine_map(src, dst, SIZE, box=box)
+    top, bottom, left, right = box
+    assert window.size == (bottom - top, right - left)
+    np.testing.assert_array_equal(window.map_x, full.map_x[top:bottom, left:right])
+    np.testing.assert_array_equal(window.map_y, full.map_y[top:bottom, left:right])
