@@ -228,3 +228,23 @@ def test_a_photo_that_changed_since_its_record_is_redone(tmp_path: Path, astrona
     third = CliRunner().invoke(app, args)
     assert json.loads(third.stdout.splitlines()[-1])["done"] == 1
     assert (out / "photo_00.png").read_bytes() != crop
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli.py keeps Python's default SIGTERM action (die at once), so `timeout`, systemd or a "
+    "cron wrapper stopping a run leave its lock and a temp file behind like kill -9; diff proposed "
+    "in the helper report",
+)
+def test_sigterm_stops_a_run_cleanly(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
+    write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(800,))
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    logs.mkdir()
+    run = _launch(["align", str(tmp_path / "photos"), "-o", str(out)], logs, "term")
+    assert _wait_for(_progress_made(run, out, 0), 90)
+    run.send_signal(signal.SIGTERM)
+    run.wait(timeout=60)
+    assert b"Traceback" not in (logs / "term.err").read_bytes()
+    assert run.returncode == 128 + signal.SIGTERM  # the shell convention for "stopped by SIGTERM"
+    assert not (out / ".shmt.lock").exists() and not list(out.rglob("*.tmp"))
+    assert 1 <= len(read_records(manifest_path(out))) < 12
