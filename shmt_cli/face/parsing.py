@@ -360,6 +360,15 @@ def _mahalanobis(features: np.ndarray, samples: np.ndarray, floor: float) -> tup
     return maha, float(np.linalg.slogdet(cov)[1])
 
 
+def _trim_outliers(samples: np.ndarray, limit: float, keep_at_least: int = 20) -> np.ndarray:
+    """(M, C) samples without those farther than `limit` robust standard deviations (median absolute
+    deviation, per channel) from the median; all samples when fewer than `keep_at_least` would remain."""
+    med = np.median(samples, axis=0)
+    spread = np.median(np.abs(samples - med), axis=0) * 1.4826 + 1.0
+    keep = (np.abs(samples - med) / spread).max(axis=1) < limit
+    return samples[keep] if keep.sum() >= keep_at_least else samples
+
+
 def _gaussian_loglik(features: np.ndarray, samples: np.ndarray, floor: float) -> np.ndarray:
     """Log-likelihood (up to a constant) of (N, C) features under a Gaussian fitted to (M, C) samples."""
     maha, logdet = _mahalanobis(features, samples, floor)
@@ -569,16 +578,8 @@ def _skin_region(rgb: np.ndarray, frame: _Frame) -> np.ndarray:
     if len(samples) < 20:
         # The face is (nearly) outside the image or tiny: nothing to learn a colour from.
         return _upscale_mask(interior.astype(np.uint8), width, height)
-    # Robust Gaussian: drop the samples farthest from the median (shadows, stray hair, highlights).
-    med = np.median(samples, axis=0)
-    spread = np.median(np.abs(samples - med), axis=0) * 1.4826 + 1.0
-    keep = (np.abs(samples - med) / spread).max(axis=1) < 2.5
-    if keep.sum() >= 20:
-        samples = samples[keep]
-    mean = samples.mean(axis=0)
-    cov = np.cov(samples, rowvar=False) + np.eye(3) * 2.0
-    diff = lab.reshape(-1, 3) - mean
-    maha = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff).reshape(shape)
+    # Robust Gaussian: shadows, stray hair and highlights in the sample are dropped first.
+    maha = _mahalanobis(lab.reshape(-1, 3), _trim_outliers(samples, 2.5), 2.0)[0].reshape(shape)
 
     head = _fill(shape, sframe.to_image(np.array(HEAD_PRIOR)))
     neck = _fill(shape, sframe.to_image(np.array(NECK_PRIOR)))
@@ -653,22 +654,24 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# public API
+# ears and hair
 
 
 def _ear_zones(shape: tuple[int, int], frame: _Frame, jaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (H, W) zones beside the jaw contour where ears appear: image-left, image-right.
 
-    Each zone starts a little outside the jaw line and spans from brow height down to the jaw's
-    upper third (in face-frame units), where the ear lies in a frontal photo.
+    Each zone starts just outside the widest point of the jaw's upper third on its side and spans
+    from brow height to about halfway down the jaw (face-frame units), where a frontal photo shows
+    the ear.
     """
     local = frame.to_local(jaw)
-    top, bottom = EAR_TOP_V, float(np.interp(0.45, [0.0, 1.0], [local[0, 1], local[len(local) // 2, 1]]))
+    third = len(local) // 3
+    top = EAR_TOP_V
+    bottom = float(local[0, 1] + 0.45 * (local[len(local) // 2, 1] - local[0, 1]))
     zones = []
-    for side, part in ((-1.0, local[: len(local) // 3]), (1.0, local[-(len(local) // 3) :])):
-        edge = part[np.argsort(part[:, 1])]
-        inner_u = side * (np.abs(edge[:, 0]).max() + EAR_GAP)
-        outer_u = side * (np.abs(edge[:, 0]).max() + EAR_WIDTH)
+    for side, part in ((-1.0, local[:third]), (1.0, local[-third:])):
+        half_width = np.abs(part[:, 0]).max()
+        inner_u, outer_u = side * (half_width + EAR_GAP), side * (half_width + EAR_WIDTH)
         polygon = np.array([[inner_u, top], [outer_u, top], [outer_u, bottom], [inner_u, bottom]])
         zones.append(_fill(shape, frame.to_image(polygon)))
     return zones[0], zones[1]
@@ -688,13 +691,7 @@ def _hair_region(lab: np.ndarray, face: np.ndarray, frame: _Frame) -> np.ndarray
     band = grown & ~face & (local_v < -0.3)
     if band.sum() < 20:
         return np.zeros_like(face)
-    samples = lab[band]
-    med = np.median(samples, axis=0)
-    keep = np.abs(samples - med).max(axis=1) < 3 * (
-        np.median(np.abs(samples - med), axis=0).max() * 1.4826 + 1
-    )
-    if keep.sum() >= 20:
-        samples = samples[keep]
+    samples = _trim_outliers(lab[band], 3.0)
     head = _fill(face.shape, frame.to_image(np.array(HAIR_PRIOR)))
     candidates = head & ~face
     out = np.zeros_like(face)
@@ -706,6 +703,10 @@ def _hair_region(lab: np.ndarray, face: np.ndarray, frame: _Frame) -> np.ndarray
     # Strands alternate light and dark: close the gaps, without spilling onto the face.
     hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, _disk(max(1, round(0.05 * iod))))
     return hair.astype(bool) & head & ~face
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
 
 
 def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
