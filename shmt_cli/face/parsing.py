@@ -97,7 +97,7 @@ LIP_CORE = 0.015
 LIP_WEIGHT = 0.05
 # Inner mouth: search this far around dlib's inner-lip polygon; squared Mahalanobis distance from the
 # lip colour above which a pixel is teeth or cavity rather than lip.
-MOUTH_GROW = 0.015
+MOUTH_GROW = 0.0
 MOUTH_MAHA = 8.0
 
 # Faces with a larger interocular distance (px) are parsed at this size and the labels scaled back.
