@@ -107,69 +107,96 @@ def _forehead_anchors(region: FaceRegion) -> np.ndarray:
     return outline[17:]
 
 
-def _rasterise_depth(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, valid: np.ndarray, size_hw: tuple[int, int]
-) -> np.ndarray:
-    """Z-buffer the grid mesh (vertex arrays (Hc, Wc)); nearest (largest z) wins, -inf is empty."""
+def _grid_triangles(valid: np.ndarray) -> np.ndarray:
+    """Two triangles per grid cell whose corners are all valid: (T, 3) int64 flat vertex ids."""
+    ids = np.arange(valid.size).reshape(valid.shape)
+    a, b = ids[:-1, :-1].ravel(), ids[:-1, 1:].ravel()
+    c, d = ids[1:, :-1].ravel(), ids[1:, 1:].ravel()
+    triangles = np.concatenate([np.stack([a, b, c], axis=1), np.stack([b, d, c], axis=1)])
+    return triangles[valid.ravel()[triangles].all(axis=1)]
+
+
+def rasterise(
+    vertices: np.ndarray,
+    triangles: np.ndarray,
+    size_hw: tuple[int, int],
+    attributes: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Z-buffer a small-triangle mesh: the nearest surface (largest z) wins at each pixel centre.
+
+    vertices: (V, 3) float (x, y pixels, z toward the viewer); triangles: (T, 3) int vertex ids;
+    attributes: optional (V, K) float interpolated barycentrically on the winning triangle.
+    Returns (depth (H, W) float64, -inf where empty; attributes (H, W, K) float64 or None).
+    """
     height, width = size_hw
-    zbuf = np.full(height * width, -np.inf)
-    corners = [(slice(None, -1), slice(None, -1)), (slice(None, -1), slice(1, None)),
-               (slice(1, None), slice(None, -1)), (slice(1, None), slice(1, None))]  # fmt: skip
-    quad = [np.stack([a[r, c].ravel() for r, c in corners], axis=1) for a in (x, y, z, valid)]
-    qx, qy, qz, qvalid = quad
-    triangles = []
-    for ids in ((0, 1, 2), (1, 3, 2)):
-        keep = qvalid[:, ids].all(axis=1)
-        triangles.append((qx[keep][:, ids], qy[keep][:, ids], qz[keep][:, ids]))
-    tx = np.concatenate([t[0] for t in triangles])
-    ty = np.concatenate([t[1] for t in triangles])
-    tz = np.concatenate([t[2] for t in triangles])
-    x0 = np.ceil(tx.min(axis=1)).astype(np.int64)
-    y0 = np.ceil(ty.min(axis=1)).astype(np.int64)
-    extent = np.maximum(np.floor(tx.max(axis=1)) - x0, np.floor(ty.max(axis=1)) - y0).astype(np.int64) + 1
-    # Triangles are about a pixel wide; stretched ones (an opening mouth) are done in bigger windows.
-    for low, high in ((0, 2), (3, 5), (6, 16)):
-        sel = (extent > low - 1) & (extent <= high) if low else extent <= high
-        if not sel.any():
+    tri_x, tri_y, tri_z = (vertices[:, axis][triangles] for axis in range(3))
+    x0 = np.ceil(tri_x.min(axis=1)).astype(np.int64)
+    y0 = np.ceil(tri_y.min(axis=1)).astype(np.int64)
+    extent = (
+        np.maximum(np.floor(tri_x.max(axis=1)) - x0, np.floor(tri_y.max(axis=1)) - y0).astype(np.int64) + 1
+    )
+    pixels, depths, owners, weights = [], [], [], []
+    # Triangles are about a pixel wide; stretched ones (an opening mouth) get bigger search windows.
+    low = 0
+    for window in (2, 5, 16):
+        group = np.nonzero((extent > low) & (extent <= window))[0]
+        low = window
+        if not len(group):
             continue
-        _rasterise_group(tx[sel], ty[sel], tz[sel], x0[sel], y0[sel], high, zbuf, size_hw)
-    return zbuf.reshape(height, width)
+        offset_y, offset_x = (o.ravel()[None] for o in np.mgrid[0:window, 0:window])
+        px, py = x0[group, None] + offset_x, y0[group, None] + offset_y
+        ax, bx, cx = (tri_x[group, k : k + 1] for k in range(3))
+        ay, by, cy = (tri_y[group, k : k + 1] for k in range(3))
+        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+        area = np.where(np.abs(area) < 1e-12, np.nan, area)
+        w_b = ((px - ax) * (cy - ay) - (py - ay) * (cx - ax)) / area
+        w_c = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / area
+        w_a = 1.0 - w_b - w_c
+        inside = (w_a >= 0) & (w_b >= 0) & (w_c >= 0) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
+        rows, cols = np.nonzero(inside)
+        bary = np.stack([w_a[rows, cols], w_b[rows, cols], w_c[rows, cols]], axis=1)
+        pixels.append(py[rows, cols] * width + px[rows, cols])
+        depths.append((bary * tri_z[group[rows]]).sum(axis=1))
+        owners.append(group[rows])
+        weights.append(bary)
+    zbuf = np.full(height * width, -np.inf)
+    if not pixels:
+        return zbuf.reshape(height, width), None
+    pixel, depth = np.concatenate(pixels), np.concatenate(depths)
+    np.maximum.at(zbuf, pixel, depth)
+    if attributes is None:
+        return zbuf.reshape(height, width), None
+    winner = depth == zbuf[pixel]
+    owner, bary = np.concatenate(owners)[winner], np.concatenate(weights)[winner]
+    values = np.zeros((height * width, attributes.shape[1]))
+    values[pixel[winner]] = np.einsum("nk,nkc->nc", bary, attributes[triangles[owner]])
+    return zbuf.reshape(height, width), values.reshape(height, width, -1)
 
 
-def _rasterise_group(
-    tx: np.ndarray, ty: np.ndarray, tz: np.ndarray, x0: np.ndarray, y0: np.ndarray, window: int,
-    zbuf: np.ndarray, size_hw: tuple[int, int],
-) -> None:  # fmt: skip
-    height, width = size_hw
-    offset_y, offset_x = np.mgrid[0:window, 0:window]
-    px = x0[:, None] + offset_x.ravel()[None]
-    py = y0[:, None] + offset_y.ravel()[None]
-    ax, ay = tx[:, 0:1], ty[:, 0:1]
-    bx, by = tx[:, 1:2], ty[:, 1:2]
-    cx, cy = tx[:, 2:3], ty[:, 2:3]
-    area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    area = np.where(np.abs(area) < 1e-12, np.nan, area)
-    w_b = ((px - ax) * (cy - ay) - (py - ay) * (cx - ax)) / area
-    w_c = ((bx - ax) * (py - ay) - (by - ay) * (px - ax)) / area
-    w_a = 1.0 - w_b - w_c
-    eps = -1e-9
-    inside = (w_a >= eps) & (w_b >= eps) & (w_c >= eps) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
-    depth = w_a * tz[:, 0:1] + w_b * tz[:, 1:2] + w_c * tz[:, 2:3]
-    np.maximum.at(zbuf, (py * width + px)[inside], depth[inside])
+@dataclass(frozen=True)
+class FaceSurface:
+    """The posed, warped face surface seen from the camera.
+
+    depth: (H, W) float32 pixels, larger = nearer the viewer, 0 outside the face;
+    mask: (H, W) bool, the face surface without the inner mouth;
+    canonical_uv: (H, W, 2) float32 canonical (u, v) of the surface point at each pixel (0 outside);
+    pose: the rigid part of the fit.
+    """
+
+    depth: np.ndarray
+    mask: np.ndarray
+    canonical_uv: np.ndarray
+    pose: Pose
 
 
-def face_depth(
+def face_surface(
     landmarks: np.ndarray,
     size_hw: tuple[int, int],
     shape: SurfaceShape = DEFAULT_SHAPE,
     region: FaceRegion = DEFAULT_REGION,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Image-space depth of the posed, warped face surface.
-
-    landmarks: (68, 2) float64 (x, y) pixels; size_hw: output (H, W).
-    Returns (depth (H, W) float32 in pixels, larger = nearer the viewer, 0 outside the face;
-    mask (H, W) bool, the face surface without the inner mouth).
-    """
+) -> FaceSurface:
+    """Pose the generic surface from (68, 2) float64 (x, y) landmarks, warp it onto them and rasterise
+    it into an (H, W) = size_hw canvas."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
     height, width = size_hw
     points_3d = canonical_landmarks_3d(shape, region)
@@ -207,14 +234,30 @@ def face_depth(
     image_x += warp[..., 0]
     image_y += warp[..., 1]
 
-    zbuf = _rasterise_depth(image_x, image_y, posed[..., 2], inside.astype(bool), (height, width))
+    vertices = np.stack([image_x.ravel(), image_y.ravel(), posed[..., 2].ravel()], axis=1)
+    triangles = _grid_triangles(inside.astype(bool))
+    canonical_uv = np.stack([grid_u.ravel(), grid_v.ravel()], axis=1)
+    zbuf, uv = rasterise(vertices, triangles, (height, width), canonical_uv)
     mask = np.isfinite(zbuf)
     hole = np.zeros((height, width), np.uint8)
     lips = np.round(landmarks[INNER_LIPS] * 16).astype(np.int32)
     cv2.fillPoly(hole, [lips], 1, lineType=cv2.LINE_8, shift=4)
     mask &= hole == 0
     depth = np.where(mask, zbuf, 0.0).astype(np.float32)
-    return depth, mask
+    uv = np.where(mask[..., None], uv, 0.0).astype(np.float32)
+    return FaceSurface(depth=depth, mask=mask, canonical_uv=uv, pose=pose)
+
+
+def face_depth(
+    landmarks: np.ndarray,
+    size_hw: tuple[int, int],
+    shape: SurfaceShape = DEFAULT_SHAPE,
+    region: FaceRegion = DEFAULT_REGION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(depth (H, W) float32 pixels, larger = nearer, 0 outside; mask (H, W) bool) of the face surface
+    for (68, 2) float64 (x, y) landmarks; see `face_surface`."""
+    surface = face_surface(landmarks, size_hw, shape, region)
+    return surface.depth, surface.mask
 
 
 def depth_normals(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -61,30 +61,43 @@ class FaceRegion:
 class SurfaceShape:
     """Global parameters of the generic face surface (canonical units, depth toward the viewer).
 
-    cheek_*: a horizontal circular cross-section whose radius is `cheek_roundness` times the region's
-    half-width at that height, so the sides always turn away near the silhouette;
+    cheek_*: a horizontal cross-section, a superellipse of exponent `cheek_squareness` (2 = circle)
+    whose radius is `cheek_roundness` times the region's half-width at that height, so the sides
+    always turn away near the silhouette;
     forehead/chin_*: backward fall of the midline profile above and below the eyes;
     the others are Gaussian bumps (+) and hollows (-) of the named anatomy.
     """
 
-    cheek_roundness: float = 1.001
-    forehead_fall: float = 0.037
-    chin_fall: float = 0.173
-    nose_tip: float = 0.308
-    nose_root: float = 0.193
-    nose_width_root: float = 0.118
-    nose_width_tip: float = 0.126
-    ala: float = 0.04
-    eye_socket: float = 0.077
-    eyeball: float = 0.079
-    brow_ridge: float = 0.055
-    cheekbone: float = -0.015
-    muzzle: float = 0.174
-    upper_lip: float = 0.138
-    lower_lip: float = 0.084
+    cheek_roundness: float = 1.0
+    cheek_squareness: float = 2.0
+    forehead_fall: float = -0.112
+    chin_fall: float = 0.177
+    nose_tip: float = 0.309
+    nose_root: float = 0.236
+    nose_width_root: float = 0.121
+    nose_width_tip: float = 0.127
+    ala: float = 0.038
+    eye_socket: float = 0.084
+    eyeball: float = 0.066
+    brow_ridge: float = 0.045
+    cheekbone: float = -0.021
+    muzzle: float = 0.192
+    upper_lip: float = 0.086
+    lower_lip: float = 0.064
     mouth_corner: float = 0.029
-    chin_groove: float = 0.018
-    chin: float = 0.043
+    chin_groove: float = 0.02
+    chin: float = 0.068
+    nose_tip_length: float = 0.1
+    eye_socket_width: float = 0.6
+    eye_socket_height: float = 0.128
+    muzzle_width: float = 0.22
+    muzzle_height: float = 0.24
+    nasolabial: float = 0.0
+    temple: float = 0.042
+    forehead_bulge: float = 0.118
+    cheek_fat: float = 0.051
+    lid_crease: float = -0.026
+    tear_trough: float = 0.008
 
 
 DEFAULT_REGION = FaceRegion()
@@ -136,6 +149,16 @@ def _mirrored_bump(u: np.ndarray, v: np.ndarray, cu: float, cv: float, su: float
     return _bump(u, v, cu, cv, su, sv) + _bump(u, v, -cu, cv, su, sv)
 
 
+def _segment_groove(
+    u: np.ndarray, v: np.ndarray, start: tuple[float, float], end: tuple[float, float], sigma: float
+) -> np.ndarray:
+    du, dv = end[0] - start[0], end[1] - start[1]
+    t = np.clip(((u - start[0]) * du + (v - start[1]) * dv) / (du * du + dv * dv), 0.0, 1.0)
+    sq_dist = (u - start[0] - t * du) ** 2 + (v - start[1] - t * dv) ** 2
+    # Fades in and out along the segment so the groove has no blunt ends.
+    return np.exp(-0.5 * sq_dist / sigma**2) * np.sin(np.pi * t)
+
+
 def canonical_depth(
     u: np.ndarray, v: np.ndarray, shape: SurfaceShape = DEFAULT_SHAPE, region: FaceRegion = DEFAULT_REGION
 ) -> np.ndarray:
@@ -150,7 +173,8 @@ def canonical_depth(
     # turn away from the viewer toward the silhouette whatever the height.
     radius = shape.cheek_roundness * region_half_width(v, region)
     ratio = np.minimum(np.abs(u) / radius, 0.999)
-    depth = radius * (np.sqrt(1.0 - ratio**2) - 1.0)
+    power = shape.cheek_squareness
+    depth = radius * ((1.0 - ratio**power) ** (1.0 / power) - 1.0)
     # Midline profile: flat around the eyes and cheeks, falling back over the forehead and under the chin.
     forehead = np.clip((-0.75 - v) / 0.8, 0.0, None)
     chin = np.clip((v - 0.75) / 0.4, 0.0, None)
@@ -160,20 +184,29 @@ def canonical_depth(
     # the columella above the upper lip.
     along = np.clip((v + 0.6) / 0.57, 0.0, 1.0)
     height = shape.nose_root + (shape.nose_tip - shape.nose_root) * along**1.5
-    height *= np.where(v > -0.03, np.exp(-0.5 * ((v + 0.03) / 0.09) ** 2), 1.0)
+    height *= np.where(v > -0.03, np.exp(-0.5 * ((v + 0.03) / shape.nose_tip_length) ** 2), 1.0)
     height *= np.where(v < -0.6, np.exp(-0.5 * ((v + 0.6) / 0.12) ** 2), 1.0)
     width = shape.nose_width_root + (shape.nose_width_tip - shape.nose_width_root) * along
     depth += height * np.exp(-0.5 * (u / width) ** 2)
     depth += shape.ala * _mirrored_bump(u, v, 0.16, 0.07, 0.07, 0.07)
 
     # Eyes: a hollow socket under the brow ridge with the eyeball's lid bulging inside it.
-    depth -= shape.eye_socket * _mirrored_bump(u, v, 0.47, -0.6, 0.2, 0.13)
+    depth -= shape.eye_socket * _mirrored_bump(
+        u, v, 0.47, -0.6, shape.eye_socket_width, shape.eye_socket_height
+    )
+    depth -= shape.lid_crease * _mirrored_bump(u, v, 0.5, -0.68, 0.14, 0.03)
+    depth -= shape.tear_trough * _mirrored_bump(u, v, 0.45, -0.42, 0.15, 0.05)
     depth += shape.eyeball * _mirrored_bump(u, v, 0.5, -0.57, 0.12, 0.07)
     depth += shape.brow_ridge * _mirrored_bump(u, v, 0.5, -0.88, 0.3, 0.08)
     depth += shape.cheekbone * _mirrored_bump(u, v, 0.55, -0.2, 0.2, 0.15)
+    depth += shape.cheek_fat * _mirrored_bump(u, v, 0.5, 0.2, 0.2, 0.2)
+    depth -= shape.temple * _mirrored_bump(u, v, 0.95, -0.8, 0.15, 0.25)
+    depth += shape.forehead_bulge * _bump(u, v, 0.0, -1.15, 0.5, 0.3)
+    # Nasolabial fold: a groove from beside the nostril wing to beyond the mouth corner.
+    depth -= shape.nasolabial * _segment_groove(np.abs(u), v, (0.22, 0.1), (0.44, 0.55), 0.04)
 
     # Mouth: the muzzle protrudes, lips bulge on it, corners and the groove above the chin recede.
-    depth += shape.muzzle * _bump(u, v, 0.0, 0.45, 0.35, 0.3)
+    depth += shape.muzzle * _bump(u, v, 0.0, 0.45, shape.muzzle_width, shape.muzzle_height)
     depth += shape.upper_lip * _bump(u, v, 0.0, 0.41, 0.18, 0.05)
     depth += shape.lower_lip * _bump(u, v, 0.0, 0.6, 0.16, 0.06)
     depth -= shape.mouth_corner * _mirrored_bump(u, v, 0.38, 0.48, 0.05, 0.05)
