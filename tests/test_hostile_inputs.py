@@ -131,9 +131,11 @@ def reference_crop(astronaut_rgb: np.ndarray) -> np.ndarray:
     return align_photo(astronaut_rgb, "astronaut", AlignSettings(), default_detector())[0][0]
 
 
-def _run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def _run(
+    args: list[str], stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [*shmt_command(), *args], input=stdin, capture_output=True, timeout=120, check=False
+        [*shmt_command(), *args], input=stdin, capture_output=True, timeout=120, check=False, env=env
     )
 
 
@@ -279,7 +281,9 @@ def test_five_faces_with_all_faces(corpus: tuple[Path, list[str]], tmp_path: Pat
     assert all(b - a > 150 for a, b in itertools.pairwise(centres)), centres  # one per tile
 
 
-def test_files_from_stdin_names_outputs_safely(corpus: tuple[Path, list[str]], tmp_path: Path) -> None:
+def test_files_from_stdin_in_a_cron_environment_names_outputs_safely(
+    corpus: tuple[Path, list[str]], tmp_path: Path
+) -> None:
     root, _ = corpus
     work = tmp_path / "work"
     work.mkdir()
@@ -294,7 +298,8 @@ def test_files_from_stdin_names_outputs_safely(corpus: tuple[Path, list[str]], t
         ]
     )
     out = work / "out"
-    result = _run(["align", "-o", str(out), "--files-from", "-", "--json"], stdin=listing + b"\n")
+    cron = {"PATH": "/usr/bin:/bin", "HOME": str(work), "SHELL": "/bin/sh"}  # no locale, no terminal
+    result = _run(["align", "-o", str(out), "--files-from", "-", "--json"], stdin=listing + b"\n", env=cron)
     assert result.returncode == 0, _text(result.stderr)
     assert "Traceback" not in _text(result.stderr)
     summary = _json_lines(result.stdout)[-1]
