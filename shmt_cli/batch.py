@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shmt_cli import __version__
-from shmt_cli.imageio import InputError
+from shmt_cli.imageio import InputError, remove_stale_temp_files
 from shmt_cli.inputs import InputFile, Shard, UsageError, collect_inputs, display_path
 from shmt_cli.lock import LockBusy, OutputLock, OutputNotWritable
 from shmt_cli.manifest import Manifest
@@ -78,6 +78,7 @@ class ItemResult:
     reason: str = ""
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    input_stamps: list[list[int] | None] | None = None  # manifest only: what the inputs were
 
 
 @dataclass
@@ -106,6 +107,19 @@ class Summary:
             "failures": [{"input": key, "reason": reason} for key, reason in self.failures],
             "exit_code": self.exit_code,
         }
+
+
+def input_stamps(paths: Sequence[Path]) -> list[list[int] | None]:
+    """[size, mtime in ns] of each input (None when it cannot be read): tells a changed input apart."""
+    stamps: list[list[int] | None] = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append([info.st_size, info.st_mtime_ns])
+    return stamps
 
 
 def make_console() -> Console:
@@ -229,6 +243,9 @@ class BatchRunner:
     ) -> Summary:
         shard = self.options.shard
         mine = [item for item in items if shard.takes(str(item.out_stem))]
+        # Runs killed mid-write leave temp files; only those of dead writers go (shards run alongside).
+        for stale in remove_stale_temp_files(self.out_dir):
+            self._log(f"removed stale temp file {display_path(stale)}")
         previous = self.manifest.latest()
         self.check_parameters(previous)
         summary = Summary(command=self.command)
@@ -274,6 +291,12 @@ class BatchRunner:
                     outputs = list(record.get("outputs", []))
                     inputs = [display_path(p) for p in item.inputs]
                     skipped = ItemResult(item.key, "skipped", inputs=inputs, outputs=outputs, reason=reason)
+                    if not record and done_outputs is not None:
+                        # Outputs of a run killed before it recorded them: record them now, or the
+                        # manifest would never account for this item.
+                        skipped.outputs = [self._relative(p) for p in done_outputs(item)]
+                        skipped.input_stamps = input_stamps(item.inputs)
+                        self._append(skipped, "ok")
                     self._record(skipped, summary)
                     progress.advance(task)
                     continue
@@ -293,6 +316,9 @@ class BatchRunner:
     ) -> str | None:
         if self.options.overwrite:
             return None
+        stamps = record.get("input_stamps") if record is not None else None
+        if stamps is not None and stamps != input_stamps(item.inputs):
+            return None  # the input changed since (an upload that finished, an edited photo): redo it
         if record is not None:
             outputs_exist = all((self.out_dir / out).exists() for out in record.get("outputs", []))
             if record.get("status") == "ok" and outputs_exist:
@@ -306,6 +332,11 @@ class BatchRunner:
         return None
 
     def _outcome_result(self, item: WorkItem, outcome: Outcome, seconds: float) -> ItemResult:
+        result = self._outcome(item, outcome, seconds)
+        result.input_stamps = input_stamps(item.inputs)
+        return result
+
+    def _outcome(self, item: WorkItem, outcome: Outcome, seconds: float) -> ItemResult:
         inputs = [display_path(p) for p in item.inputs]
         if not isinstance(outcome, BaseException):
             produced, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
@@ -334,11 +365,12 @@ class BatchRunner:
         except ValueError:
             return display_path(path)
 
-    def _record(self, result: ItemResult, summary: Summary) -> None:
+    def _append(self, result: ItemResult, status: Status) -> None:
+        """Append `result` to the manifest with `status` (CannotRun when the manifest cannot be written)."""
         record = {
             "key": result.key,
             "command": self.command,
-            "status": result.status,
+            "status": status,
             "inputs": result.inputs,
             "outputs": result.outputs,
             "reason": result.reason,
@@ -348,15 +380,19 @@ class BatchRunner:
             "version": __version__,
             "host": socket.gethostname(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"input_stamps": result.input_stamps} if result.input_stamps is not None else {}),
             **result.extra,
         }
+        try:
+            self.manifest.append(record)
+        except OSError as exc:
+            raise CannotRun(
+                f"cannot write the manifest in {display_path(self.out_dir)}: {exc.strerror}"
+            ) from None
+
+    def _record(self, result: ItemResult, summary: Summary) -> None:
         if result.status != "skipped":
-            try:
-                self.manifest.append(record)
-            except OSError as exc:
-                raise CannotRun(
-                    f"cannot write the manifest in {display_path(self.out_dir)}: {exc.strerror}"
-                ) from None
+            self._append(result, result.status)
         if result.status == "ok":
             summary.done += 1
         elif result.status == "skipped":
@@ -367,7 +403,7 @@ class BatchRunner:
             self.console.print(f"[red]error[/red] {escape(result.key)}: {escape(result.reason)}")
         self._log(f"{result.status} {result.key} {result.reason}".rstrip())
         if self.options.json_lines:
-            fields = {k: v for k, v in asdict(result).items() if k != "extra"}
+            fields = {k: v for k, v in asdict(result).items() if k not in ("extra", "input_stamps")}
             line = {"type": "item", **fields, **result.extra}
             line["seconds"] = round(result.seconds, 4)
             # ASCII escapes: a non-UTF-8 file name must not break a strict UTF-8 stdout.

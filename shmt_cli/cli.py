@@ -6,8 +6,11 @@ Exit codes: 0 all done; 1 some inputs failed; 2 usage error; 3 the run could not
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
@@ -66,6 +69,11 @@ WaitLock = Annotated[
 LogFile = Annotated[Path | None, typer.Option("--log", help="Append a line per item and the summary here.")]
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwind like Ctrl-C: the lock is released and half-written temp files are removed on the way out.
+    raise SystemExit(128 + signum)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"shmt {__version__}")
@@ -79,6 +87,8 @@ def main(
     ] = False,
 ) -> None:
     """shmt: makeup transfer for folders of photos."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 
 def _error_exit(message: str, code: int) -> typer.Exit:

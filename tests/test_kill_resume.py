@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hostile import shmt_command, write_photo_set
 from PIL import Image
 from typer.testing import CliRunner
@@ -172,11 +171,6 @@ def test_long_names_get_bounded_temp_names(tmp_path: Path) -> None:
     assert TEMP_NAME.match(f"{temp_prefix(target)}abcdefgh.tmp")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch.py does not yet call imageio.remove_stale_temp_files after taking the lock; "
-    "diff proposed in the helper report",
-)
 def test_a_new_run_removes_temp_files_of_dead_writers(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
     photo = write_photo_set(tmp_path / "photos", astronaut_rgb, 1)[0]
     out = tmp_path / "out"
@@ -189,11 +183,6 @@ def test_a_new_run_removes_temp_files_of_dead_writers(tmp_path: Path, astronaut_
     assert not stale.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch.py skips an item whose outputs exist but that has no manifest record (killed "
-    "between its last output and its record) without recording it; diff proposed in the report",
-)
 def test_outputs_without_a_record_get_one(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
     photos = write_photo_set(tmp_path / "photos", astronaut_rgb, 2)
     out = tmp_path / "out"
@@ -206,12 +195,6 @@ def test_outputs_without_a_record_get_one(tmp_path: Path, astronaut_rgb: np.ndar
     assert all(r["status"] == "ok" for r in latest.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch.py's skip decision ignores whether an input changed since its record: a photo "
-    "that failed mid-upload is skipped forever without --retry-failed, and an edited photo keeps "
-    "its old crop; diff proposed in the helper report",
-)
 def test_a_photo_that_changed_since_its_record_is_redone(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
     photo = write_photo_set(tmp_path / "photos", astronaut_rgb, 1)[0]
     out, whole = tmp_path / "out", photo.read_bytes()
@@ -230,12 +213,6 @@ def test_a_photo_that_changed_since_its_record_is_redone(tmp_path: Path, astrona
     assert (out / "photo_00.png").read_bytes() != crop
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py keeps Python's default SIGTERM action (die at once), so `timeout`, systemd or a "
-    "cron wrapper stopping a run leave its lock and a temp file behind like kill -9; diff proposed "
-    "in the helper report",
-)
 def test_sigterm_stops_a_run_cleanly(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
     write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(800,))
     out, logs = tmp_path / "out", tmp_path / "logs"
