@@ -78,8 +78,8 @@ _PAINTABLE_RAMP = 0.015
 _TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
 # Specular highlight: lighter than the region's median lightness by this much (L units) and below this
 # fraction of its median chroma.
-_HIGHLIGHT_LIGHTER = 8.0
-_HIGHLIGHT_CHROMA = 0.7
+_HIGHLIGHT_LIGHTER = 12.0
+_HIGHLIGHT_CHROMA = 0.5
 # Weight of the fallback (the region's mean reference colour) in the normalised convolution, relative
 # to a pixel surrounded by valid reference pixels: only matters far from any of them.
 _FILL_PRIOR = 1e-3
@@ -88,6 +88,8 @@ _EYE_SHADOW_BELOW = 0.35
 # Brightness changes of the skin are split with the source: full foundation lightness on a differently
 # lit reference photo would relight the face.
 _SKIN_TONE_GAIN = 0.5
+# ...and capped (L units): foundation evens and tints skin, it does not turn a dark complexion pale.
+_SKIN_TONE_LIMIT = 6.0
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,8 @@ def transfer_prepared(
         else:
             region_tone = np.float32(mean[0] - src_l[region].mean())
             if name == "skin":
-                region_tone = region_tone * np.float32(_SKIN_TONE_GAIN)
+                limit = np.float32(_SKIN_TONE_LIMIT)
+                region_tone = np.clip(region_tone * np.float32(_SKIN_TONE_GAIN), -limit, limit)
 
         result_lab[..., 1:] += weight[..., None] * (filled_ab - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
