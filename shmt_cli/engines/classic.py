@@ -12,7 +12,11 @@ result is recombined in CIELAB per facial region:
 * the texture level has SHMT's meaning. At level h_k the Laplacian lightness bands finer than h_k
   (h0..h_{k-1}) blend toward the reference's inside the makeup regions, while h_k and everything
   coarser stay the source's: h0 keeps all of the source's fine texture (light makeup), h4 lets the
-  reference's texture and painted patterns through (heavy makeup).
+  reference's texture and painted patterns through (heavy makeup). Skin takes at most the two finest
+  bands: its coarser ones are the reference's facial relief, i.e. its identity.
+
+Reference pixels near a parsing border are trusted gradually (they mix materials), and specular
+highlights give no colour.
 
 Eyes, inner mouth, hair, glasses, background and every other non-face label of the source are never
 painted: pixels outside the enabled regions are copied from the source bit for bit.
@@ -43,7 +47,8 @@ MOUTH, U_LIP, L_LIP, HAIR, NECK = 10, 11, 12, 13, 17
 PAINTABLE_LABELS = (SKIN, NOSE, L_BROW, R_BROW, L_EAR, R_EAR, U_LIP, L_LIP, NECK)
 
 # Weight of each source label inside each region (rows follow REGIONS; eyes come from landmarks).
-# Ears and neck take half the foundation so its edge at the jaw does not show.
+# Ears and the neck take some of the foundation so its edge at the jaw does not show (not all of it: a
+# dark collar the parser calls neck would turn brown).
 _SOURCE_REGION_WEIGHTS: dict[str, dict[int, float]] = {
     "skin": {SKIN: 1.0, NOSE: 1.0, L_EAR: 0.5, R_EAR: 0.5, NECK: 0.25},
     "eyes": {SKIN: 1.0},
@@ -442,14 +447,14 @@ def transfer_prepared(
         and reference.region_means[name] is not None
         and source.masks[name].any()
     ]
-    if not active:
+    top, bottom, left, right = source.box
+    if not active or bottom <= top or right <= left:
         return source.rgb.copy()
     size = source.labels.shape
     if reference.stack.shape[:2] != size:
         raise ValueError(f"reference crop {reference.stack.shape[:2]} differs from the source crop {size}")
 
     # Everything below runs on the window that holds the source's regions.
-    top, bottom, left, right = source.box
     window = (slice(top, bottom), slice(left, right))
     warp = piecewise_affine_map(reference.landmarks, source.landmarks, size, box=source.box)
     warped = apply_warp(reference.stack, warp)
