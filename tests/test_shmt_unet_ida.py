@@ -353,9 +353,8 @@ def test_golden_unet_eps(golden_case: dict) -> None:
 
 def test_golden_unet_channels_last_and_bf16_autocast(golden_case: dict) -> None:
     io, unet = golden_case["io"], golden_case["unet"]
-    x = torch.cat(
-        [golden_case["z_t"], io["enc.z_bg"], golden_case["args"]["content"], golden_case["released"]], 1
-    )
+    golden_warp = io["unet.corr_all_LF_warp_with_coor"][:, :51]
+    x = torch.cat([golden_case["z_t"], io["enc.z_bg"], golden_case["args"]["content"], golden_warp], 1)
     fast = ShmtUNet(unet.config).eval()
     fast.load_state_dict(unet.state_dict())
     fast.to(memory_format=torch.channels_last)
