@@ -99,6 +99,14 @@ LIP_WEIGHT = 0.05
 # lip colour above which a pixel is teeth or cavity rather than lip.
 MOUTH_GROW = 0.0
 MOUTH_MAHA = 8.0
+# Open mouth: when the pixels unlike the lips fill at least MOUTH_OPEN_RATIO of dlib's own inner-lip
+# polygon (points 60..67, lip calibration), CelebAMask labels the whole opening (gums and shaded teeth
+# too): the polygon is kept and its edge moved by colour (teeth/cavity against lip), with prior
+# softness and search band in iod.
+MOUTH_OPEN_RATIO = 0.3
+MOUTH_WEIGHT = 0.3
+MOUTH_SOFT = 0.01
+MOUTH_BAND = 0.04
 
 # Faces with a larger interocular distance (px) are parsed at this size and the labels scaled back.
 PARSE_MAX_INTEROCULAR = 160.0
@@ -497,7 +505,28 @@ def _open_mouth(
     for i in range(1, count):
         if stats[i, cv2.CC_STAT_AREA] < min_area:
             out[comp == i] = 0
-    return out.astype(bool)
+    unlike_lips = out.astype(bool)
+    opening = _fill(mouth.shape, inner_lip_polygon(frame))
+    if unlike_lips.sum() < 8 or unlike_lips.sum() < MOUTH_OPEN_RATIO * opening.sum():
+        # Closed or barely open: only the visible gap itself.
+        return unlike_lips
+    dist = _signed_distance(opening)
+    band = MOUTH_BAND * iod
+    roi = np.abs(dist) < band
+    llr = _gaussian_loglik(lab[roi], lab[unlike_lips], 4.0) - _gaussian_loglik(lab[roi], lab[lip_core], 4.0)
+    score = np.sign(dist) * 10.0
+    score[roi] = np.clip(llr, -8.0, 8.0) * MOUTH_WEIGHT + dist[roi] / (MOUTH_SOFT * iod)
+    return score > 0
+
+
+def inner_lip_polygon(frame: _Frame) -> np.ndarray:
+    """Smooth closed outline (M, 2) through dlib's 8 inner-lip points, with the lips' vertical calibration.
+
+    Unlike the inner chain of lip_polygons (which runs to the outer mouth corners so that the lips
+    meet), this follows the opening itself: the outline of an open mouth.
+    """
+    inner = frame.lm[60:68] + LIP_SHIFT_V * frame.iod * frame.v
+    return _catmull_rom(inner, closed=True)
 
 
 def mouth_regions(
