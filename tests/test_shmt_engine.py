@@ -10,6 +10,7 @@ collated once and its conditioning (the IDA warp, computed once per pair) is reu
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -333,14 +334,21 @@ def test_each_pair_draws_its_own_seeded_noise(mix_engine: ShmtEngine, golden_job
     assert (first - other).abs().max().item() > 0.1
 
 
-def test_bf16_autocast_runs_close_to_fp32(mix_engine: ShmtEngine, golden_batch: PairBatch) -> None:
+def test_bf16_runs_close_to_fp32(mix_engine: ShmtEngine, golden_batch: PairBatch) -> None:
     fp32 = _variant_engine(mix_engine, "h4", steps=3).sample_batch(golden_batch, decode=False).samples
-    bf16 = _variant_engine(mix_engine, "h4", steps=3, dtype="bf16").sample_batch(golden_batch, decode=False)
-    drift = _record(
-        "bf16 vs fp32 samples, 3 steps (rel.)",
-        (bf16.samples - fp32).abs().max().item() / fp32.abs().max().item(),
-    )
-    assert 0 < drift < 0.05
+    scale = fp32.abs().max().item()
+    # fp32 weights under bf16 autocast, and the engine's own bf16 path: the UNet's weights in bf16.
+    autocast = _variant_engine(mix_engine, "h4", steps=3, dtype="bf16")
+    bf16_weights = _variant_engine(mix_engine, "h4", steps=3, dtype="bf16")
+    model = bf16_weights.models["h4"]
+    unet = copy.deepcopy(model.unet).to(torch.bfloat16)
+    bf16_weights.models = {"h4": replace(model, unet=unet, run_unet=unet)}
+    for name, engine in (("autocast", autocast), ("weights", bf16_weights)):
+        samples = engine.sample_batch(golden_batch, decode=False).samples
+        drift = _record(
+            f"bf16 {name} vs fp32 samples, 3 steps (rel.)", (samples - fp32).abs().max().item() / scale
+        )
+        assert 0 < drift < 0.05
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,6 +387,10 @@ def test_default_level_and_missing_weights(tiny_weights_dir: Path, tmp_path: Pat
         ShmtEngine.from_weights_dir(tmp_path / "empty", ShmtSettings(device="cpu"))
     with pytest.raises(ValueError, match="fp16"):
         ShmtEngine.from_weights_dir(h4_only, ShmtSettings(dtype="fp16", device="cpu"))
+    bf16 = ShmtEngine.from_weights_dir(h4_only, ShmtSettings(dtype="bf16", device="cpu"))
+    assert bf16.models["h4"].unet.out[2].weight.dtype == torch.bfloat16
+    assert bf16.models["h4"].ida.ref_enc[0].model[1].weight.dtype == torch.float32
+    assert bf16.settings()["dtype"] == "bf16"
 
     mix = ShmtEngine.from_weights_dir(tiny_weights_dir, ShmtSettings(device="cpu", steps=3))
     settings = mix.settings()

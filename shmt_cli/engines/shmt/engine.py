@@ -13,7 +13,9 @@ batches of pairs. Inference follows the official scripts (reference §0.1, §3, 
   result does not depend on the batch size, its position in the batch or the device's RNG.
 * The UNet runs channels_last; the VQ does not (see `from_weights_dir`).
 * The IDA, the VQ and the correlation softmax always run in float32 (the ×100 softmax amplifies
-  rounding ~500×); `dtype` bf16/fp16 applies to the UNet through autocast, GroupNorm staying float32.
+  rounding ~500×). `dtype` applies to the UNet only: bf16 casts its weights once at load (no per-call
+  weight casts, as autocast would do), fp16 (CUDA) runs it under autocast; GroupNorm and the attention
+  weights stay float32 either way.
 * Output pixels are `round(255 · clamp((x + 1) / 2, 0, 1))`; the official grid truncates instead.
 """
 
@@ -59,8 +61,9 @@ class ShmtSettings:
     steps with t >= 1000·mix use h0). steps: DDIM steps 1..1000. ida: "released" (official inference
     form) or "paper" (training form, w-blend with the noisy latent). ema_both: mix with EMA weights for
     h0 too (the official blend runs h0 with raw weights). batch_size: pairs per UNet batch. device:
-    "auto" (cuda if available), "cpu", "cuda", "cuda:1", ... dtype: "fp32", "bf16", "fp16" (UNet
-    autocast; fp16 needs CUDA). compile: torch.compile the UNet (None = on for CUDA, off for CPU).
+    "auto" (cuda if available), "cpu", "cuda", "cuda:1", ... dtype: "fp32", "bf16" (UNet weights in
+    bf16), "fp16" (UNet under autocast; needs CUDA). compile: torch.compile the UNet (None = on for
+    CUDA, off for CPU).
     """
 
     level: str = ""
@@ -210,7 +213,13 @@ def _read_model_tensors(path: Path, use_ema: bool) -> tuple[dict[str, torch.Tens
 
 
 def load_model(
-    path: Path, variant: str, size: str, use_ema: bool, device: torch.device, compile_unet: bool
+    path: Path,
+    variant: str,
+    size: str,
+    use_ema: bool,
+    device: torch.device,
+    compile_unet: bool = False,
+    unet_dtype: torch.dtype = torch.float32,
 ) -> ShmtModel:
     """Build SHMT-`variant` of size class `size` ("full"/"tiny") from an imported file, on `device`.
 
@@ -224,7 +233,7 @@ def load_model(
     load_official_ida(ida, tensors, assign=True)
     for module in (unet, ida):
         module.eval().requires_grad_(False)
-    unet.to(device=device, memory_format=torch.channels_last)
+    unet.to(device=device, dtype=unet_dtype, memory_format=torch.channels_last)
     ida.to(device)
     run_unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = unet
     if compile_unet:
@@ -362,6 +371,7 @@ class ShmtEngine(Engine):
         if settings.dtype == "fp16" and device.type != "cuda":
             raise ValueError(f"--dtype fp16 needs a CUDA device; on {device.type} use --dtype bf16 or fp32")
         compile_unet = settings.compile if settings.compile is not None else device.type == "cuda"
+        unet_dtype = torch.bfloat16 if settings.dtype == "bf16" else torch.float32
 
         models = {}
         for variant in needed:
@@ -369,7 +379,7 @@ class ShmtEngine(Engine):
             use_ema = not (level == "mix" and variant == MODEL2 and not settings.ema_both)
             entry = installed[variant]
             models[variant] = load_model(
-                folder / entry.file, variant, entry.size, use_ema, device, compile_unet
+                folder / entry.file, variant, entry.size, use_ema, device, compile_unet, unet_dtype
             )
         # The VQ stays in contiguous format: torch's CPU GroupNorm on channels_last tensors drifts by up
         # to 0.2 at the encoder's first norm (its large-mean 256² maps), 0.02 on the latents.
@@ -479,6 +489,7 @@ class ShmtEngine(Engine):
             x_T=noise,
         )
 
+    @torch.inference_mode()
     def conditioning(self, batch: PairBatch, variant: str) -> Conditioning:
         """Model `variant`'s UNet conditioning for `batch` in this engine's IDA form (cached on the batch)."""
         key, ida = (variant, self.config.ida), self.models[variant].ida
@@ -487,12 +498,16 @@ class ShmtEngine(Engine):
             cached = batch.conditioning[key] = Conditioning(ida, variant, batch, self.config.ida)
         return cached
 
+    @torch.inference_mode()
     def epsilon(self, batch: PairBatch, variant: str, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε-prediction (B, 3, 64, 64) float32 of model `variant` for x_t (B, 3, 64, 64) at t (B,) int64."""
         unet_input = self.conditioning(batch, variant).unet_input(x_t, t)
-        amp_dtype, enabled = self.autocast or torch.float32, self.autocast is not None
+        model = self.models[variant]
+        # Autocast only for float32 weights: a UNet loaded in bf16 already runs in it.
+        weights_fp32 = model.unet.time_embed[0].weight.dtype == torch.float32
+        amp_dtype, enabled = self.autocast or torch.float32, self.autocast is not None and weights_fp32
         with torch.autocast(unet_input.device.type, dtype=amp_dtype, enabled=enabled):
-            eps = self.models[variant].run_unet(unet_input, t)
+            eps = model.run_unet(unet_input, t)
         return eps.float()
 
     def model_for_step(self, t: int) -> str:
