@@ -57,6 +57,15 @@ LINER_LIGHTNESS = 20.0
 LINER_CHROMA = 6.0
 # Half width (iod) of the band around the eye centre where the upper lid is not peeled (the iris).
 LINER_IRIS_HALF = 0.12
+# Eyeball evidence: sclera pixels are at least as light as the eye's median (Lab L) with chroma below
+# SCLERA_CHROMA; the iris is the darkest disc of radius IRIS_RADIUS (iod) centred within IRIS_BAND of
+# the eye points' centre line. The eye is cut to their convex hull grown by EYEBALL_GROW, unless that
+# would keep less than EYEBALL_MIN_KEEP of it (no usable evidence).
+SCLERA_CHROMA = 20.0
+IRIS_RADIUS = 0.07
+IRIS_BAND = 0.02
+EYEBALL_GROW = 0.01
+EYEBALL_MIN_KEEP = 0.5
 # Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
 BROW_THICK_INNER = 0.12
 BROW_THICK_OUTER = 0.09
@@ -454,7 +463,55 @@ def eye_region(lab: np.ndarray, points: np.ndarray, frame: _Frame) -> np.ndarray
             break
         box[drop] = 0
     eye[top:bottom, left:right] = box.astype(bool)
-    return eye
+    return _eyeball_hull(lab, eye, points, frame)
+
+
+def _eyeball_hull(lab: np.ndarray, eye: np.ndarray, points: np.ndarray, frame: _Frame) -> np.ndarray:
+    """Boolean (H, W) eye cut to the convex hull of its eyeball evidence (sclera and iris), slightly grown.
+
+    Liner, lashes and shadow that the landmark outline takes in lie outside the hull of the white of
+    the eye and the iris; the hull keeps the lid shape smooth and the iris whole.
+    """
+    if eye.sum() < 10:
+        return eye
+    iod = frame.iod
+    ys, xs = np.nonzero(eye)
+    pad = max(2, round(IRIS_RADIUS * iod) + 1)
+    top, left = max(0, ys.min() - pad), max(0, xs.min() - pad)
+    bottom, right = min(eye.shape[0], ys.max() + pad + 1), min(eye.shape[1], xs.max() + pad + 1)
+    box = eye[top:bottom, left:right]
+    patch = lab[top:bottom, left:right]
+    lightness = patch[..., 0]
+    chroma = np.hypot(patch[..., 1], patch[..., 2])
+    evidence = box & (lightness >= np.median(lightness[box])) & (chroma < SCLERA_CHROMA)
+    # Iris: the darkest disc whose centre lies near the eye's centre line (liner is dark too, but on
+    # the lids, above and below it).
+    radius = max(1, round(IRIS_RADIUS * iod))
+    kernel = _disk(radius).astype(np.float32)
+    darkness = cv2.filter2D(
+        np.where(box, 100.0 - lightness, 0.0).astype(np.float32), -1, kernel / kernel.sum()
+    )
+    gy, gx = np.mgrid[top:bottom, left:right]
+    across = (np.stack([gx, gy], axis=-1) - points.mean(axis=0)) @ frame.v
+    darkness[~box | (np.abs(across) > IRIS_BAND * iod)] = -1.0
+    if darkness.max() >= 0:
+        cy, cx = np.unravel_index(int(np.argmax(darkness)), darkness.shape)
+        disc = np.zeros(box.shape, np.uint8)
+        cv2.circle(disc, (int(cx), int(cy)), radius, 1, -1)
+        evidence |= disc.astype(bool) & box
+    if evidence.sum() < 5:
+        return eye
+    hull = np.zeros(box.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.argwhere(evidence)[:, ::-1].astype(np.int32)), 1)
+    grow = round(EYEBALL_GROW * iod)
+    if grow > 0:
+        hull = cv2.dilate(hull, _disk(grow))
+    kept = box & hull.astype(bool)
+    if kept.sum() < EYEBALL_MIN_KEEP * box.sum():
+        return eye
+    out = np.zeros_like(eye)
+    out[top:bottom, left:right] = kept
+    return out
 
 
 def brow_region(lab: np.ndarray, points: np.ndarray, frame: _Frame, inner_first: bool) -> np.ndarray:
