@@ -40,8 +40,9 @@ MOUTH, U_LIP, L_LIP, HAIR, HAT, EARRING, NECKLACE, NECK, CLOTH = 10, 11, 12, 13,
 # 36 dev photos with tools/parsing_iou.py, each against one region's mean IoU; they are ratios of
 # landmark distances shared by all photos, not per-photo constants.
 # Eyes: scale of the 6 eye points about their centre (along u; above / below the centre along v) and
-# a shift along v: CelebAMask eyes are a little flatter and higher than dlib's eye points.
-EYE_SCALE_U = 1.0
+# a shift along v: CelebAMask eyes are a little flatter and higher than dlib's eye points. The outline
+# starts a little wide because the eyeball hull (below) trims what the corners take in.
+EYE_SCALE_U = 1.04
 EYE_SCALE_V = 0.85
 EYE_SCALE_LOW = 0.85
 EYE_SHIFT_V = -0.01
