@@ -10,6 +10,7 @@ from shmt_cli.engines.classic import (
     REGIONS,
     ClassicParams,
     eye_shadow_mask,
+    fine_details,
     lab_to_rgb,
     prepare_reference,
     prepare_source,
@@ -197,3 +198,20 @@ def test_specular_highlights_flag_shine_not_blush():
     assert flagged[10:20, 10:20].all()
     assert flagged.sum() == 100
     assert not specular_highlights(lab, np.zeros_like(region)).any()
+
+
+def test_fine_details_are_the_finest_bands_of_the_shared_pyramid():
+    torch = pytest.importorskip("torch")
+    from shmt_cli.pyramid import laplacian_pyramid, reconstruct_pyramid
+
+    image = np.random.default_rng(5).normal(size=(121, 98)).astype(np.float32)
+    bands = laplacian_pyramid(torch.from_numpy(image)[None, None], 4)
+    for level in range(5):
+        details = fine_details(image, level, [2, 5])
+        for depth, detail in zip([2, 5], details, strict=True):
+            used = min(depth, level)
+            kept = [band if index < used else torch.zeros_like(band) for index, band in enumerate(bands)]
+            expected = reconstruct_pyramid(kept)[0, 0].numpy()
+            np.testing.assert_allclose(detail, expected, atol=1e-5)
+    # All bands but the residual: the image minus its coarse version.
+    assert np.abs(fine_details(image, 4, [5])[0]).mean() > 0.5

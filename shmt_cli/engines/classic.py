@@ -430,7 +430,8 @@ def fine_details(x: np.ndarray, level: int, depths: Iterable[int]) -> list[np.nd
             if depth == 0:
                 details.append(np.zeros_like(x))
                 continue
-            kept = [band if index < depth else torch.zeros_like(band) for index, band in enumerate(bands)]
+            # Bands h0..h_{depth-1} over a zero residual of level `depth`'s size: no upsampling of zeros.
+            kept = [*bands[:depth], torch.zeros_like(bands[depth])]
             details.append(reconstruct_pyramid(kept)[0, 0].numpy())
     return details
 
