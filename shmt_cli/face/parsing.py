@@ -117,6 +117,11 @@ MOUTH_OPEN_RATIO = 0.3
 MOUTH_WEIGHT = 0.3
 MOUTH_SOFT = 0.01
 MOUTH_BAND = 0.04
+# Teeth beside the lip midline (within TEETH_BAND iod): chroma below TEETH_CHROMA_RATIO of the lips'
+# median chroma and Lab lightness above TEETH_LIGHTNESS.
+TEETH_BAND = 0.04
+TEETH_CHROMA_RATIO = 0.5
+TEETH_LIGHTNESS = 35.0
 
 # Faces with a larger interocular distance (px) are parsed at this size and the labels scaled back.
 PARSE_MAX_INTEROCULAR = 160.0
@@ -531,14 +536,50 @@ def brow_region(lab: np.ndarray, points: np.ndarray, frame: _Frame, inner_first:
     )
 
 
+def _drop_specks(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Boolean mask without its 8-connected components smaller than min_area pixels."""
+    out = mask.astype(np.uint8)
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(out, connectivity=8)
+    for i in range(1, count):
+        if stats[i, cv2.CC_STAT_AREA] < min_area:
+            out[comp == i] = 0
+    return out.astype(bool)
+
+
+def _visible_teeth(
+    lab: np.ndarray, lips: np.ndarray, lip_core: np.ndarray, midline: np.ndarray, iod: float
+) -> np.ndarray:
+    """Boolean (H, W) teeth between the lips: near the lip midline, much less colourful than the lips.
+
+    dlib often closes its inner-lip points over a slightly open mouth; teeth show then as pale,
+    nearly grey pixels beside the midline, which no lip colour has (shadowed teeth are not bright,
+    so the test is on chroma, with a lightness floor against the dark gap of closed lips).
+    """
+    lip_chroma = float(np.median(np.hypot(lab[lip_core][:, 1], lab[lip_core][:, 2])))
+    line = np.zeros(lips.shape, np.uint8)
+    pts = np.round(_catmull_rom(midline, closed=False) * 16).astype(np.int32)
+    cv2.polylines(line, [pts], False, 1, thickness=1, lineType=cv2.LINE_8, shift=4)
+    near = cv2.dilate(line, _disk(max(1, round(TEETH_BAND * iod)))).astype(bool) & lips
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    teeth = near & (chroma < TEETH_CHROMA_RATIO * lip_chroma) & (lab[..., 0] > TEETH_LIGHTNESS)
+    return _drop_specks(teeth, max(3, round((0.03 * iod) ** 2)))
+
+
 def _open_mouth(
-    lab: np.ndarray, mouth: np.ndarray, lip_core: np.ndarray, landmarks: np.ndarray, iod: float
+    lab: np.ndarray,
+    mouth: np.ndarray,
+    lips: np.ndarray,
+    lip_core: np.ndarray,
+    landmarks: np.ndarray,
+    iod: float,
 ) -> np.ndarray:
     """Inner-mouth pixels: those near the landmark mouth opening whose colour is unlike the lips.
 
     dlib draws an inner-lip polygon even for closed mouths and often a closed one for slightly open
     mouths; teeth and the dark gap are what CelebAMask labels as mouth. So the search covers the
-    inner-lip polygon plus the line between the lips, and keeps pixels far from the per-image lip colour.
+    inner-lip polygon plus the line between the lips, and keeps pixels far from the per-image lip
+    colour, plus teeth beside that line. When these fill enough of dlib's opening, the opening itself
+    (edges moved by colour) is the mouth.
     """
     if lip_core.sum() < 8:
         return np.zeros_like(mouth)
@@ -555,15 +596,11 @@ def _open_mouth(
         near = cv2.dilate(near, _disk(grow))
     near = near.astype(bool)
     maha = _mahalanobis(lab[near], lab[lip_core], 4.0)[0]
-    out = np.zeros(mouth.shape, np.uint8)
+    out = np.zeros(mouth.shape, bool)
     out[near] = maha > MOUTH_MAHA
-    # Drop isolated specks (a gap between lips is thin but long, so no morphological opening).
-    count, comp, stats, _ = cv2.connectedComponentsWithStats(out, connectivity=8)
-    min_area = max(3, round((0.03 * iod) ** 2))
-    for i in range(1, count):
-        if stats[i, cv2.CC_STAT_AREA] < min_area:
-            out[comp == i] = 0
-    unlike_lips = out.astype(bool)
+    teeth = _visible_teeth(lab, lips | mouth, lip_core, midline, iod)
+    # Isolated specks go (a gap between lips is thin but long, so no morphological opening).
+    unlike_lips = _drop_specks(out, max(3, round((0.03 * iod) ** 2))) | teeth
     opening = _fill(mouth.shape, inner_lip_polygon(frame))
     if unlike_lips.sum() < 8 or unlike_lips.sum() < MOUTH_OPEN_RATIO * opening.sum():
         # Closed or barely open: only the visible gap itself.
@@ -574,7 +611,7 @@ def _open_mouth(
     llr = _gaussian_loglik(lab[roi], lab[unlike_lips], 4.0) - _gaussian_loglik(lab[roi], lab[lip_core], 4.0)
     score = np.sign(dist) * 10.0
     score[roi] = np.clip(llr, -8.0, 8.0) * MOUTH_WEIGHT + dist[roi] / (MOUTH_SOFT * iod)
-    return score > 0
+    return (score > 0) | teeth
 
 
 def inner_lip_polygon(frame: _Frame) -> np.ndarray:
@@ -607,7 +644,7 @@ def mouth_regions(
         fg_samples=lip_core,
     )
     refined |= mouth
-    mouth = _open_mouth(lab, mouth, lip_core, landmarks, iod) & refined
+    mouth = _open_mouth(lab, mouth, lips, lip_core, landmarks, iod) & refined
     # Upper or lower lip: whichever landmark lip is nearer.
     d_upper = cv2.distanceTransform((~upper).astype(np.uint8), cv2.DIST_L2, 3)
     d_lower = cv2.distanceTransform((~lower).astype(np.uint8), cv2.DIST_L2, 3)
