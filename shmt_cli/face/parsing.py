@@ -113,7 +113,9 @@ MOUTH_MAHA = 8.0
 # polygon (points 60..67, lip calibration), CelebAMask labels the whole opening (gums and shaded teeth
 # too): the polygon is kept and its edge moved by colour (teeth/cavity against lip), with prior
 # softness and search band in iod.
-MOUTH_OPEN_RATIO = 0.3
+MOUTH_OPEN_RATIO = 0.4
+# Scale of dlib's inner-lip points about their centre along the mouth, for that opening.
+MOUTH_SCALE_U = 0.9
 MOUTH_WEIGHT = 0.3
 MOUTH_SOFT = 0.01
 MOUTH_BAND = 0.04
@@ -615,13 +617,21 @@ def _open_mouth(
 
 
 def inner_lip_polygon(frame: _Frame) -> np.ndarray:
-    """Smooth closed outline (M, 2) through dlib's 8 inner-lip points, with the lips' vertical calibration.
+    """Smooth closed outline (M, 2) through dlib's 8 inner-lip points, narrowed, with the lip calibration.
 
     Unlike the inner chain of lip_polygons (which runs to the outer mouth corners so that the lips
     meet), this follows the opening itself: the outline of an open mouth.
     """
-    inner = frame.lm[60:68] + LIP_SHIFT_V * frame.iod * frame.v
-    return _catmull_rom(inner, closed=True)
+    inner = frame.lm[60:68]
+    centre = inner.mean(axis=0)
+    rel = inner - centre
+    # Narrowed along the mouth: dlib's inner corners run into the lip corners, where CelebAMask has lip.
+    moved = (
+        centre
+        + np.outer(rel @ frame.u * MOUTH_SCALE_U, frame.u)
+        + np.outer(rel @ frame.v + LIP_SHIFT_V * frame.iod, frame.v)
+    )
+    return _catmull_rom(moved, closed=True)
 
 
 def mouth_regions(
