@@ -25,7 +25,7 @@ from shmt_cli.engines.base import PairJob
 from shmt_cli.engines.select import EngineUnavailable
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt import weights as W
-from shmt_cli.engines.shmt.engine import PairBatch, ShmtEngine, ShmtSettings, pixel_noise, to_uint8_images
+from shmt_cli.engines.shmt.engine import PairBatch, ShmtEngine, ShmtSettings, latent_noise, to_uint8_images
 
 WARP_ATOL = 5e-4
 EPS_ATOL = 2e-4
@@ -294,6 +294,9 @@ def test_padding_and_position_do_not_change_a_pairs_result(
 ) -> None:
     alone = _variant_engine(mix_engine, "h4", steps=2, batch_size=1).sample(golden_jobs[:1], decode=False)
     padded_engine = _variant_engine(mix_engine, "h4", steps=2, batch_size=3)
+    assert not padded_engine.pad_batches  # eager: no padding by default
+    assert padded_engine.collate(golden_jobs[:1]).size == 1
+    padded_engine.pad_batches = True  # as with a compiled UNet
     padded_batch = padded_engine.collate([golden_jobs[1], golden_jobs[0]])
     assert padded_batch.size == 3 and padded_batch.count == 2
     padded = padded_engine.sample_batch(padded_batch, decode=False)
@@ -325,10 +328,10 @@ def test_transfer_batch_splits_into_engine_batches(
 def test_each_pair_draws_its_own_seeded_noise(mix_engine: ShmtEngine, golden_jobs: list[PairJob]) -> None:
     engine = _variant_engine(mix_engine, "h4", steps=1, batch_size=1)
     batch = engine.collate([replace(golden_jobs[0], seed=7)])
-    assert torch.equal(batch.x_T[0], pixel_noise(7, (1, 3, 64, 64))[0])
+    assert torch.equal(batch.x_T[0], latent_noise(7, (1, 3, 64, 64))[0])
     first = engine.sample_batch(batch, decode=False).samples
     again = engine.sample_batch(engine.collate([replace(golden_jobs[0], seed=7)]), decode=False).samples
-    other_batch = replace(batch, x_T=pixel_noise(8, (1, 3, 64, 64)))  # same pair, conditioning reused
+    other_batch = replace(batch, x_T=latent_noise(8, (1, 3, 64, 64)))  # same pair, conditioning reused
     other = engine.sample_batch(other_batch, decode=False).samples
     assert torch.equal(first, again)
     assert (first - other).abs().max().item() > 0.1

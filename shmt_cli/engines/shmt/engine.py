@@ -6,9 +6,11 @@ batches of pairs. Inference follows the official scripts (reference §0.1, §3, 
 * The released IDA form does not depend on z_t or t (reference §8 #1), so it is computed once per pair
   before the DDIM loop; the training ("paper") form keeps the content warp A1 fixed too and recomputes
   only the noisy-latent warp A0 and its weight w(t) at every step.
-* Every batch is padded to exactly `batch_size` rows (copies of the last pair, dropped at the end) so a
-  compiled UNet or CUDA graph sees a single shape; the UNet input is one reused buffer whose constant
-  channels [z_bg, C, Â] are written once per batch (once per step for the paper form).
+* With a compiled UNet every batch is padded to exactly `batch_size` rows (copies of the last pair,
+  dropped at the end) so the compiled graph (and CUDA graphs) see a single shape. Eager runs gain
+  nothing from a fixed shape, so they skip the padding and its cost (a lone last pair at batch 4 would
+  pay 4×); `pad_batches` overrides. The UNet input is one reused buffer whose constant channels
+  [z_bg, C, Â] are written once per batch (once per step for the paper form).
 * A pair's initial noise comes from its own seed on a CPU generator, then moves to the device, so its
   result does not depend on the batch size, its position in the batch or the device's RNG.
 * The UNet runs channels_last; the VQ does not (see `from_weights_dir`).
@@ -183,7 +185,7 @@ class ShmtModel:
     run_unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def pixel_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+def latent_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """A pair's initial latent noise, float32 on CPU, drawn from its own generator."""
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
 
@@ -327,6 +329,8 @@ class ShmtEngine(Engine):
         self.level = level
         self.device = device
         self.batch_size = settings.batch_size
+        #: Pad every batch to `batch_size` rows: on when a model is compiled (one graph shape).
+        self.pad_batches = any(model.run_unet is not model.unet for model in self.models.values())
         self.autocast = None if settings.dtype == "fp32" else DTYPES[settings.dtype]
         self.weight_hashes = dict(weight_hashes or {})
         self._choose_model = two_model_chooser(settings.mix)
@@ -449,7 +453,7 @@ class ShmtEngine(Engine):
         return vqmod.encode(self.vq, image.to(self.device).contiguous()).float().cpu()
 
     def collate(self, jobs: Sequence[PairJob], x_T: torch.Tensor | None = None) -> PairBatch:
-        """Stack prepared pairs into one batch of exactly `batch_size` rows on the device.
+        """Stack prepared pairs into one batch on the device, padded to `batch_size` rows if `pad_batches`.
 
         `x_T` (len(jobs), 3, 64, 64) replaces the per-seed noise (tests inject the official noise).
         """
@@ -457,7 +461,8 @@ class ShmtEngine(Engine):
             raise ValueError("no pairs to transfer")
         if len(jobs) > self.batch_size:
             raise ValueError(f"{len(jobs)} pairs do not fit a batch of {self.batch_size}")
-        padded = list(jobs) + [jobs[-1]] * (self.batch_size - len(jobs))
+        rows = self.batch_size if self.pad_batches else len(jobs)
+        padded = list(jobs) + [jobs[-1]] * (rows - len(jobs))
         sources: list[SourceState] = [job.source for job in padded]
         refs: list[ReferenceState] = [job.reference for job in padded]
 
@@ -466,12 +471,12 @@ class ShmtEngine(Engine):
 
         latent_shape = tuple(sources[0].z_bg.shape)
         if x_T is None:
-            noise = stack([pixel_noise(job.seed, latent_shape) for job in padded])
+            noise = stack([latent_noise(job.seed, latent_shape) for job in padded])
         else:
             if x_T.shape[0] != len(jobs) or tuple(x_T.shape[1:]) != latent_shape[1:]:
                 raise ValueError(f"x_T must be ({len(jobs)}, {', '.join(map(str, latent_shape[1:]))})")
-            rows = list(x_T.float().cpu().split(1))
-            noise = stack(rows + rows[-1:] * (self.batch_size - len(jobs)))
+            given = list(x_T.float().cpu().split(1))
+            noise = stack(given + given[-1:] * (rows - len(jobs)))
         return PairBatch(
             count=len(jobs),
             z_bg=stack([s.z_bg for s in sources]),
