@@ -6,16 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
+from shmt_cli.color import lab_to_rgb, rgb_to_lab
 from shmt_cli.engines.classic import (
     REGIONS,
     ClassicParams,
     eye_shadow_mask,
     fine_details,
-    lab_to_rgb,
     prepare_reference,
     prepare_source,
     region_masks,
-    rgb_to_lab,
     specular_highlights,
     transfer_classic,
     transfer_many,

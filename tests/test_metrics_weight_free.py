@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shmt_cli.engines.classic import lab_to_rgb, rgb_to_lab
+from shmt_cli.color import lab_to_rgb, rgb_to_lab
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.metrics.weight_free import (

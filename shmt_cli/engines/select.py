@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import Engine, PairJob
@@ -44,7 +46,20 @@ class ClassicEngine(Engine):
         return prepare_reference(face.image, face.labels, face.landmarks)
 
     def transfer_batch(self, jobs: Sequence[PairJob]) -> list[np.ndarray]:
-        return [transfer_prepared(job.source, job.reference, self.params) for job in jobs]
+        with _single_torch_thread():
+            return [transfer_prepared(job.source, job.reference, self.params) for job in jobs]
+
+
+@contextlib.contextmanager
+def _single_torch_thread() -> Iterator[None]:
+    """The pyramid's small convolutions run several times slower with more than one torch thread
+    (thread hand-off dominates such small work), so the classic engine runs them on one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

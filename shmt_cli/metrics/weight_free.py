@@ -22,7 +22,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from shmt_cli.engines.classic import eye_shadow_mask, rgb_to_lab
+from shmt_cli.color import rgb_to_lab
+from shmt_cli.engines.classic import eye_shadow_mask
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
 
 # SHMT's face mask M_face (spec §1.2): skin, nose, brows, ears, lips, neck.
