@@ -53,7 +53,7 @@ EYE_BAND = 0.09
 EYE_MARGIN = 0.01
 # Lower-lid liner peel: at most this deep (iod), pixels darker than LINER_LIGHTNESS (Lab L) with
 # chroma below LINER_CHROMA (black or grey, unlike irises).
-LINER_DEPTH = 0.03
+LINER_DEPTH = 0.04
 LINER_LIGHTNESS = 20.0
 LINER_CHROMA = 6.0
 # Half width (iod) of the band around the eye centre where the upper lid is not peeled (the iris).
@@ -511,9 +511,8 @@ def _eyeball_hull(lab: np.ndarray, eye: np.ndarray, points: np.ndarray, frame: _
         return eye
     hull = np.zeros(box.shape, np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(np.argwhere(evidence)[:, ::-1].astype(np.int32)), 1)
-    grow = round(EYEBALL_GROW * iod)
-    if grow > 0:
-        hull = cv2.dilate(hull, _disk(grow))
+    # At least a pixel: the hull runs through the centres of the outermost evidence pixels.
+    hull = cv2.dilate(hull, _disk(max(1, round(EYEBALL_GROW * iod))))
     kept = box & hull.astype(bool)
     if kept.sum() < EYEBALL_MIN_KEEP * box.sum():
         return eye
