@@ -156,3 +156,13 @@ def test_agrees_with_3ddfa_renders_on_dev_photos(faces_dir, stem: str) -> None:
 # Regression floors, a little below what these photos reach (see tools/render3d_agreement.py).
 IOU_FLOOR = 0.92
 CORR_FLOOR = 0.82
+
+
+def test_large_face_is_rendered_like_a_small_one() -> None:
+    small = render_face(synthetic_landmarks(), SIZE)[..., 0]
+    big = render_face(synthetic_landmarks(scale=62.0 * 4, centre=(512.0, 600.0)), (1024, 1024))[..., 0]
+    assert big[:20, :20].max() == 0 and big[big > 0].min() >= 60
+    shrunk = cv2.resize(big, SIZE[::-1], interpolation=cv2.INTER_AREA)
+    both = (small > 0) & (shrunk > 0) & (cv2.erode((small > 0).astype(np.uint8), np.ones((5, 5))) > 0)
+    assert both.sum() > 0.8 * (small > 0).sum()
+    assert np.corrcoef(small[both].astype(float), shrunk[both].astype(float))[0, 1] > 0.95

@@ -34,6 +34,9 @@ SPECULAR_EXPONENT = 5.0
 LIGHT_POSITION = (0.0, 0.0, 5.0)
 VIEWER_POSITION = (0.0, 0.0, 5.0)
 
+# Faces wider than this (eye centre to eye centre, pixels) are rendered smaller and enlarged:
+# the mesh cost grows with the face area and the shading has no detail finer than that.
+MAX_INTEROCULAR_PX = 160.0
 # Canonical grid step in output pixels: small enough that every pixel centre falls in a triangle.
 _GRID_STEP_PX = 0.9
 # The residual warp is smooth: it is evaluated on a coarse grid (canonical units) and resized.
@@ -225,12 +228,17 @@ def face_surface(
     forehead = _forehead_anchors(region)
     anchors = np.vstack([CANONICAL_LANDMARKS, forehead])
     values = np.vstack([residual, np.zeros_like(forehead)])
-    coarse_u = np.linspace(u_min, u_max, max(2, int(np.ceil((u_max - u_min) / _WARP_STEP)) + 1))
-    coarse_v = np.linspace(v_min, v_max, max(2, int(np.ceil((v_max - v_min) / _WARP_STEP)) + 1))
+    coarse_cols = int(np.ceil((u_max - u_min) / _WARP_STEP)) + 2
+    coarse_rows = int(np.ceil((v_max - v_min) / _WARP_STEP)) + 2
+    coarse_u = u_min + _WARP_STEP * np.arange(coarse_cols)
+    coarse_v = v_min + _WARP_STEP * np.arange(coarse_rows)
     coarse = np.stack(np.meshgrid(coarse_u, coarse_v), axis=-1).reshape(-1, 2)
     warp = thin_plate_spline(anchors, values, coarse, _TPS_REGULARISATION)
-    warp = warp.reshape(len(coarse_v), len(coarse_u), 2).astype(np.float32)
-    warp = cv2.resize(warp, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    warp = warp.reshape(coarse_rows, coarse_cols, 2).astype(np.float32)
+    # Bilinear lookup of the coarse field at every grid vertex (coarse cell = _WARP_STEP).
+    map_u = ((grid_u - u_min) / _WARP_STEP).astype(np.float32)
+    map_v = ((grid_v - v_min) / _WARP_STEP).astype(np.float32)
+    warp = cv2.remap(warp, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     image_x += warp[..., 0]
     image_y += warp[..., 1]
 
@@ -334,8 +342,21 @@ def render_face(
     """Gray shaded face (H, W, 3) uint8, R = G = B, face about 76..255 on an exactly 0 background.
 
     landmarks: (68, 2) float64 (x, y) pixels in dlib order; size_hw: (H, W) of the photo.
+    Very large faces are rendered at a reduced size and enlarged (the shading is smooth).
     """
-    normals, mask, depth = render_face_normals(landmarks, size_hw, shape)
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    interocular = np.linalg.norm(landmarks[42:48].mean(axis=0) - landmarks[36:42].mean(axis=0))
+    factor = min(1.0, MAX_INTEROCULAR_PX / max(interocular, 1e-6))
+    height, width = size_hw
+    small_hw = (max(1, round(height * factor)), max(1, round(width * factor)))
+    # Pixel centres map as x_small = (x + 0.5) * factor - 0.5 under cv2.resize.
+    small_landmarks = (landmarks + 0.5) * factor - 0.5 if factor < 1.0 else landmarks
+    normals, mask, depth = render_face_normals(small_landmarks, small_hw, shape)
     gray = np.round(shade(normals, mask, depth) * 255.0).astype(np.uint8)
     gray[~mask] = 0
+    if factor < 1.0:
+        mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_LINEAR)
+        # Keep the lighting floor at the silhouette (no blend with the black background).
+        gray = np.where(mask, np.maximum(gray, round(AMBIENT * 255.0)), 0).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
