@@ -5,8 +5,8 @@ Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--size=N] [--fit-nose]
 FACES_DIR defaults to ../shared/faces (folders */images with the photos and */seg with 512x512 label
 PNGs of the official FaceParsing.PyTorch parser). Each photo is parsed as it is (unaligned, at its own
 size); the reference map is resized to the photo's size with nearest and both are compared there.
-Prints per-image IoUs, the per-class mean over the photos, and the mean of the class means, plus the
-parse time per photo.
+Prints per-image IoUs, the per-class mean over the photos (also pooled over all pixels, and per photo
+folder), and the mean of the class means, plus the parse time per photo.
 
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
 at another scale.
@@ -74,11 +74,16 @@ def photo_pairs(faces_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def evaluate(
-    pairs: list[tuple[Path, Path]], verbose: bool = True, size: int | None = None
+    pairs: list[tuple[Path, Path]],
+    verbose: bool = True,
+    size: int | None = None,
+    details: list[tuple[str, str, int, int]] | None = None,
 ) -> tuple[dict[str, list[float]], float]:
     """Per-region lists of IoUs over the photos and the mean parse CPU time in seconds.
 
     size: when given, photos are resized to size x size (area filter) before parsing.
+    details: when given, gets one (folder, region, intersection, union) pixel count per photo and
+    scored region (folder is the photo set, e.g. makeup / non_makeup).
     """
     detector = default_detector()
     scores: dict[str, list[float]] = {name: [] for name in REGIONS}
@@ -99,6 +104,10 @@ def evaluate(
         row = region_ious(pred, ref)
         for name, value in row.items():
             scores[name].append(value)
+            if details is not None:
+                pred_mask, ref_mask = np.isin(pred, REGIONS[name]), np.isin(ref, REGIONS[name])
+                inter, union = int((pred_mask & ref_mask).sum()), int((pred_mask | ref_mask).sum())
+                details.append((image_path.parent.parent.name, name, inter, union))
         if verbose:
             cells = "  ".join(f"{name} {value:.3f}" for name, value in row.items())
             name = f"{image_path.parent.parent.name}/{image_path.name}"
@@ -214,12 +223,28 @@ def main(argv: list[str]) -> int:
         fit_nose(pairs)
         return 0
     sizes = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--size=")]
-    scores, seconds = evaluate(pairs, verbose="--quiet" not in argv, size=sizes[0] if sizes else None)
+    details: list[tuple[str, str, int, int]] = []
+    scores, seconds = evaluate(
+        pairs, verbose="--quiet" not in argv, size=sizes[0] if sizes else None, details=details
+    )
     means = {name: float(np.mean(values)) for name, values in scores.items() if values}
+    folders = sorted({folder for folder, _, _, _ in details})
     print()
-    print(f"{'region':<8} {'mean IoU':>8} {'photos':>6}")
+    # "pooled" is the IoU of all photos' pixels together: small reference regions (a mouth barely
+    # open) weigh less than in the mean of per-photo IoUs. Per-folder means show whether a change
+    # helps both photo sets (e.g. makeup and non_makeup).
+    print(
+        f"{'region':<8} {'mean IoU':>8} {'photos':>6} {'pooled':>7}" + "".join(f" {f:>10}" for f in folders)
+    )
     for name, value in means.items():
-        print(f"{name:<8} {value:8.3f} {len(scores[name]):6d}")
+        rows = [(folder, inter, union) for folder, region, inter, union in details if region == name]
+        inter, union = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        pooled = inter / union if union else 1.0
+        cells = ""
+        for folder in folders:
+            per_photo = [i / u if u else 1.0 for f, i, u in rows if f == folder]
+            cells += f" {np.mean(per_photo):10.3f}" if per_photo else f" {'-':>10}"
+        print(f"{name:<8} {value:8.3f} {len(scores[name]):6d} {pooled:7.3f}{cells}")
     print(f"{'mean':<8} {np.mean(list(means.values())):8.3f}")
     print(f"parse CPU time {seconds * 1000:.1f} ms per photo (mean over {len(pairs)})")
     return 0
