@@ -6,15 +6,22 @@ The built-in parser (`parse_face`) works from dlib's 68 landmarks and the image,
   frame (units of the interocular distance), then moved by per-image colour models (lip colour
   against the surrounding skin; eye and brow colour against the nearby skin; teeth and the dark
   gap between the lips against the lip colour);
+* each eye is then cut to the convex hull of its eyeball evidence (white of the eye and the
+  darkest iris-sized disc), which drops most liner and lashes that the landmark outline takes in;
+* an open mouth (enough teeth or cavity pixels inside dlib's inner-lip polygon) is that polygon
+  with its edge moved by colour; pale, nearly grey teeth beside the lip midline count as mouth even
+  when dlib's inner-lip points are closed;
 * the nose is a mean CelebAMask nose (bridge from between the eyes to the alae) learned from
   reference maps in landmark-normalised coordinates and fitted to each face by an affine map;
 * the skin region (forehead up to the hairline, neck, ears where visible) is grown by GrabCut from
   seeds chosen by a per-image skin colour model learned on the landmark face interior, bounded by
   a generous landmark prior; a coarse hair label comes from the colour just above the hairline.
 
-Known limits: eyes hidden behind heavy eyeliner come out a little large, and costume makeup that
-pulls dlib's eye and brow points onto painted lines is only partly corrected (brows by darkness
-against the local skin, eyes by colour; the landmark geometry still decides where they are).
+Known limits: eyes hidden behind heavy eyeliner still come out somewhat large, and costume makeup
+that pulls dlib's eye and brow points onto painted lines is only partly corrected (brows by darkness
+against the local skin, eyes by colour; the landmark geometry still decides where they are). Lips
+parted by a dark slit only are labelled by the slit's own pixels, which CelebAMask maps often label
+differently (larger, smaller or not at all); mouths that are dark and barely open can be missed.
 
 Label ids (spec §1.2): 0 background, 1 skin, 2 nose, 3 eyeglasses, 4 l_eye, 5 r_eye, 6 l_brow,
 7 r_brow, 8 l_ear, 9 r_ear, 10 inner mouth, 11 upper lip, 12 lower lip, 13 hair, 14 hat, 15 earring,
