@@ -153,9 +153,10 @@ def test_agrees_with_3ddfa_renders_on_dev_photos(faces_dir, stem: str) -> None:
     assert corr > CORR_FLOOR, f"gray correlation {corr:.3f}"
 
 
-# Regression floors, a little below what these photos reach (see tools/render3d_agreement.py).
-IOU_FLOOR = 0.92
-CORR_FLOOR = 0.82
+# Regression floors a little below what these photos reach (IoU 0.92-0.97, correlation 0.89-0.92;
+# see tools/render3d_agreement.py).
+IOU_FLOOR = 0.90
+CORR_FLOOR = 0.86
 
 
 def test_large_face_is_rendered_like_a_small_one() -> None:
@@ -166,3 +167,11 @@ def test_large_face_is_rendered_like_a_small_one() -> None:
     both = (small > 0) & (shrunk > 0) & (cv2.erode((small > 0).astype(np.uint8), np.ones((5, 5))) > 0)
     assert both.sum() > 0.8 * (small > 0).sum()
     assert np.corrcoef(small[both].astype(float), shrunk[both].astype(float))[0, 1] > 0.95
+
+
+def test_face_cut_by_the_border_and_face_off_canvas() -> None:
+    cut = render_face(synthetic_landmarks(centre=(20.0, 150.0)), SIZE)[..., 0]
+    assert (cut[:, :5] > 0).any() and cut[cut > 0].min() >= 60
+    assert (cut > 0).sum() > 3000
+    off = render_face(synthetic_landmarks(centre=(-400.0, -400.0)), SIZE)
+    assert off.max() == 0
