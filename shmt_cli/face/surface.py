@@ -75,30 +75,33 @@ class SurfaceShape:
     """
 
     cheek_roundness: float = 1.0
-    cheek_squareness: float = 2.459
-    forehead_fall: float = -0.149
-    chin_fall: float = 0.114
-    nose_tip: float = 0.336
-    nose_root: float = 0.259
-    nose_width_root: float = 0.127
+    cheek_squareness: float = 2.496
+    forehead_fall: float = -0.159
+    chin_fall: float = 0.103
+    nose_tip: float = 0.385
+    nose_root: float = 0.249
+    nose_width_root: float = 0.126
     nose_width_tip: float = 0.134
-    ala: float = 0.029
-    eye_socket: float = 0.056
-    eyeball: float = 0.072
-    brow_ridge: float = 0.058
-    muzzle: float = 0.264
-    upper_lip: float = 0.074
-    lower_lip: float = 0.056
-    mouth_corner: float = 0.027
-    chin: float = 0.112
-    nose_tip_length: float = 0.106
+    ala: float = 0.027
+    eye_socket: float = 0.051
+    eyeball: float = 0.07
+    brow_ridge: float = 0.062
+    muzzle: float = 0.28
+    upper_lip: float = 0.058
+    lower_lip: float = 0.044
+    mouth_corner: float = 0.019
+    chin: float = 0.115
+    nose_tip_length: float = 0.096
     eye_socket_width: float = 0.599
-    eye_socket_height: float = 0.089
-    muzzle_width: float = 0.239
-    muzzle_height: float = 0.267
-    temple: float = 0.07
-    forehead_bulge: float = 0.203
-    cheek_fat: float = 0.074
+    eye_socket_height: float = 0.079
+    muzzle_width: float = 0.238
+    muzzle_height: float = 0.276
+    temple: float = 0.072
+    forehead_bulge: float = 0.218
+    nose_ball: float = -0.058
+    alar_crease: float = 0.017
+    lip_junction: float = 0.037
+    cheek_fat: float = 0.077
 
 
 DEFAULT_REGION = FaceRegion()
@@ -180,6 +183,8 @@ def canonical_depth(
     width = shape.nose_width_root + (shape.nose_width_tip - shape.nose_width_root) * along
     depth += height * np.exp(-0.5 * (u / width) ** 2)
     depth += shape.ala * _mirrored_bump(u, v, 0.16, 0.07, 0.07, 0.07)
+    depth += shape.nose_ball * _bump(u, v, 0.0, -0.02, 0.09, 0.07)
+    depth -= shape.alar_crease * _mirrored_bump(u, v, 0.23, 0.06, 0.03, 0.06)
 
     # Eyes: a hollow socket under the brow ridge with the eyeball's lid bulging inside it; the fitted
     # socket is wide, so it also shades the band from the temples to the nose root.
@@ -197,6 +202,7 @@ def canonical_depth(
     depth += shape.upper_lip * _bump(u, v, 0.0, 0.41, 0.18, 0.05)
     depth += shape.lower_lip * _bump(u, v, 0.0, 0.6, 0.16, 0.06)
     depth -= shape.mouth_corner * _mirrored_bump(u, v, 0.38, 0.48, 0.05, 0.05)
+    depth -= shape.lip_junction * _bump(u, v, 0.0, 0.48, 0.3, 0.025)
     depth += shape.chin * _bump(u, v, 0.0, 0.95, 0.2, 0.1)
     return depth
 
