@@ -65,9 +65,10 @@ class SurfaceShape:
     whose radius is `cheek_roundness` times the region's half-width at that height, so the sides
     always turn away near the silhouette;
     forehead_fall / chin_fall: bend of the midline profile above the brows (negative: domed forward)
-    and below the mouth; nose_*: ridge height at the root and tip, its width there, how fast it
-    drops below the tip; the others are the amplitudes (or sizes) of Gaussian bumps (+) and
-    hollows (-) of the named anatomy, placed on the canonical landmarks.
+    and below the mouth; nose_*: ridge height at the root and tip, its width there, the exponent of
+    its cross-section (2 = Gaussian), how fast it drops below the tip, and a correction at the tip;
+    the others are the amplitudes (or sizes) of Gaussian bumps (+) and hollows (-) of the named
+    anatomy, placed on the canonical landmarks.
 
     The defaults were fitted (Powell search, maximising the mean Pearson correlation with the
     3DDFA_V2 renders of the 36 dev photos, positions and the lighting fixed); a 2-fold split of the
@@ -75,33 +76,32 @@ class SurfaceShape:
     """
 
     cheek_roundness: float = 1.0
-    cheek_squareness: float = 2.496
+    cheek_squareness: float = 2.502
     forehead_fall: float = -0.159
-    chin_fall: float = 0.103
-    nose_tip: float = 0.385
-    nose_root: float = 0.249
-    nose_width_root: float = 0.126
-    nose_width_tip: float = 0.134
-    ala: float = 0.027
-    eye_socket: float = 0.051
-    eyeball: float = 0.07
-    brow_ridge: float = 0.062
-    muzzle: float = 0.28
-    upper_lip: float = 0.058
-    lower_lip: float = 0.044
-    mouth_corner: float = 0.019
+    forehead_bulge: float = 0.217
+    temple: float = 0.074
+    chin_fall: float = 0.092
     chin: float = 0.115
-    nose_tip_length: float = 0.096
-    eye_socket_width: float = 0.599
-    eye_socket_height: float = 0.079
-    muzzle_width: float = 0.238
-    muzzle_height: float = 0.276
-    temple: float = 0.072
-    forehead_bulge: float = 0.218
-    nose_ball: float = -0.058
-    alar_crease: float = 0.017
+    nose_root: float = 0.226
+    nose_tip: float = 0.417
+    nose_width_root: float = 0.136
+    nose_width_tip: float = 0.145
+    nose_sharpness: float = 2.514
+    nose_tip_length: float = 0.093
+    nose_ball: float = -0.106
+    eye_socket: float = 0.047
+    eye_socket_width: float = 0.6
+    eye_socket_height: float = 0.075
+    eyeball: float = 0.065
+    brow_ridge: float = 0.063
+    cheek_fat: float = 0.079
+    muzzle: float = 0.282
+    muzzle_width: float = 0.239
+    muzzle_height: float = 0.291
+    upper_lip: float = 0.059
+    lower_lip: float = 0.044
+    mouth_corner: float = 0.02
     lip_junction: float = 0.037
-    cheek_fat: float = 0.077
 
 
 DEFAULT_REGION = FaceRegion()
@@ -181,10 +181,8 @@ def canonical_depth(
     height *= np.where(v > -0.03, np.exp(-0.5 * ((v + 0.03) / shape.nose_tip_length) ** 2), 1.0)
     height *= np.where(v < -0.6, np.exp(-0.5 * ((v + 0.6) / 0.12) ** 2), 1.0)
     width = shape.nose_width_root + (shape.nose_width_tip - shape.nose_width_root) * along
-    depth += height * np.exp(-0.5 * (u / width) ** 2)
-    depth += shape.ala * _mirrored_bump(u, v, 0.16, 0.07, 0.07, 0.07)
+    depth += height * np.exp(-0.5 * np.abs(u / width) ** shape.nose_sharpness)
     depth += shape.nose_ball * _bump(u, v, 0.0, -0.02, 0.09, 0.07)
-    depth -= shape.alar_crease * _mirrored_bump(u, v, 0.23, 0.06, 0.03, 0.06)
 
     # Eyes: a hollow socket under the brow ridge with the eyeball's lid bulging inside it; the fitted
     # socket is wide, so it also shades the band from the temples to the nose root.
