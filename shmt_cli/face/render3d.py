@@ -116,7 +116,8 @@ def _grid_triangles(valid: np.ndarray) -> np.ndarray:
     a, b = ids[:-1, :-1].ravel(), ids[:-1, 1:].ravel()
     c, d = ids[1:, :-1].ravel(), ids[1:, 1:].ravel()
     triangles = np.concatenate([np.stack([a, b, c], axis=1), np.stack([b, d, c], axis=1)])
-    return triangles[valid.ravel()[triangles].all(axis=1)]
+    flat = valid.ravel()
+    return triangles[flat[triangles[:, 0]] & flat[triangles[:, 1]] & flat[triangles[:, 2]]]
 
 
 def rasterise(
@@ -133,11 +134,17 @@ def rasterise(
     """
     height, width = size_hw
     tri_x, tri_y, tri_z = (vertices[:, axis][triangles] for axis in range(3))
-    x0 = np.ceil(tri_x.min(axis=1)).astype(np.int64)
-    y0 = np.ceil(tri_y.min(axis=1)).astype(np.int64)
-    extent = (
-        np.maximum(np.floor(tri_x.max(axis=1)) - x0, np.floor(tri_y.max(axis=1)) - y0).astype(np.int64) + 1
-    )
+
+    # Reductions over a length-3 axis are slow in numpy; two elementwise calls are not.
+    def lowest(a: np.ndarray) -> np.ndarray:
+        return np.minimum(np.minimum(a[:, 0], a[:, 1]), a[:, 2])
+
+    def highest(a: np.ndarray) -> np.ndarray:
+        return np.maximum(np.maximum(a[:, 0], a[:, 1]), a[:, 2])
+
+    x0 = np.ceil(lowest(tri_x)).astype(np.int64)
+    y0 = np.ceil(lowest(tri_y)).astype(np.int64)
+    extent = np.maximum(np.floor(highest(tri_x)) - x0, np.floor(highest(tri_y)) - y0).astype(np.int64) + 1
     pixels, depths, owners, weights = [], [], [], []
     # Triangles are about a pixel wide; stretched ones (an opening mouth) get bigger search windows.
     low = 0
@@ -158,8 +165,9 @@ def rasterise(
         inside = (w_a >= 0) & (w_b >= 0) & (w_c >= 0) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
         rows, cols = np.nonzero(inside)
         bary = np.stack([w_a[rows, cols], w_b[rows, cols], w_c[rows, cols]], axis=1)
+        owner_z = tri_z[group[rows]]
         pixels.append(py[rows, cols] * width + px[rows, cols])
-        depths.append((bary * tri_z[group[rows]]).sum(axis=1))
+        depths.append(bary[:, 0] * owner_z[:, 0] + bary[:, 1] * owner_z[:, 1] + bary[:, 2] * owner_z[:, 2])
         owners.append(group[rows])
         weights.append(bary)
     zbuf = np.full(height * width, -np.inf)
