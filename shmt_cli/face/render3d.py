@@ -106,8 +106,10 @@ def thin_plate_spline(
 
 
 def _forehead_anchors(region: FaceRegion) -> np.ndarray:
+    # Points on the forehead arc, except its two ends: those sit next to jaw points 0 and 16, whose
+    # own residuals (large on the far side of a turned face) must not be pinned to zero beside them.
     outline = region_outline(region, points_per_side=3)
-    return outline[17:]
+    return outline[18:-1]
 
 
 def _grid_triangles(valid: np.ndarray) -> np.ndarray:
