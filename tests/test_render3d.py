@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from shmt_cli.face.render3d import face_depth, fit_pose, render_face, shade
+from shmt_cli.face.render3d import depth_normals, face_depth, fit_pose, render_face, shade
 from shmt_cli.face.surface import CANONICAL_LANDMARKS, INNER_LIPS, canonical_landmarks_3d
 
 SIZE = (256, 256)
@@ -175,3 +175,12 @@ def test_face_cut_by_the_border_and_face_off_canvas() -> None:
     assert (cut > 0).sum() > 3000
     off = render_face(synthetic_landmarks(centre=(-400.0, -400.0)), SIZE)
     assert off.max() == 0
+
+
+def test_normals_ignore_the_far_edge_of_the_canvas() -> None:
+    # A plane tilted along x that fills the canvas: np.roll-style wrap-around would bend the
+    # normals in the first and last columns.
+    depth = np.tile(np.arange(8, dtype=np.float32) * 0.5, (6, 1))
+    normals = depth_normals(depth, np.ones_like(depth, bool))
+    np.testing.assert_allclose(normals[..., 0], -0.5 / np.sqrt(1.25), atol=1e-6)
+    np.testing.assert_allclose(normals[..., 1], 0.0, atol=1e-6)

@@ -290,6 +290,12 @@ def depth_normals(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
         behind = np.roll(z, 1, axis=axis)
         ahead_ok = np.roll(mask, -1, axis=axis) & mask
         behind_ok = np.roll(mask, 1, axis=axis) & mask
+        # np.roll wraps around: the canvas edge has no neighbour beyond it.
+        last = [slice(None)] * 2
+        last[axis] = -1
+        ahead_ok[tuple(last)] = False
+        last[axis] = 0
+        behind_ok[tuple(last)] = False
         forward = np.where(ahead_ok, ahead - z, 0.0)
         backward = np.where(behind_ok, z - behind, 0.0)
         count = ahead_ok.astype(np.float64) + behind_ok
