@@ -37,7 +37,12 @@ def test_decompose_writes_parts_and_previews(aligned: Path, tmp_path: Path) -> N
     result = runner.invoke(app, ["decompose", str(aligned), "-o", str(out)])
     assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
-    expected = {"astronaut.safetensors", "astronaut_parsing.png", "astronaut_parsing_color.png", "astronaut_3d.png"}
+    expected = {
+        "astronaut.safetensors",
+        "astronaut_parsing.png",
+        "astronaut_parsing_color.png",
+        "astronaut_3d.png",
+    }
     expected |= {f"astronaut_{kind}.png" for kind in ("bg", "makeup", "gray", "h0", "h1", "h2", "h3", "h4")}
     assert expected <= names
     assert "contact_sheet.png" in names
@@ -80,3 +85,21 @@ def test_external_parsing_maps_and_their_errors(aligned: Path, tmp_path: Path) -
 
     result = runner.invoke(app, ["decompose", str(aligned), "-o", str(out), "--parsing-order", "nope"])
     assert result.exit_code == 2
+
+
+def test_malformed_sidecar_and_parts_files_give_one_clear_line(aligned: Path, tmp_path: Path) -> None:
+    from shmt_cli.imageio import InputError
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "face.png").write_bytes((aligned / "astronaut.png").read_bytes())
+    (broken / "face.json").write_text('{"format": "shmt-aligned-face/1", "matrix": [[1, 0]]}')
+    result = runner.invoke(app, ["decompose", str(broken), "-o", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 1
+    failure = _json_lines(result.output)[-1]["failures"][0]
+    assert "face.json" in failure["reason"] and "\n" not in failure["reason"]
+
+    garbage = tmp_path / "x.safetensors"
+    garbage.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(InputError, match=r"x\.safetensors"):
+        load_parts(garbage)

@@ -49,6 +49,7 @@ def test_evaluate_writes_metrics(results: tuple[Path, Path], tmp_path: Path) -> 
     pair = folder["pairs"][0]
     assert pair["background_psnr"] == "inf"  # paste-back leaves the photo untouched away from the face
     assert pair["identity"] < 0.6 and pair["landmark_px"] < 3.0
+    assert pair["same_person"] == 1.0 and folder["summary"]["same_person"]["mean"] == 1.0
     assert 0.0 < pair["content_ssim"] <= 1.0 and pair["fidelity_de00"] > 0
     assert folder["summary"]["identity"]["n"] == 1
     rows = list(csv.DictReader(csv_path.open()))

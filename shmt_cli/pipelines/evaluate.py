@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "content_ssim": ("content preservation: SSIM of the luminance detail in the face", True),
     "landmark_px": ("landmark displacement, source vs result, px on the 256 crop", False),
     "identity": ("dlib face-recognition distance, source vs result (< 0.6 same person)", False),
+    "same_person": ("share of pairs whose identity distance is under dlib's 0.6 threshold", True),
     "background_psnr": ("PSNR outside the face mask, source vs result photo, dB", True),
     "cls": ("paper: DINO ViT-B/8 [CLS] cosine, reference vs result (makeup fidelity)", True),
     "keysim": ("paper: cosine of DINO key self-similarity matrices, source vs result (content)", True),
@@ -136,6 +137,9 @@ def pair_metrics(record: PairRecord) -> dict[str, float]:
         result, source.labels, source.landmarks, reference.image, reference.labels, reference.landmarks
     )
     face = wf.face_mask(source.labels)
+    identity = (
+        wf.identity_distance(source.image, source.landmarks, result, result_landmarks) if found else math.nan
+    )
     return {
         "fidelity_de00": fidelity["mean"],
         "fidelity_lips": fidelity["lips"],
@@ -144,9 +148,8 @@ def pair_metrics(record: PairRecord) -> dict[str, float]:
         "hist_emd": histogram["mean"],
         "content_ssim": wf.content_preservation(source.image, result, face),
         "landmark_px": wf.landmark_displacement(source.landmarks, result_landmarks) if found else math.nan,
-        "identity": wf.identity_distance(source.image, source.landmarks, result, result_landmarks)
-        if found
-        else math.nan,
+        "identity": identity,
+        "same_person": math.nan if math.isnan(identity) else float(identity < wf.SAME_PERSON_DISTANCE),
         "background_psnr": background_psnr_photo(record, source),
     }
 
