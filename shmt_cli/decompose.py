@@ -21,7 +21,7 @@ from shmt_cli import __version__
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.face.render3d import render_face
 from shmt_cli.imageio import InputError, write_bytes_atomic
-from shmt_cli.representations import IMAGE_SIZE, reference_parts, source_parts
+from shmt_cli.representations import IMAGE_SIZE, SourceParts, reference_parts, source_parts
 
 PARTS_FORMAT = "shmt-face-parts/1"
 
@@ -91,14 +91,18 @@ def to_model_size(
     return resized, (np.asarray(landmarks, np.float64) + 0.5) * scale - 0.5
 
 
-def parts_tensors(parts: FaceParts, levels: tuple[int, ...] = (0, 4)) -> dict[str, torch.Tensor]:
+def parts_tensors(
+    parts: FaceParts, levels: tuple[int, ...] = (0, 4), src: SourceParts | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors written to `<stem>.safetensors`: the inputs plus SHMT's model-ready tensors.
 
     uint8: image (3,S,S) RGB, labels (S,S), render (3,S,S), face_mask (S,S) {0,1}; float64: landmarks
     (68,2); float32 in [-1,1]: background (3,S,S), makeup (3,S,S) (this face used as a reference),
     gray (1,S,S); mask64 (1,S/4,S/4) in [0,1]; content_h{L} (C,S/4,S/4) per level (C 64 for h0, 49 for h4).
+    `src`: the face's source parts when already built with at least these levels (saves recomputing).
     """
-    src = source_parts(parts.image, parts.labels, parts.render, levels=levels)
+    if src is None or not set(levels) <= set(src.content):
+        src = source_parts(parts.image, parts.labels, parts.render, levels=levels)
     ref = reference_parts(parts.image, parts.labels)
     tensors = {
         "image": src.image_u8[0],
@@ -116,7 +120,12 @@ def parts_tensors(parts: FaceParts, levels: tuple[int, ...] = (0, 4)) -> dict[st
     return {key: value.contiguous() for key, value in tensors.items()}
 
 
-def save_parts(path: str | os.PathLike[str], parts: FaceParts, levels: tuple[int, ...] = (0, 4)) -> None:
+def save_parts(
+    path: str | os.PathLike[str],
+    parts: FaceParts,
+    levels: tuple[int, ...] = (0, 4),
+    src: SourceParts | None = None,
+) -> None:
     """Write the parts file atomically, with metadata (format, levels, source, versions)."""
     metadata = {
         "format": PARTS_FORMAT,
@@ -128,7 +137,7 @@ def save_parts(path: str | os.PathLike[str], parts: FaceParts, levels: tuple[int
         "torch_version": torch.__version__,
         **parts.meta,
     }
-    write_bytes_atomic(path, save_safetensors_bytes(parts_tensors(parts, levels), metadata=metadata))
+    write_bytes_atomic(path, save_safetensors_bytes(parts_tensors(parts, levels, src), metadata=metadata))
 
 
 def load_parts(path: str | os.PathLike[str]) -> FaceParts:

@@ -15,7 +15,7 @@ from shmt_cli.imageio import InputError, read_image, write_image_atomic
 from shmt_cli.inputs import UsageError, collect_inputs, display_path, output_file
 from shmt_cli.pipelines.faces import read_aligned_face
 from shmt_cli.previews import band_preview, contact_sheet, parsing_colour, parsing_overlay
-from shmt_cli.representations import source_parts
+from shmt_cli.representations import SourceParts, source_parts
 
 PREVIEW_LEVELS = (0, 1, 2, 3, 4)
 CONTACT_SHEET_ROWS = 64
@@ -82,9 +82,8 @@ def decompose_face(path: Path, rel: PurePosixPath, settings: DecomposeSettings) 
     return parts
 
 
-def preview_pictures(parts: FaceParts) -> dict[str, np.ndarray]:
-    """Suffix → picture for every preview file of one face."""
-    src = source_parts(parts.image, parts.labels, parts.render, levels=PREVIEW_LEVELS)
+def preview_pictures(parts: FaceParts, src: SourceParts) -> dict[str, np.ndarray]:
+    """Suffix → picture for every preview file of one face (`src` built with PREVIEW_LEVELS)."""
     size = parts.image.shape[0]
     pictures = {
         "_parsing.png": parts.labels,
@@ -115,13 +114,14 @@ def run_decompose(
 
     def process(item: WorkItem) -> list[Path]:
         parts = decompose_face(item.inputs[0], item.out_stem, settings)
+        src = source_parts(parts.image, parts.labels, parts.render, levels=PREVIEW_LEVELS)
         written = []
-        for suffix, picture in preview_pictures(parts).items():
+        for suffix, picture in preview_pictures(parts, src).items():
             target = output_file(out_dir, item.out_stem, suffix)
             write_image_atomic(target, picture)
             written.append(target)
         parts_file = output_file(out_dir, item.out_stem, ".safetensors")
-        save_parts(parts_file, parts, settings.levels)
+        save_parts(parts_file, parts, settings.levels, src)
         return [parts_file, *written]
 
     def done_outputs(item: WorkItem) -> list[Path]:
