@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import stored_for_orientation
 from PIL import Image
 
 from shmt_cli.imageio import InputError, read_image, read_label_png, write_image_atomic, write_json_atomic
@@ -26,21 +27,11 @@ def _gradient(height: int = 40, width: int = 60) -> np.ndarray:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
     upright = _gradient()
-    # Store the pixels as a camera would: transformed, with the tag that undoes the transform.
-    stored = {
-        1: upright,
-        2: upright[:, ::-1],
-        3: upright[::-1, ::-1],
-        4: upright[::-1],
-        5: np.transpose(upright, (1, 0, 2)),
-        6: np.rot90(upright, 1),
-        7: np.rot90(upright, 2).transpose(1, 0, 2),
-        8: np.rot90(upright, -1),
-    }[orientation]
+    stored = stored_for_orientation(upright, orientation)  # as a camera stores it, with the undoing tag
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / f"o{orientation}.jpg"
-    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=98, exif=exif.tobytes())
+    Image.fromarray(stored).save(path, quality=98, exif=exif.tobytes())
     decoded = read_image(path)
     assert decoded.shape == upright.shape
     assert np.abs(decoded.astype(int) - upright.astype(int)).mean() < 4
