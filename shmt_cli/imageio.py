@@ -44,6 +44,10 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     """
     path = Path(path)
     if path.is_dir():
+        try:
+            os.scandir(path).close()
+        except OSError as exc:
+            raise InputError(f"folder could not be searched ({exc.strerror or exc})") from exc
         raise InputError("is a directory, not an image")
     try:
         info = path.stat()

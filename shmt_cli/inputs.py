@@ -64,7 +64,8 @@ def _walk_images(
 ) -> Iterator[Path]:
     """Image files below `root`, following symlinked folders once (symlink loops are cut).
 
-    Folders whose (st_dev, st_ino) is in `skip` are not entered unless they are `root` itself.
+    Folders whose (st_dev, st_ino) is in `skip` are not entered unless they are `root` itself. A
+    sub-folder that cannot be listed is yielded itself (reading it reports why).
     """
     seen = set(skip) - {_folder_id(root)}
     stack = [root]
@@ -81,6 +82,9 @@ def _walk_images(
         try:
             entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
         except OSError:
+            # Yielded so that the batch reports it as one failed input instead of silently skipping it.
+            if folder != root:
+                yield folder
             continue
         for entry in entries:
             path = Path(entry.path)

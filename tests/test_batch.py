@@ -220,3 +220,25 @@ def test_disk_full_stops_the_run_without_partial_files(
         BatchRunner("test", tmp_path, {}, RunOptions()).run(_items(["a", "b"]), process)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("manifest.jsonl",)]
     assert leftovers == []
+
+
+def test_an_unlistable_subfolder_is_reported_not_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shmt_cli.imageio import InputError, read_image
+
+    root = tmp_path / "photos"
+    _touch(root / "ok.jpg")
+    _touch(root / "locked" / "hidden.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # root can list any folder: simulate a locked one
+    found = collect_inputs([str(root)])
+    assert [str(f.rel) for f in found] == ["locked", "ok"]
+    with pytest.raises(InputError, match="folder could not be searched"):
+        read_image(found[0].path)
