@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -119,8 +119,11 @@ def collect_inputs(
     paths: Sequence[str | os.PathLike[str]],
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     exclude: Sequence[str | os.PathLike[str]] = (),
+    keep: Callable[[Path], bool] | None = None,
 ) -> list[InputFile]:
     """Expand files and folders (recursively) into a sorted, de-duplicated, collision-free input list.
+
+    `keep(path)` filters the files found inside folders before output names are made.
 
     A named file is taken whatever its suffix (reading it reports what is wrong); inside folders only
     files with one of `extensions` are taken, and folders in `exclude` (the run's output folder: else
@@ -137,7 +140,7 @@ def collect_inputs(
             raise UsageError(f"input not found: {display_path(path)}")
         if path.is_dir():
             below = sorted(_walk_images(path, extensions, skip), key=lambda p: os.fsencode(p))
-            for file in below:
+            for file in below if keep is None else filter(keep, below):
                 found.append((file, PurePosixPath(*file.relative_to(path).parts)))
         else:
             found.append((path, PurePosixPath(path.name)))

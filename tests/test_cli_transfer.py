@@ -136,3 +136,17 @@ def test_pairs_csv_and_zip(folders: tuple[Path, Path], tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "as many sources" in result.output
+
+
+def test_a_decompose_folder_is_reused_as_sources(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    sources, references = folders
+    parts = tmp_path / "parts"
+    assert runner.invoke(app, ["decompose", str(sources / "mirror.jpg"), "-o", str(parts)]).exit_code == 0
+    assert len(list(parts.glob("*.png"))) > 5  # previews beside the parts file
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["transfer", str(parts), str(references / "madeup.png"), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert _json_lines(result.output)[-1]["done"] == 1  # the parts file only, not its previews
+    assert [p.name for p in out.glob("*.png")] == ["mirror__madeup.png"]

@@ -23,7 +23,14 @@ from shmt_cli.decompose import FaceParts, analyse_face, load_parts, save_parts
 from shmt_cli.engines.base import Engine, PairJob
 from shmt_cli.face.align import AlignedFace, crop_face, paste_back
 from shmt_cli.face.detect import default_detector
-from shmt_cli.imageio import InputError, encode_image, read_image, write_bytes_atomic, write_json_atomic
+from shmt_cli.imageio import (
+    IMAGE_EXTENSIONS,
+    InputError,
+    encode_image,
+    read_image,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from shmt_cli.inputs import InputFile, UsageError, collect_inputs, display_path, output_file
 from shmt_cli.pipelines.faces import read_aligned_face, sidecar_for
 from shmt_cli.representations import FACE_LABELS, IMAGE_SIZE
@@ -110,6 +117,24 @@ def read_pairs_csv(path: Path) -> list[tuple[str, str, str | None]]:
     return rows
 
 
+def collect_faces(paths: Sequence[str], exclude: Sequence[Path] = ()) -> list[InputFile]:
+    """Faces to pair: photos and aligned crops, or the parts files of a `shmt decompose` folder.
+
+    In a folder that holds parts files (`<name>.safetensors`), only those are taken: its PNGs are the
+    decomposition's previews, not faces.
+    """
+    parts_folders = {
+        f.path.parent for f in collect_inputs(paths, extensions=(".safetensors",), exclude=exclude)
+    }
+
+    def is_face(path: Path) -> bool:
+        return path.suffix.lower() == ".safetensors" or path.parent not in parts_folders
+
+    return collect_inputs(
+        paths, extensions=(*IMAGE_EXTENSIONS, ".safetensors"), exclude=exclude, keep=is_face
+    )
+
+
 def plan_pairs(
     sources: Sequence[str], references: Sequence[str], mode: str, exclude: Sequence[Path] = ()
 ) -> list[Pair]:
@@ -124,8 +149,8 @@ def plan_pairs(
             src, ref = by_given[Path(source)], by_given[Path(reference)]
             pairs.append(Pair(src, ref, _safe_stem(output) if output else pair_stem(src, ref)))
         return pairs
-    src_files = collect_inputs(sources, exclude=exclude)
-    ref_files = collect_inputs(references, exclude=exclude)
+    src_files = collect_faces(sources, exclude)
+    ref_files = collect_faces(references, exclude)
     if mode == "zip":
         if len(src_files) != len(ref_files):
             raise UsageError(
