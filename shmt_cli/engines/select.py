@@ -106,7 +106,18 @@ def create_engine(request: EngineRequest) -> tuple[Engine, str]:
     else:
         note = f"engine: {name}"
     if name == "classic":
-        level = request.level if request.level in CLASSIC_LEVELS else "h2"
+        # An empty level means "the engine's default"; anything else not in h0..h4 (a typo, or shmt's
+        # `mix` when auto fell back to classic) must be refused, not silently replaced by h2.
+        level = request.level or "h2"
+        if level not in CLASSIC_LEVELS:
+            raise ValueError(
+                f"--level {level!r} is not a classic level (choose from {', '.join(CLASSIC_LEVELS)})"
+                + (
+                    "; auto chose classic because no SHMT weights are installed"
+                    if request.engine == "auto"
+                    else ""
+                )
+            )
         params = ClassicParams(level=level, regions=request.regions, strengths=request.strengths)
         return ClassicEngine(params), note
     if not shmt_weights_installed(request.weights_dir):
