@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
 from shmt_cli.decompose import FaceParts, analyse_face, save_parts
@@ -55,6 +56,18 @@ def external_render_path(folder: Path, rel: PurePosixPath) -> Path | None:
     return _first_existing([folder / rel.parent / n for n in names] + [folder / n for n in names])
 
 
+def _require_square(path: Path, what: str) -> None:
+    """Refuse a non-square external map: it belongs to another picture, and resizing it onto the square
+    face would stretch it silently. (Square maps of any size are fine: official ones are 512 for 256.)"""
+    try:
+        with Image.open(path) as picture:
+            width, height = picture.size
+    except (OSError, ValueError):
+        return  # unreadable: the reader that follows says why
+    if width != height:
+        raise InputError(f"{what} {display_path(path)} is {width}x{height}, not square like the face")
+
+
 def decompose_face(path: Path, rel: PurePosixPath, settings: DecomposeSettings) -> FaceParts:
     """Read one aligned face and decompose it, using external maps where the settings name a folder."""
     image, landmarks, source = read_aligned_face(path)
@@ -65,6 +78,7 @@ def decompose_face(path: Path, rel: PurePosixPath, settings: DecomposeSettings) 
         parsing_file = external_parsing_path(settings.parsing_dir, rel)
         if parsing_file is None:
             raise InputError(f"no parsing map for it in {display_path(settings.parsing_dir)}")
+        _require_square(parsing_file, "parsing map")
         try:
             labels = load_label_map(parsing_file, size, settings.parsing_order)
         except ValueError as exc:
@@ -73,7 +87,12 @@ def decompose_face(path: Path, rel: PurePosixPath, settings: DecomposeSettings) 
         render_file = external_render_path(settings.render_dir, rel)
         if render_file is None:
             raise InputError(f"no 3D render for it in {display_path(settings.render_dir)}")
-        render = read_image(render_file)
+        _require_square(render_file, "3D render")
+        try:
+            render = read_image(render_file)
+        except InputError as exc:
+            # Name the render: the face itself is fine, and the user must know which file to fix.
+            raise InputError(f"3D render {display_path(render_file)}: {exc}") from exc
     parts = analyse_face(image, landmarks, labels, render, source=source)
     if parsing_file is not None:
         parts.parsing_from = display_path(parsing_file)
