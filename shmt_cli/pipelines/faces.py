@@ -19,6 +19,16 @@ def sidecar_for(image_path: Path) -> Path:
     return image_path.with_name(f"{image_path.stem}.json")
 
 
+def has_sidecar(image_path: Path) -> bool:
+    """Whether `image_path` has an `shmt align` sidecar beside it."""
+    try:
+        return sidecar_for(image_path).is_file()
+    except OSError:
+        # A 255-byte `x.jpg` gives a 256-byte `x.json`, which stat() refuses (ENAMETOOLONG) on
+        # Python < 3.12: no such sidecar can exist, so the image is a plain photo.
+        return False
+
+
 def read_aligned_face(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray, str]:
     """(image (size, size, 3) uint8 RGB, landmarks (68, 2) float64 in it, source description).
 
@@ -27,7 +37,7 @@ def read_aligned_face(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, n
     """
     image = read_image(path)
     sidecar = sidecar_for(path)
-    if sidecar.is_file():
+    if has_sidecar(path):
         try:
             record = read_sidecar(sidecar)
         except ValueError as exc:

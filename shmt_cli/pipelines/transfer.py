@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from shmt_cli.imageio import (
     write_json_atomic,
 )
 from shmt_cli.inputs import InputFile, UsageError, collect_inputs, display_path, output_file
-from shmt_cli.pipelines.faces import read_aligned_face, sidecar_for
+from shmt_cli.pipelines.faces import has_sidecar, read_aligned_face
 from shmt_cli.representations import FACE_LABELS, IMAGE_SIZE
 
 PAIR_MODES = ("all", "zip")
@@ -111,6 +112,8 @@ def read_pairs_csv(path: Path) -> list[tuple[str, str, str | None]]:
             continue
         if len(cells) not in (2, 3):
             raise UsageError(f"{display_path(path)} line {number}: expected source,reference[,output]")
+        if not cells[0] or not cells[1]:
+            raise UsageError(f"{display_path(path)} line {number}: the source or the reference is empty")
         rows.append((cells[0], cells[1], cells[2] if len(cells) == 3 and cells[2] else None))
     if not rows:
         raise UsageError(f"{display_path(path)} lists no pairs")
@@ -141,14 +144,7 @@ def plan_pairs(
     """The pairs of a run. `all`: every reference × every source (reference-major); `zip`: sorted,
     pairwise; otherwise `mode` is a CSV file of pairs. Folders in `exclude` (the output) are not searched."""
     if mode not in PAIR_MODES:
-        rows = read_pairs_csv(Path(mode))
-        files = {f.path: f for f in collect_inputs(sorted({p for row in rows for p in row[:2]}))}
-        by_given = {Path(p): files[Path(p)] for row in rows for p in row[:2] if Path(p) in files}
-        pairs = []
-        for source, reference, output in rows:
-            src, ref = by_given[Path(source)], by_given[Path(reference)]
-            pairs.append(Pair(src, ref, _safe_stem(output) if output else pair_stem(src, ref)))
-        return pairs
+        return _csv_pairs(read_pairs_csv(Path(mode)))
     src_files = collect_faces(sources, exclude)
     ref_files = collect_faces(references, exclude)
     if mode == "zip":
@@ -160,11 +156,30 @@ def plan_pairs(
     return [Pair(s, r, pair_stem(s, r)) for r in ref_files for s in src_files]
 
 
+def _csv_pairs(rows: list[tuple[str, str, str | None]]) -> list[Pair]:
+    """Pairs of a CSV file. Paths are relative to the current folder, like every other input. A row
+    naming a missing file or a folder becomes a pair that fails (reading it says why), not a stopped run."""
+    given = sorted({text for row in rows for text in row[:2]})
+    usable = [text for text in given if Path(text).is_file()]
+    # Keyed by absolute path: collect_inputs keeps one spelling of a file named two ways (`a.png`, `./a.png`).
+    files = {os.path.abspath(f.path): f for f in collect_inputs(usable)} if usable else {}
+
+    def as_input(text: str) -> InputFile:
+        found = files.get(os.path.abspath(text))
+        return found or InputFile(path=Path(text), rel=PurePosixPath(Path(text).stem or "input"))
+
+    pairs = []
+    for source, reference, output in rows:
+        src, ref = as_input(source), as_input(reference)
+        pairs.append(Pair(src, ref, _safe_stem(output) if output else pair_stem(src, ref)))
+    return pairs
+
+
 def load_face(path: Path, need_render: bool) -> tuple[FaceParts, AlignedFace | None]:
     """A face from a parts file, an aligned crop (with its sidecar) or an ordinary photo."""
     if path.suffix.lower() == ".safetensors":
         return load_parts(path), None
-    if sidecar_for(path).is_file():
+    if has_sidecar(path):
         image, landmarks, source = read_aligned_face(path)
         return _analyse(image, landmarks, need_render, source), None
     photo = read_image(path)
