@@ -1,0 +1,136 @@
+"""A demanding user's QA pass over `decompose` and `transfer`: each test is a bug that was found and fixed.
+
+Inputs are the astronaut photo and small generated files; every run goes through the real command line
+(typer's CliRunner) and checks the exit code and that each failure is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hostile import LONGEST_NAME
+from PIL import Image
+from typer.testing import CliRunner
+
+from shmt_cli.cli import app
+
+runner = CliRunner()
+
+
+def _shmt(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def _records(out: Path) -> dict[str, dict]:
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    return {r["key"]: r for r in map(json.loads, lines) if "key" in r}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, astronaut_rgb: np.ndarray) -> Path:
+    """`src/a.png` (the astronaut), `ref/r.jpg` (mirrored) and `aligned/a.png` + sidecar."""
+    root = tmp_path_factory.mktemp("qa")
+    (root / "src").mkdir()
+    (root / "ref").mkdir()
+    Image.fromarray(astronaut_rgb).save(root / "src" / "a.png", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(astronaut_rgb[:, ::-1])).save(root / "ref" / "r.jpg", quality=92)
+    code, output = _shmt("align", root / "src", "-o", root / "aligned", "-q")
+    assert code == 0, output
+    return root
+
+
+def test_classic_refuses_an_unknown_level(photos: Path, tmp_path: Path) -> None:
+    # Was: `--level h9` (or shmt's `mix` when auto fell back to classic) silently ran at h2, exit 0.
+    for extra in (["--engine", "classic", "--level", "h9"], ["--level", "mix"]):
+        code, output = _shmt("transfer", photos / "src", photos / "ref", "-o", tmp_path / "out", *extra)
+        assert code == 2, output
+        assert "is not a classic level" in output
+    assert not (tmp_path / "out").exists()
+    code, output = _shmt(
+        "transfer",
+        photos / "src",
+        photos / "ref",
+        "-o",
+        tmp_path / "ok",
+        "--engine",
+        "classic",
+        "--level",
+        "h1",
+    )
+    assert code == 0, output
+    assert [r["status"] for r in _records(tmp_path / "ok").values()] == ["ok"]
+
+
+def test_a_255_byte_photo_name_is_a_photo_not_a_failure(photos: Path, tmp_path: Path) -> None:
+    # Was: `decompose` failed it with "File name too long: ....json" (stat of the would-be sidecar).
+    folder = tmp_path / "long"
+    folder.mkdir()
+    shutil.copy(photos / "src" / "a.png", folder / LONGEST_NAME.replace(".jpg", ".png"))
+    code, output = _shmt("decompose", folder, "-o", tmp_path / "dec", "--no-contact-sheet")
+    assert code == 0, output
+    assert len(list((tmp_path / "dec").glob("*.safetensors"))) == 1
+
+
+def test_pairs_csv_bad_rows_fail_alone(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: a row naming a folder raised KeyError (traceback); a missing file stopped the whole run.
+    monkeypatch.chdir(photos)  # paths in the CSV are relative to the current folder
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "source,reference,output\nsrc/a.png,ref/r.jpg,\nsrc/missing.png,ref/r.jpg,\nsrc,ref/r.jpg,\n"
+        "./src/a.png,ref/../ref/r.jpg,again\n"
+    )
+    out = tmp_path / "out"
+    code, output = _shmt("transfer", "-o", out, "--pairs", table, "--engine", "classic")
+    assert code == 1, output
+    failed = {k: r["reason"] for k, r in _records(out).items() if r["status"] == "failed"}
+    assert len(failed) == 2
+    assert any(
+        "src/missing.png" in k and "src/missing.png" in v and "No such file" in v for k, v in failed.items()
+    )
+    assert any("source src: is a directory" in v for v in failed.values())
+    assert all("\n" not in v for v in failed.values())
+    assert (out / "a__r.png").is_file() and (out / "again.png").is_file()
+
+    table.write_text("src/a.png,\n")
+    code, output = _shmt("transfer", "-o", tmp_path / "empty", "--pairs", table, "--engine", "classic")
+    assert code == 2 and "line 1" in output and "empty" in output
+
+
+def test_external_maps_name_the_file_and_refuse_non_square(photos: Path, tmp_path: Path) -> None:
+    # Was: a corrupt render failed with "not a recognised image format" (which file?), and a non-square
+    # parsing map was stretched onto the face without a word.
+    faces, parsing, renders = tmp_path / "faces", tmp_path / "parsing", tmp_path / "renders"
+    for folder in (faces, parsing, renders):
+        folder.mkdir()
+    for name in ("good", "bad"):
+        shutil.copy(photos / "aligned" / "a.png", faces / f"{name}.png")
+        shutil.copy(photos / "aligned" / "a.json", faces / f"{name}.json")
+    labels = np.zeros((512, 512), np.uint8)
+    labels[100:400, 100:400] = 1
+    Image.fromarray(labels).save(parsing / "good.png")
+    Image.fromarray(labels[:300, :200]).save(parsing / "bad.png")
+    Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(renders / "good_3d.jpg")
+    corrupt = b"\xff\xd8 not really a jpeg"
+    (renders / "bad_3d.jpg").write_bytes(corrupt)
+
+    code, output = _shmt("decompose", faces, "-o", tmp_path / "p", "--parsing", parsing, "--no-contact-sheet")
+    assert code == 1, output
+    reason = _records(tmp_path / "p")[f"{faces}/bad.png"]["reason"]
+    assert "bad.png is 200x300, not square" in reason
+    assert _records(tmp_path / "p")[f"{faces}/good.png"]["status"] == "ok"
+
+    code, output = _shmt(
+        "decompose", faces, "-o", tmp_path / "r", "--render3d", renders, "--no-contact-sheet"
+    )
+    assert code == 1, output
+    reason = _records(tmp_path / "r")[f"{faces}/bad.png"]["reason"]
+    assert reason.startswith(f"3D render {renders}/bad_3d.jpg: ")
+    assert _records(tmp_path / "r")[f"{faces}/good.png"]["status"] == "ok"
+    assert (renders / "bad_3d.jpg").read_bytes() == corrupt  # inputs untouched
