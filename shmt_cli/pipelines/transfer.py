@@ -257,9 +257,13 @@ class FaceCache:
                 )
 
     def parts_path(self, face: InputFile, role: str) -> str | None:
+        """The parts file as the manifest records it: relative to the output folder, as `evaluate`
+        reads it (was `<-o as typed>/faces/...`, so a relative `-o out` gave `out/out/faces/...`)."""
         if self.faces_dir is None:
             return None
-        return output_file(self.faces_dir / f"{role}s", face.rel, ".safetensors").as_posix()
+        return output_file(
+            PurePosixPath(self.faces_dir.name) / f"{role}s", face.rel, ".safetensors"
+        ).as_posix()
 
 
 def grid_strip(source: np.ndarray, reference: np.ndarray, result: np.ndarray) -> np.ndarray:
