@@ -365,7 +365,11 @@ def evaluate(
                     status.stop()
         except UsageError as exc:
             raise _error_exit(str(exc), EXIT_USAGE) from None
+    failures = [f for e in evaluations for f in e.failures]
     if not any(e.rows for e in evaluations):
+        # Say why each pair could not be evaluated, not just that none could.
+        for key, reason in failures:
+            console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")
         raise _error_exit("no finished pairs to evaluate", 1)
     pairs = ev.shared_pairs(evaluations) if (compare or len(evaluations) > 1) else None
     if csv_out:
@@ -406,7 +410,6 @@ def evaluate(
             for name in evaluations[0].set_metrics:
                 table.add_row(name, *(f"{e.set_metrics.get(name, float('nan')):.4g}" for e in evaluations))
             console.print(table)
-    failures = [f for e in evaluations for f in e.failures]
     for key, reason in failures:
         console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")
     raise typer.Exit(1 if failures else 0)

@@ -206,6 +206,9 @@ def evaluate_folder(
         if progress:
             progress(f"{Path(record.source).name} × {Path(record.reference).name}")
         try:
+            if not record.output.is_file():
+                # Name the missing result: the reader's own message would not say which file it was.
+                raise InputError(f"result {display_path(record.output)} is missing")
             rows[record.pair] = pair_metrics(record)
             if paper is not None:
                 source, reference = load_parts(record.source_parts), load_parts(record.reference_parts)
