@@ -134,3 +134,25 @@ def test_external_maps_name_the_file_and_refuse_non_square(photos: Path, tmp_pat
     assert reason.startswith(f"3D render {renders}/bad_3d.jpg: ")
     assert _records(tmp_path / "r")[f"{faces}/good.png"]["status"] == "ok"
     assert (renders / "bad_3d.jpg").read_bytes() == corrupt  # inputs untouched
+
+
+def test_evaluate_a_run_made_with_a_relative_output_folder(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: transfer recorded `out/faces/...` for `-o out`, evaluate read `out/out/faces/...`, found no
+    # pair and said only "no finished pairs to evaluate" (exit 1), hiding every reason.
+    monkeypatch.chdir(tmp_path)
+    code, output = _shmt("transfer", photos / "src", photos / "ref", "-o", "out", "--engine", "classic")
+    assert code == 0, output
+    (record,) = _records(tmp_path / "out").values()
+    assert (tmp_path / "out" / record["source_parts"]).is_file()
+    code, output = _shmt("evaluate", "out", "--json", "-q")
+    assert code == 0, output
+    assert json.loads(output.splitlines()[-1])["folders"][0]["summary"]["fidelity_de00"]["n"] == 1
+
+    # A deleted result: every pair fails, and each failure is still reported with its reason.
+    (tmp_path / "out" / record["outputs"][0]).unlink()
+    code, output = _shmt("evaluate", "out", "-q")
+    assert code == 1
+    assert "failed " in output and record["outputs"][0] in output
+    assert "no finished pairs to evaluate" in output
