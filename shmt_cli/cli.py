@@ -6,6 +6,7 @@ Exit codes: 0 all done; 1 some inputs failed; 2 usage error; 3 the run could not
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -308,6 +309,22 @@ def transfer(
     run_batch(job)
 
 
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _check_report_path(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    """Exit with a usage error unless `path` can be written as a report file (missing folders are made)."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise _error_exit(f"{option} {path}: the file name must end in {', '.join(suffixes)}", EXIT_USAGE)
+    if path.is_dir():
+        raise _error_exit(f"{option} {path}: is a folder, give a file name", EXIT_USAGE)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise _error_exit(f"{option} {path}: cannot write in {folder}", EXIT_USAGE)
+
+
 @app.command()
 def evaluate(
     results: Annotated[list[Path], typer.Argument(help="Results folder(s) written by `shmt transfer`.")],
@@ -344,6 +361,11 @@ def evaluate(
     from shmt_cli.pipelines import evaluate as ev
 
     console = make_console()
+    # Refuse a bad --csv/--plot before the metrics are computed, not with a traceback after.
+    if csv_out:
+        _check_report_path(csv_out, "--csv", ())
+    if plot:
+        _check_report_path(plot, "--plot", PLOT_SUFFIXES)
     models = None
     if paper:
         from shmt_cli.metrics.paper import CheckpointError, WeightsNotFoundError
@@ -372,10 +394,22 @@ def evaluate(
             console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")
         raise _error_exit("no finished pairs to evaluate", 1)
     pairs = ev.shared_pairs(evaluations) if (compare or len(evaluations) > 1) else None
-    if csv_out:
-        ev.write_csv(csv_out, evaluations)
-    if plot:
-        ev.box_plot(plot, evaluations, pairs or sorted(evaluations[0].rows))
+    if pairs is not None and not pairs and len(evaluations) > 1:
+        # Every table would be empty: say so instead of printing blank tables and exiting 0.
+        for key, reason in failures:
+            console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")
+        names = ", ".join(str(e.folder) for e in evaluations)
+        raise _error_exit(f"{names}: no finished pair is in every folder, nothing to compare", 1)
+    target = csv_out
+    try:
+        if csv_out:
+            ev.write_csv(csv_out, evaluations)
+        target = plot
+        if plot:
+            ev.box_plot(plot, evaluations, pairs or sorted(evaluations[0].rows))
+    except OSError as exc:
+        # Name the file asked for, not the temporary file the atomic write failed on.
+        raise _error_exit(f"cannot write {target}: {exc.strerror or exc}", EXIT_CANNOT_RUN) from None
     if json_out:
         typer.echo(ev.summary_json_line(evaluations, pairs))
     if not quiet:
