@@ -156,3 +156,36 @@ def test_evaluate_a_run_made_with_a_relative_output_folder(
     assert code == 1
     assert "failed " in output and record["outputs"][0] in output
     assert "no finished pairs to evaluate" in output
+
+
+def test_evaluate_report_paths_and_folders_without_shared_pairs(
+    photos: Path, tmp_path: Path, astronaut_rgb: np.ndarray
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.ascontiguousarray(astronaut_rgb[:, ::-1])).save(other / "b.png", compress_level=1)
+    folders = {}
+    for name, source in (("one", photos / "src"), ("two", other)):
+        folders[name] = tmp_path / name
+        code, output = _shmt("transfer", source, photos / "ref", "-o", folders[name], "--engine", "classic")
+        assert code == 0, output
+
+    # Was: a traceback after all metrics were computed (exit 1). Now refused up front, one line, exit 2.
+    (tmp_path / "a_file").write_text("x")
+    for option, target, why in (
+        ("--plot", tmp_path, "must end in .png"),
+        ("--plot", tmp_path / "plot.txt", "must end in .png"),
+        ("--plot", tmp_path / "a_file" / "p.png", "cannot write in"),
+        ("--csv", tmp_path, "is a folder"),
+    ):
+        code, output = _shmt("evaluate", folders["one"], option, target, "-q")
+        assert code == 2, output
+        assert output.strip().count("\n") == 0 and why in output and str(target) in output
+    code, output = _shmt("evaluate", folders["one"], "--plot", tmp_path / "new" / "p.png", "-q")
+    assert code == 0, output
+    assert (tmp_path / "new" / "p.png").stat().st_size > 0
+
+    # Was: empty tables and exit 0 when the folders share no pair.
+    code, output = _shmt("evaluate", folders["one"], folders["two"], "-q")
+    assert code == 1
+    assert "no finished pair is in every folder" in output
