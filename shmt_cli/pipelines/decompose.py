@@ -14,6 +14,7 @@ from shmt_cli.decompose import FaceParts, analyse_face, save_parts
 from shmt_cli.face.parsing import LABEL_ORDERS, load_label_map
 from shmt_cli.imageio import InputError, read_image, write_image_atomic
 from shmt_cli.inputs import UsageError, collect_inputs, display_path, output_file
+from shmt_cli.pipelines import refuse_output_as_input
 from shmt_cli.pipelines.faces import read_aligned_face
 from shmt_cli.previews import band_preview, contact_sheet, parsing_colour, parsing_overlay
 from shmt_cli.representations import SourceParts, source_parts
@@ -127,6 +128,7 @@ def run_decompose(
     for folder in (settings.parsing_dir, settings.render_dir):
         if folder is not None and not folder.is_dir():
             raise UsageError(f"not a folder: {display_path(folder)}")
+    refuse_output_as_input(out_dir, inputs)
     files = collect_inputs(inputs, exclude=[out_dir])
     items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
     runner = BatchRunner("decompose", out_dir, settings.as_params(), options)

@@ -33,6 +33,7 @@ from shmt_cli.imageio import (
     write_json_atomic,
 )
 from shmt_cli.inputs import InputFile, UsageError, collect_inputs, display_path, output_file
+from shmt_cli.pipelines import refuse_output_as_input
 from shmt_cli.pipelines.faces import has_sidecar, read_aligned_face
 from shmt_cli.representations import FACE_LABELS, IMAGE_SIZE
 
@@ -280,6 +281,7 @@ def run_transfer(
     options: RunOptions,
 ) -> tuple[BatchRunner, Summary]:
     """Transfer every planned pair into `out_dir` through `engine`."""
+    refuse_output_as_input(out_dir, [*sources, *references])
     pairs = plan_pairs(sources, references, settings.pairs, exclude=[out_dir])
     params = {**settings.as_params(), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
