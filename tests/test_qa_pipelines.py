@@ -189,3 +189,21 @@ def test_evaluate_report_paths_and_folders_without_shared_pairs(
     code, output = _shmt("evaluate", folders["one"], folders["two"], "-q")
     assert code == 1
     assert "no finished pair is in every folder" in output
+
+
+def test_output_folder_that_is_an_input_folder_is_refused(photos: Path, tmp_path: Path) -> None:
+    # Was: `-o photos photos` took the previous run's outputs as inputs on every re-run
+    # (transfer wrote a__r__r.png, decompose decomposed its own previews).
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos / "src" / "a.png", folder / "a.png")
+    runs = (
+        ("transfer", folder, photos / "ref", "-o", f"{folder}/", "--engine", "classic"),
+        ("transfer", photos / "src", folder, "-o", folder, "--engine", "classic"),
+        ("decompose", folder, "-o", folder / "." / ""),
+    )
+    for args in runs:
+        code, output = _shmt(*args)
+        assert code == 2, output
+        assert "is also an input folder" in output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
