@@ -282,6 +282,9 @@ def transfer(
         if pairs in PAIR_MODES and (sources is None or references is None):
             raise UsageError("give a source and a reference (file or folder), or --pairs FILE.csv")
         wanted = frozenset(r.strip() for r in regions.split(",") if r.strip())
+        if not wanted:
+            # An empty list would "transfer" nothing and write copies of the sources with exit 0.
+            raise UsageError(f"--regions names no region (got {regions!r}), e.g. lips,eyes,skin,brows")
         request = EngineRequest(
             engine=engine,
             level=level or "",
