@@ -207,3 +207,14 @@ def test_output_folder_that_is_an_input_folder_is_refused(photos: Path, tmp_path
         assert code == 2, output
         assert "is also an input folder" in output
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_empty_region_list_is_a_usage_error(photos: Path, tmp_path: Path) -> None:
+    # Was: `--regions ""` (or ",") ran, wrote unchanged copies of the sources and exited 0.
+    for regions in ("", " , "):
+        out = tmp_path / f"out{len(regions)}"
+        code, output = _shmt(
+            "transfer", photos / "src", photos / "ref", "-o", out, "--engine", "classic", "--regions", regions
+        )
+        assert code == 2, output
+        assert "--regions names no region" in output and not out.exists()
