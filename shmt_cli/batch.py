@@ -47,6 +47,7 @@ EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_CANNOT_RUN = 3  # output folder locked by another run, or not writable (disk full, read-only)
+FAILED_BEFORE = "failed before"
 
 Status = Literal["ok", "skipped", "failed"]
 
@@ -83,18 +84,23 @@ class ItemResult:
 
 @dataclass
 class Summary:
-    """Counts and failures of a batch run."""
+    """Counts and failures of a batch run.
+
+    `failed_before` counts skipped items whose last attempt failed (not retried without
+    --retry-failed): they still make the exit code 1, so a cron job keeps reporting a bad input.
+    """
 
     command: str
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    failed_before: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILURES if self.failed else EXIT_OK
+        return EXIT_FAILURES if self.failed or self.failed_before else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +109,7 @@ class Summary:
             "done": self.done,
             "skipped": self.skipped,
             "failed": self.failed,
+            "failed_before": self.failed_before,
             "seconds": round(self.seconds, 3),
             "failures": [{"input": key, "reason": reason} for key, reason in self.failures],
             "exit_code": self.exit_code,
@@ -324,7 +331,7 @@ class BatchRunner:
             if record.get("status") == "ok" and outputs_exist:
                 return "already done"
             if record.get("status") == "failed" and not self.options.retry_failed:
-                return f"failed before ({record.get('reason', '')}); use --retry-failed to try again"
+                return f"{FAILED_BEFORE} ({record.get('reason', '')}); use --retry-failed to try again"
         if done_outputs is not None:
             paths = list(done_outputs(item))
             if paths and all(p.exists() for p in paths):
@@ -397,6 +404,8 @@ class BatchRunner:
             summary.done += 1
         elif result.status == "skipped":
             summary.skipped += 1
+            if result.reason.startswith(FAILED_BEFORE):
+                summary.failed_before += 1
         else:
             summary.failed += 1
             summary.failures.append((result.key, result.reason))
@@ -422,11 +431,12 @@ class BatchRunner:
         if self.options.json_lines:
             sys.stdout.write(json.dumps(summary.to_json(), ensure_ascii=True) + "\n")
             sys.stdout.flush()
-        if self.options.quiet and not summary.failed:
+        if self.options.quiet and not summary.exit_code:
             return
-        colour = "red" if summary.failed else "green"
+        colour = "red" if summary.exit_code else "green"
+        before = f" ({summary.failed_before} failed before; --retry-failed)" if summary.failed_before else ""
         self.console.print(
-            f"[{colour}]{self.command}[/{colour}]: {summary.done} done, {summary.skipped} skipped, "
+            f"[{colour}]{self.command}[/{colour}]: {summary.done} done, {summary.skipped} skipped{before}, "
             f"{summary.failed} failed in {summary.seconds:.1f} s → {escape(display_path(self.out_dir))}"
         )
         for key, reason in summary.failures:

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from shmt_cli.batch import EXIT_FAILURES, EXIT_OK, BatchRunner, RunOptions, WorkItem
+from shmt_cli.batch import EXIT_FAILURES, BatchRunner, RunOptions, WorkItem
 from shmt_cli.imageio import InputError
 from shmt_cli.inputs import UsageError, collect_inputs
 from shmt_cli.manifest import Manifest
@@ -89,7 +89,9 @@ def test_runner_skips_done_reports_failures_and_resumes(tmp_path: Path) -> None:
     summary = BatchRunner("test", tmp_path, {"p": 1}, RunOptions()).run(
         _items(["a", "bad", "boom", "c"]), process
     )
-    assert calls == [] and summary.skipped == 4 and summary.exit_code == EXIT_OK
+    assert calls == [] and summary.skipped == 4
+    # Failures not retried still count: a cron job keeps reporting its bad inputs.
+    assert summary.failed_before == 2 and summary.exit_code == EXIT_FAILURES
 
     summary = BatchRunner("test", tmp_path, {"p": 1}, RunOptions(retry_failed=True)).run(
         _items(["a", "bad", "boom", "c"]), process

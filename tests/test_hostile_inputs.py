@@ -245,7 +245,7 @@ def test_every_input_gives_an_output_or_one_clear_line(
     assert log_lines[-1].endswith(f"summary done={summary['done']} skipped=0 failed={len(failed)}")
 
 
-def test_second_quiet_run_skips_everything_silently(
+def test_second_quiet_run_skips_everything_and_still_reports_failures(
     corpus: tuple[Path, list[str]],
     first_run: tuple[Path, Path, subprocess.CompletedProcess[bytes]],
     tmp_path: Path,
@@ -257,8 +257,10 @@ def test_second_quiet_run_skips_everything_silently(
     files_before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     log = tmp_path / "again.log"
     result = _run(["align", str(root), "-o", str(out), "--quiet", "--log", str(log)])
-    assert result.returncode == 0, _text(result.stderr)
-    assert result.stdout == b"" and result.stderr == b""
+    # Nothing is redone, but the inputs that failed before keep the exit code at 1 (one summary line).
+    assert result.returncode == 1, _text(result.stderr)
+    assert result.stdout == b""
+    assert len(_text(result.stderr).splitlines()) == 1 and "failed before" in _text(result.stderr)
     assert (out / "manifest.jsonl").read_bytes() == manifest_before  # skips add no records
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == files_before
     before = json.loads(first.stdout.splitlines()[-1])
