@@ -119,6 +119,8 @@ def test_overwrite_and_usage_errors(photos: Path, tmp_path: Path) -> None:
     code, output = _run("align", str(photos / "astronaut.png"), "-o", str(out), "--size", "512")
     assert code == 2 and "other parameters" in output
     assert _run("align", "-o", str(out))[0] == 2  # no inputs at all
+    code, output = _run("align", str(photos), "-o", str(photos))
+    assert code == 2 and "also an input folder" in output
 
 
 def test_files_from_and_shards(photos: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from shmt_cli.face.align import AlignedFace, crop_face
 from shmt_cli.face.detect import FaceDetector, default_detector
 from shmt_cli.imageio import InputError, read_image, write_image_atomic, write_json_atomic
 from shmt_cli.inputs import collect_inputs, display_path, output_file
+from shmt_cli.pipelines import refuse_output_as_input
 
 # With --all-faces, further faces need a surer detection than the best one: real faces in the dev photos
 # and test group photos score 0.67..2.75, while HOG false positives in clothing or backgrounds score ~0.1.
@@ -66,6 +67,7 @@ def run_align(
     inputs: list[str], out_dir: Path, settings: AlignSettings, options: RunOptions
 ) -> tuple[BatchRunner, Summary]:
     """Align every photo found in `inputs` into `out_dir`."""
+    refuse_output_as_input(out_dir, inputs)
     files = collect_inputs(inputs, exclude=[out_dir])
     items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
     runner = BatchRunner("align", out_dir, settings.as_params(), options)
