@@ -115,6 +115,14 @@ def read_file_list(source: str) -> list[str]:
     return names
 
 
+def _is_own_metadata(path: Path, extensions: Sequence[str]) -> bool:
+    """A sidecar (`x.json` beside `x.png`) or manifest that a shell glob like `aligned/*` names too."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl" and path.name.startswith("manifest"):
+        return True
+    return suffix == ".json" and any(path.with_suffix(ext).exists() for ext in extensions)
+
+
 def collect_inputs(
     paths: Sequence[str | os.PathLike[str]],
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
@@ -125,7 +133,8 @@ def collect_inputs(
 
     `keep(path)` filters the files found inside folders before output names are made.
 
-    A named file is taken whatever its suffix (reading it reports what is wrong); inside folders only
+    A named file is taken whatever its suffix (reading it reports what is wrong), except our own
+    sidecars and manifests that a glob like `aligned/*` names beside the images; inside folders only
     files with one of `extensions` are taken, and folders in `exclude` (the run's output folder: else
     `shmt align photos -o photos/aligned` would align its own crops one level deeper on every run) are
     not searched. A path that does not exist is a UsageError.
@@ -142,7 +151,7 @@ def collect_inputs(
             below = sorted(_walk_images(path, extensions, skip), key=lambda p: os.fsencode(p))
             for file in below if keep is None else filter(keep, below):
                 found.append((file, PurePosixPath(*file.relative_to(path).parts)))
-        else:
+        elif not _is_own_metadata(path, extensions):
             found.append((path, PurePosixPath(path.name)))
     unique: dict[str, tuple[Path, PurePosixPath]] = {}
     for path, rel in found:

@@ -244,3 +244,11 @@ def test_an_unlistable_subfolder_is_reported_not_skipped(
     assert [str(f.rel) for f in found] == ["locked", "ok"]
     with pytest.raises(InputError, match="folder could not be searched"):
         read_image(found[0].path)
+
+
+def test_a_glob_over_an_aligned_folder_skips_sidecars_and_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "aligned"
+    for name in ("a.png", "a.json", "b.png", "b.json", "manifest.jsonl", "notes.json"):
+        _touch(folder / name)
+    named = sorted(str(p) for p in folder.iterdir())  # what the shell makes of `aligned/*`
+    assert [f.path.name for f in collect_inputs(named)] == ["a.png", "b.png", "notes.json"]
