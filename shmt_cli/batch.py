@@ -326,16 +326,16 @@ class BatchRunner:
         stamps = record.get("input_stamps") if record is not None else None
         if stamps is not None and stamps != input_stamps(item.inputs):
             return None  # the input changed since (an upload that finished, an edited photo): redo it
+        wanted = list(done_outputs(item)) if done_outputs is not None else []
         if record is not None:
             outputs_exist = all((self.out_dir / out).exists() for out in record.get("outputs", []))
-            if record.get("status") == "ok" and outputs_exist:
+            # Outputs asked for now but not made then (e.g. --crop added on a re-run) mean: not done.
+            if record.get("status") == "ok" and outputs_exist and all(p.exists() for p in wanted):
                 return "already done"
             if record.get("status") == "failed" and not self.options.retry_failed:
                 return f"{FAILED_BEFORE} ({record.get('reason', '')}); use --retry-failed to try again"
-        if done_outputs is not None:
-            paths = list(done_outputs(item))
-            if paths and all(p.exists() for p in paths):
-                return "output exists"
+        if record is None and wanted and all(p.exists() for p in wanted):
+            return "output exists"
         return None
 
     def _outcome_result(self, item: WorkItem, outcome: Outcome, seconds: float) -> ItemResult:

@@ -106,6 +106,10 @@ def test_transfer_folders_with_paste_back(folders: tuple[Path, Path], tmp_path: 
     # Re-running resumes: nothing is redone.
     result = runner.invoke(app, args)
     assert _json_lines(result.output)[-1]["skipped"] == 4
+    # Asking for an output the first run did not make redoes the pairs that lack it.
+    result = runner.invoke(app, [*args, "--grid"])
+    assert _json_lines(result.output)[-1]["done"] == 2
+    assert (out / "sub" / "wide__madeup_grid.jpg").is_file()
 
 
 def test_pairs_csv_and_zip(folders: tuple[Path, Path], tmp_path: Path) -> None:

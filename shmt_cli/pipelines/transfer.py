@@ -320,7 +320,12 @@ def run_transfer(
         return outcomes
 
     def done_outputs(item: WorkItem) -> list[Path]:
-        return [output_file(out_dir, item.out_stem, ".png")]
+        extras = [
+            suffix
+            for suffix, wanted in (("_crop.png", settings.crop), ("_grid.jpg", settings.grid))
+            if wanted
+        ]
+        return [output_file(out_dir, item.out_stem, suffix) for suffix in (".png", *extras)]
 
     summary = runner.run(
         items, done_outputs=done_outputs, process_batch=process_batch, batch_size=engine.batch_size
