@@ -145,6 +145,8 @@ class RunOptions:
     shard: Shard = field(default_factory=Shard)
     wait_lock: float = 0.0
     log_file: Path | None = None
+    #: Inputs read from a list (--files-from): a missing one fails as an item instead of stopping the run.
+    listed_inputs: frozenset[str] = frozenset()
 
 
 class CannotRun(Exception):

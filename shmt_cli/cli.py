@@ -118,9 +118,11 @@ def run_options(
     )
 
 
-def all_inputs(inputs: list[str] | None, files_from: str | None) -> list[str]:
-    """Positional inputs plus those listed with --files-from."""
+def all_inputs(inputs: list[str] | None, files_from: str | None, options: RunOptions) -> list[str]:
+    """Positional inputs plus those listed with --files-from (recorded in `options`: a missing listed
+    file fails as one item, while a missing positional path is a usage error)."""
     listed = read_file_list(files_from) if files_from else []
+    options.listed_inputs = frozenset(listed)
     return [*(inputs or []), *listed]
 
 
@@ -158,7 +160,9 @@ def align(
 
     def job() -> tuple[BatchRunner, Summary]:
         options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
-        return run_align(all_inputs(inputs, files_from), output, AlignSettings(size, all_faces), options)
+        return run_align(
+            all_inputs(inputs, files_from, options), output, AlignSettings(size, all_faces), options
+        )
 
     run_batch(job)
 
@@ -196,7 +200,7 @@ def decompose(
     def job() -> tuple[BatchRunner, Summary]:
         options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
         settings = DecomposeSettings(parsing_dir=parsing, parsing_order=parsing_order, render_dir=render3d)
-        return run_decompose(all_inputs(inputs, files_from), output, settings, options, sheet=sheet)
+        return run_decompose(all_inputs(inputs, files_from, options), output, settings, options, sheet=sheet)
 
     run_batch(job)
 

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -128,10 +128,12 @@ def collect_inputs(
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
     exclude: Sequence[str | os.PathLike[str]] = (),
     keep: Callable[[Path], bool] | None = None,
+    optional: Collection[str] = frozenset(),
 ) -> list[InputFile]:
     """Expand files and folders (recursively) into a sorted, de-duplicated, collision-free input list.
 
-    `keep(path)` filters the files found inside folders before output names are made.
+    `keep(path)` filters the files found inside folders before output names are made. Paths in
+    `optional` (read from a list) that do not exist are kept as inputs, so they fail one by one.
 
     A named file is taken whatever its suffix (reading it reports what is wrong), except our own
     sidecars and manifests that a glob like `aligned/*` names beside the images; inside folders only
@@ -146,6 +148,9 @@ def collect_inputs(
     for given in paths:
         path = Path(given)
         if not path.exists() and not path.is_symlink():
+            if os.fspath(given) in optional:
+                found.append((path, PurePosixPath(path.name)))
+                continue
             raise UsageError(f"input not found: {display_path(path)}")
         if path.is_dir():
             below = sorted(_walk_images(path, extensions, skip), key=lambda p: os.fsencode(p))

@@ -137,3 +137,15 @@ def test_files_from_and_shards(photos: Path, tmp_path: Path) -> None:
     assert sorted(Path(n).name for n in names) == ["astronaut.png", "rotated.jpg"]
     code, output = _run("manifest-merge", str(out), "--expect", "2")
     assert code == 0 and "2 items, 2 ok" in output
+
+
+def test_a_missing_file_in_a_list_fails_alone(photos: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{photos / 'astronaut.png'}\n{photos / 'gone.jpg'}\n")
+    code, output = _run("align", "-o", str(tmp_path / "out"), "--files-from", str(listing), "--json")
+    summary = _json_lines(output)[-1]
+    assert code == 1 and (summary["done"], summary["failed"]) == (1, 1)
+    assert "gone.jpg" in summary["failures"][0]["input"]
+    assert "No such file" in summary["failures"][0]["reason"]
+    # On the command line itself a missing path is still a usage error.
+    assert _run("align", str(photos / "gone.jpg"), "-o", str(tmp_path / "out2"))[0] == 2

@@ -129,7 +129,7 @@ def run_decompose(
         if folder is not None and not folder.is_dir():
             raise UsageError(f"not a folder: {display_path(folder)}")
     refuse_output_as_input(out_dir, inputs)
-    files = collect_inputs(inputs, exclude=[out_dir])
+    files = collect_inputs(inputs, exclude=[out_dir], optional=options.listed_inputs)
     items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
     runner = BatchRunner("decompose", out_dir, settings.as_params(), options)
 
