@@ -363,8 +363,6 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Quality metrics of transfer results: weight-free ones always, the paper's with --paper."""
-    from rich.table import Table
-
     from shmt_cli.pipelines import evaluate as ev
 
     console = make_console()
@@ -420,36 +418,7 @@ def evaluate(
     if json_out:
         typer.echo(ev.summary_json_line(evaluations, pairs))
     if not quiet:
-        for evaluation in evaluations:
-            table = Table(
-                title=f"{escape(str(evaluation.folder))}: {len(evaluation.rows)} pairs", title_justify="left"
-            )
-            for column in ("metric", "mean", "median", "p10", "p90", "n"):
-                table.add_column(column, justify="left" if column == "metric" else "right")
-            for name, stats in evaluation.summary(pairs).items():
-                arrow = "↑" if ev.METRICS.get(name, ("", True))[1] else "↓"
-                table.add_row(
-                    f"{name} {arrow}",
-                    *(f"{stats[k]:.4g}" for k in ("mean", "median", "p10", "p90")),
-                    str(stats["n"]),
-                )
-            for name, value in evaluation.set_metrics.items():
-                table.add_row(
-                    f"{name} {'↑' if ev.SET_METRICS[name][1] else '↓'}", f"{value:.4g}", "", "", "", "set"
-                )
-            console.print(table)
-        if len(evaluations) > 1:
-            table = Table(
-                title=f"side by side over {len(pairs or [])} shared pairs (mean)", title_justify="left"
-            )
-            table.add_column("metric")
-            for evaluation in evaluations:
-                table.add_column(escape(evaluation.folder.name), justify="right")
-            summaries = [e.summary(pairs) for e in evaluations]
-            for name in summaries[0]:
-                table.add_row(name, *(f"{s.get(name, {}).get('mean', float('nan')):.4g}" for s in summaries))
-            for name in evaluations[0].set_metrics:
-                table.add_row(name, *(f"{e.set_metrics.get(name, float('nan')):.4g}" for e in evaluations))
+        for table in ev.summary_tables(evaluations, pairs):
             console.print(table)
     for key, reason in failures:
         console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")

@@ -402,3 +402,40 @@ def summary_json_line(
 ) -> str:
     """The whole evaluation as one JSON document (for --json)."""
     return json.dumps(to_json(evaluations, pairs), ensure_ascii=False)
+
+
+def summary_tables(
+    evaluations: Sequence[FolderEvaluation], pairs: Sequence[tuple[str, str]] | None
+) -> list[Any]:
+    """Rich tables: one per folder (mean, median, p10, p90, n per metric; set metrics last), then a
+    side-by-side table of means when there are several folders."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    tables = []
+    for evaluation in evaluations:
+        table = Table(
+            title=f"{escape(str(evaluation.folder))}: {len(evaluation.rows)} pairs", title_justify="left"
+        )
+        for column in ("metric", "mean", "median", "p10", "p90", "n"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for name, stats in evaluation.summary(pairs).items():
+            arrow = "↑" if METRICS.get(name, ("", True))[1] else "↓"
+            values = (f"{stats[k]:.4g}" for k in ("mean", "median", "p10", "p90"))
+            table.add_row(f"{name} {arrow}", *values, str(stats["n"]))
+        for name, value in evaluation.set_metrics.items():
+            arrow = "↑" if SET_METRICS[name][1] else "↓"
+            table.add_row(f"{name} {arrow}", f"{value:.4g}", "", "", "", "set")
+        tables.append(table)
+    if len(evaluations) > 1:
+        table = Table(title=f"side by side over {len(pairs or [])} shared pairs (mean)", title_justify="left")
+        table.add_column("metric")
+        for evaluation in evaluations:
+            table.add_column(escape(evaluation.folder.name), justify="right")
+        summaries = [e.summary(pairs) for e in evaluations]
+        for name in summaries[0]:
+            table.add_row(name, *(f"{s.get(name, {}).get('mean', math.nan):.4g}" for s in summaries))
+        for name in evaluations[0].set_metrics:
+            table.add_row(name, *(f"{e.set_metrics.get(name, math.nan):.4g}" for e in evaluations))
+        tables.append(table)
+    return tables
