@@ -8,6 +8,8 @@ run side by side in one folder, each under its own lock.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,8 +55,12 @@ def test_second_run_fails_clearly_or_waits(tmp_path: Path, astronaut_rgb: np.nda
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    paused = False
     try:
         assert _wait_until(lambda: _lock_holder(out) == run_a.pid, 90), "run A never took the lock"
+        # Pause A while it holds the lock: B and C then meet a live holder however fast the machine is.
+        os.kill(run_a.pid, signal.SIGSTOP)
+        paused = True
         run_c = subprocess.Popen(
             [*shmt_command(), "align", folder, str(extra), "-o", str(out), "--json", "--wait-lock", "300"],
             stdout=subprocess.PIPE,
@@ -67,10 +73,16 @@ def test_second_run_fails_clearly_or_waits(tmp_path: Path, astronaut_rgb: np.nda
             check=False,
         )
         a_was_running = run_a.poll() is None
+        c_was_waiting = run_c.poll() is None
+        os.kill(run_a.pid, signal.SIGCONT)
+        paused = False
         c_out, c_err = run_c.communicate(timeout=300)
     finally:
+        if paused:
+            os.kill(run_a.pid, signal.SIGCONT)
         a_out, a_err = run_a.communicate(timeout=300)
 
+    assert c_was_waiting, "run C did not wait for the folder's lock"
     # B: exit 3, one clear line naming the lock and the PID holding it, nothing on stdout.
     assert a_was_running, "run A finished before run B tried the folder: the test proves nothing"
     b_err = run_b.stderr.decode("utf-8", "replace")
