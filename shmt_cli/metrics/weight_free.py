@@ -25,9 +25,8 @@ import numpy as np
 from shmt_cli.color import rgb_to_lab
 from shmt_cli.engines.classic import eye_shadow_mask
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
+from shmt_cli.representations import FACE_LABELS
 
-# SHMT's face mask M_face (spec §1.2): skin, nose, brows, ears, lips, neck.
-FACE_LABELS = (1, 2, 6, 7, 8, 9, 11, 12, 17)
 # Same-person threshold of dlib's face-recognition model (its documented operating point).
 SAME_PERSON_DISTANCE = 0.6
 

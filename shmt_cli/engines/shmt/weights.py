@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
+from shmt_cli.engines.shmt.unet import ema_key
 
 Variant = Literal["h0", "h4"]
 SizeClass = Literal["full", "tiny"]
@@ -198,11 +199,6 @@ def ida_shapes(
     for i, width in enumerate(unet_skip_channels(model_channels, channel_mult, num_res_blocks)):
         _conv(shapes, f"proj_convs.{i}", width, proj_in, 1)
     return shapes
-
-
-def ema_key(unet_key: str) -> str:
-    """Official EMA shadow name of a UNet parameter: ``model_ema.`` + the dotted path without dots."""
-    return EMA_PREFIX + ("diffusion_model." + unet_key).replace(".", "")
 
 
 def expected_shapes(variant: Variant, size: SizeClass) -> dict[str, tuple[int, ...]]:
