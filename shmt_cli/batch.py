@@ -412,6 +412,12 @@ class BatchRunner:
             summary.failed += 1
             summary.failures.append((result.key, result.reason))
             self.console.print(f"[red]error[/red] {escape(result.key)}: {escape(result.reason)}")
+        note = result.extra.get("note")
+        if note:
+            # E.g. "source: 4 faces found, 1 processed": the item is done, but not all that was there.
+            if not self.options.quiet:
+                self.console.print(f"[yellow]note[/yellow] {escape(result.key)}: {escape(str(note))}")
+            self._log(f"note {result.key} {note}")
         self._log(f"{result.status} {result.key} {result.reason}".rstrip())
         if self.options.json_lines:
             fields = {k: v for k, v in asdict(result).items() if k not in ("extra", "input_stamps")}
@@ -433,7 +439,9 @@ class BatchRunner:
         if self.options.json_lines:
             sys.stdout.write(json.dumps(summary.to_json(), ensure_ascii=True) + "\n")
             sys.stdout.flush()
-        if self.options.quiet and not summary.exit_code:
+        # --quiet: each failure was printed once as it happened; only items that failed in an earlier
+        # run (not printed now) get the summary line that explains the exit code.
+        if self.options.quiet and not summary.failed_before:
             return
         colour = "red" if summary.exit_code else "green"
         before = f" ({summary.failed_before} failed before; --retry-failed)" if summary.failed_before else ""
@@ -441,6 +449,8 @@ class BatchRunner:
             f"[{colour}]{self.command}[/{colour}]: {summary.done} done, {summary.skipped} skipped{before}, "
             f"{summary.failed} failed in {summary.seconds:.1f} s → {escape(display_path(self.out_dir))}"
         )
+        if self.options.quiet:
+            return
         for key, reason in summary.failures:
             self.console.print(f"  [red]failed[/red] {escape(key)}: {escape(reason)}")
 

@@ -42,7 +42,18 @@ T = TypeVar("T")
 Inputs = Annotated[
     list[str] | None, typer.Argument(help="Photos and/or folders (searched recursively).", show_default=False)
 ]
-OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if missing).")]
+
+
+def _output_folder(text: str) -> Path:
+    # Path("") is Path("."): an empty -o (an unset shell variable) would write into the current folder.
+    if not text.strip():
+        raise typer.BadParameter("the output folder is empty (an unset variable?); give a folder")
+    return Path(text)
+
+
+OutDir = Annotated[
+    Path, typer.Option("--output", "-o", parser=_output_folder, help="Output folder (created if missing).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs already exist.")]
 RetryFailed = Annotated[
     bool, typer.Option("--retry-failed", help="Retry items that failed in an earlier run.")
@@ -70,9 +81,17 @@ WaitLock = Annotated[
 LogFile = Annotated[Path | None, typer.Option("--log", help="Append a line per item and the summary here.")]
 
 
+class Stopped(BaseException):
+    """SIGTERM arrived (BaseException, like KeyboardInterrupt: no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Unwind like Ctrl-C: the lock is released and half-written temp files are removed on the way out.
-    raise SystemExit(128 + signum)
+    raise Stopped(signum)
 
 
 def _version(value: bool) -> None:
@@ -107,6 +126,10 @@ def run_options(
     log: Path | None,
 ) -> RunOptions:
     """The shared batch options from the command line."""
+    if wait_lock < 0:
+        raise UsageError(f"--wait-lock takes seconds >= 0 (0: do not wait), got {wait_lock:g}")
+    if log is not None:
+        check_log_file(log)
     return RunOptions(
         overwrite=overwrite,
         retry_failed=retry_failed,
@@ -116,6 +139,17 @@ def run_options(
         wait_lock=wait_lock,
         log_file=log,
     )
+
+
+def check_log_file(log: Path) -> None:
+    """UsageError unless --log can be appended to (checked before the run, not mid-batch)."""
+    if log.is_dir():
+        raise UsageError(f"--log {log}: is a folder, give a file name")
+    try:
+        with open(log, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--log {log}: cannot write ({exc.strerror or exc})") from None
 
 
 def all_inputs(inputs: list[str] | None, files_from: str | None, options: RunOptions) -> list[str]:
@@ -130,6 +164,13 @@ def run_batch(job: Callable[[], tuple[BatchRunner, Summary]]) -> None:
     """Run a batch job, print its report and exit with its code (usage and fatal errors mapped)."""
     try:
         runner, summary = job()
+    except KeyboardInterrupt:
+        raise _error_exit("interrupted (Ctrl-C); finished items are kept, run again to resume", 130) from None
+    except Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        raise _error_exit(
+            f"stopped by {name}; finished items are kept, run again to resume", 128 + stop.signum
+        ) from None
     except UsageError as exc:
         raise _error_exit(str(exc), EXIT_USAGE) from None
     except CannotRun as exc:
@@ -266,6 +307,19 @@ def transfer(
     ] = None,
     crop: Annotated[bool, typer.Option("--crop", help="Also write the 256x256 result crop.")] = False,
     grid: Annotated[bool, typer.Option("--grid", help="Also write the official 3-panel strip.")] = False,
+    all_faces: Annotated[
+        bool,
+        typer.Option("--all-faces", help="Make up every face of a group photo (all pasted into one output)."),
+    ] = False,
+    out_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="Output format: same (the source's; JPEG stays JPEG), png, jpg or webp."
+        ),
+    ] = "same",
+    quality: Annotated[
+        int | None, typer.Option("--quality", min=1, max=100, help="jpg/webp quality (default 92/90).")
+    ] = None,
     weights_dir: Annotated[
         Path | None, typer.Option("--weights-dir", help="Where imported weights are.")
     ] = None,
@@ -274,6 +328,14 @@ def transfer(
     json_out: JsonOut = False,
     quiet: Quiet = False,
     shard: ShardOpt = None,
+    files_from: Annotated[
+        str | None,
+        typer.Option(
+            "--files-from",
+            metavar="FILE",
+            help="Source photos, one per line ('-': stdin); a single positional argument is the references.",
+        ),
+    ] = None,
     wait_lock: WaitLock = 0.0,
     log: LogFile = None,
 ) -> None:
@@ -283,7 +345,17 @@ def transfer(
 
     def job() -> tuple[BatchRunner, Summary]:
         options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
-        if pairs in PAIR_MODES and (sources is None or references is None):
+        source_list = [sources] if sources is not None else []
+        reference_list = [references] if references is not None else []
+        if files_from is not None:
+            if files_from == "-" and pairs == "-":
+                raise UsageError("--files-from - and --pairs - cannot both read stdin")
+            if references is None:  # `--files-from LIST REFS`: the positional argument is the references
+                reference_list, source_list = source_list, []
+            source_list += all_inputs(None, files_from, options)
+            if not source_list:
+                raise UsageError(f"--files-from {files_from} lists no source photo")
+        if pairs in PAIR_MODES and (not source_list or not reference_list):
             raise UsageError("give a source and a reference (file or folder), or --pairs FILE.csv")
         wanted = frozenset(r.strip() for r in regions.split(",") if r.strip())
         if not wanted:
@@ -310,8 +382,18 @@ def transfer(
             raise UsageError(str(exc)) from None
         if not quiet:
             make_console().print(note)
-        settings = TransferSettings(pairs=pairs, seed=seed, crop=crop, grid=grid)
-        return run_transfer([sources or ""], [references or ""], output, chosen, settings, options)
+        if out_format not in ("same", "png", "jpg", "webp"):
+            raise UsageError(f"--format must be same, png, jpg or webp; got {out_format!r}")
+        settings = TransferSettings(
+            pairs=pairs,
+            seed=seed,
+            crop=crop,
+            grid=grid,
+            all_faces=all_faces,
+            format=out_format,
+            quality=quality,
+        )
+        return run_transfer(source_list, reference_list, output, chosen, settings, options)
 
     run_batch(job)
 
@@ -366,6 +448,9 @@ def evaluate(
     from shmt_cli.pipelines import evaluate as ev
 
     console = make_console()
+    for folder in results:
+        if not folder.is_dir():
+            raise _error_exit(f"{folder}: no such results folder", EXIT_USAGE)
     # Refuse a bad --csv/--plot before the metrics are computed, not with a traceback after.
     if csv_out:
         _check_report_path(csv_out, "--csv", ())
@@ -504,8 +589,14 @@ def weights_verify(weights_dir: WeightsDir = None) -> None:
     from shmt_cli.engines.shmt.weights import verify_weights
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
-    results = verify_weights(resolve(weights_dir))
+    folder = resolve(weights_dir)
+    results = verify_weights(folder)
     console = make_console()
+    if not results:
+        console.print(
+            f"no weights installed in {escape(str(folder))}; import them with `shmt weights import`"
+        )
+        raise typer.Exit(1)
     for result in results:
         if result.ok:
             console.print(f"[green]ok[/green] {escape(result.file)}")
@@ -525,11 +616,22 @@ def manifest_merge(
     """Combine the shard manifests of a folder into manifest.jsonl and report failed or missing items."""
     from shmt_cli.manifest import merge_manifests
 
+    if expect is not None and expect < 0:
+        raise _error_exit(f"--expect takes the number of items of the job (>= 0), got {expect}", EXIT_USAGE)
+
     if not folder.is_dir():
         raise _error_exit(f"not a folder: {folder}", EXIT_USAGE)
+    from shmt_cli.lock import live_locks
+
+    console = make_console()
+    for name, info in live_locks(folder):
+        # Its records so far are merged, but it is still working: the merged manifest is not final.
+        console.print(
+            f"[yellow]note[/yellow]: {escape(name)} is held by PID {info.get('pid')} on {info.get('host')}: "
+            "that run is still going, merge again when it has finished"
+        )
     merged, path = merge_manifests(folder)
     statuses = [r.get("status") for r in merged.values()]
-    console = make_console()
     ok, failed = statuses.count("ok"), statuses.count("failed")
     console.print(f"{escape(str(path))}: {len(merged)} items, {ok} ok, {failed} failed")
     missing = (expect - len(merged)) if expect is not None else 0

@@ -42,8 +42,17 @@ def _transfer_with_shmt(folder: Path, tmp_path: Path) -> tuple[int, str]:
     photo.write_bytes(b"")  # never read: the engine is refused first
     result = runner.invoke(
         app,
-        ["transfer", str(photo), str(photo), "-o", str(tmp_path / "out"), "--engine", "shmt"]
-        + ["--weights-dir", str(folder)],
+        [
+            "transfer",
+            str(photo),
+            str(photo),
+            "-o",
+            str(tmp_path / "out"),
+            "--engine",
+            "shmt",
+            "--weights-dir",
+            str(folder),
+        ],
     )
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output

@@ -27,6 +27,7 @@ class ClassicEngine(Engine):
     """The weight-free example-based engine (engines/classic.py) behind the Engine interface."""
 
     name = "classic"
+    uses_seed = False  # deterministic: no noise
 
     def __init__(self, params: ClassicParams) -> None:
         self.params = params

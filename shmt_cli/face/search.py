@@ -1,0 +1,112 @@
+"""Finding the faces of a photo that are plausibly faces, in whichever quarter turn they stand.
+
+The photo is searched upright first; when no detection there is plausible (see
+``face.plausibility``), it is searched turned by 90, 180 and 270 degrees, and the first turn with a
+plausible face wins. Faces are returned in the coordinates of the photo *as it was*: aligning with
+their landmarks turns the crop upright, and pasting the result back through the same matrix puts it
+into the unturned photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shmt_cli.face.detect import Face, FaceDetector, default_detector
+from shmt_cli.face.plausibility import FaceMeasures, Thresholds, implausible_reasons, measure_face
+from shmt_cli.face.rotation import ROTATIONS, rotate_image, unrotate_points
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A detection not taken for a face: where it was searched and why."""
+
+    rotation: int
+    measures: FaceMeasures
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class FaceSearch:
+    """What a search found: plausible faces (best first, photo coordinates), the turn that found them
+    (degrees counter-clockwise, 0 upright), their measures, and the detections rejected on the way."""
+
+    faces: list[Face]
+    rotation: int = 0
+    measures: list[FaceMeasures] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    rotations_searched: tuple[int, ...] = (0,)
+
+    def failure(self) -> str:
+        """The one-line reason no face could be used (for an item that fails)."""
+        turns = "also searched turned 90/180/270°" if len(self.rotations_searched) > 1 else ""
+        if not self.rejected:
+            return f"no face found ({turns})" if turns else "no face found"
+        first = self.rejected[0]
+        count = len(self.rejected)
+        what = f"{count} detection{'s' if count != 1 else ''} rejected as implausible"
+        detail = f"e.g. {'; '.join(first.reasons)}"
+        return f"no plausible face found ({what}, {detail}{'; ' + turns if turns else ''})"
+
+    def manifest_fields(self) -> dict[str, object]:
+        """What the search did, for the manifest and the --json item line."""
+        fields: dict[str, object] = {"faces_found": len(self.faces)}
+        if self.rotation:
+            fields["rotation"] = self.rotation
+        if self.rejected:
+            fields["detections_rejected"] = len(self.rejected)
+        return fields
+
+    def note(self) -> str:
+        """A short human note: '' when the photo was upright and held no rejected detection."""
+        parts = []
+        if self.rotation:
+            parts.append(f"face found with the photo turned {self.rotation}° counter-clockwise")
+        if self.rejected:
+            parts.append(f"{len(self.rejected)} implausible detection(s) ignored")
+        return "; ".join(parts)
+
+
+def _to_photo(face: Face, rotation: int, shape: tuple[int, ...]) -> Face:
+    if rotation == 0:
+        return face
+    landmarks = unrotate_points(face.landmarks, rotation, shape)
+    left, top, right, bottom = face.box
+    corners = unrotate_points(np.array([[left, top], [right, bottom]], dtype=np.float64), rotation, shape)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    box = (round(low[0]), round(low[1]), round(high[0]), round(high[1]))
+    return Face(box=box, score=face.score, landmarks=landmarks)
+
+
+def find_faces(
+    rgb: np.ndarray,
+    detector: FaceDetector | None = None,
+    thresholds: Thresholds | None = None,
+    try_rotations: bool = True,
+) -> FaceSearch:
+    """Plausible faces of an (H, W, 3) uint8 RGB photo, searching quarter turns when none is upright."""
+    detector = detector or default_detector()
+    rejected: list[Rejected] = []
+    searched: list[int] = []
+    for rotation in ROTATIONS if try_rotations else (0,):
+        turned = rotate_image(rgb, rotation) if rotation else rgb
+        searched.append(rotation)
+        size = (turned.shape[1], turned.shape[0])
+        kept: list[tuple[Face, FaceMeasures]] = []
+        for face in detector.detect(turned):
+            measures = measure_face(face.landmarks, face.score, size)
+            reasons = implausible_reasons(measures, thresholds)
+            if reasons:
+                rejected.append(Rejected(rotation, measures, reasons))
+            else:
+                kept.append((_to_photo(face, rotation, rgb.shape), measures))
+        if kept:
+            return FaceSearch(
+                faces=[face for face, _ in kept],
+                rotation=rotation,
+                measures=[m for _, m in kept],
+                rejected=rejected,
+                rotations_searched=tuple(searched),
+            )
+    return FaceSearch(faces=[], rejected=rejected, rotations_searched=tuple(searched))
