@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -107,6 +108,9 @@ def main(
     ] = False,
 ) -> None:
     """shmt: makeup transfer for folders of photos."""
+    # Torch's warnings (pickle protocol of a checkpoint, deprecations) speak to developers, name no input
+    # and break the one-line-per-problem output; what matters to users is reported by us.
+    warnings.filterwarnings("ignore", module=r"torch(\.|$)")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
 

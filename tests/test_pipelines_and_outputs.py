@@ -270,3 +270,27 @@ def test_read_image_of_bytes_in_memory_is_unchanged(astronaut_rgb: np.ndarray, t
     Image.fromarray(astronaut_rgb).save(buffer, format="PNG")
     (tmp_path / "x.png").write_bytes(buffer.getvalue())
     assert np.array_equal(read_image(tmp_path / "x.png"), astronaut_rgb)
+
+
+def test_classic_cold_start_imports_no_diffusers_and_prints_no_torch_warning(
+    photos: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, warnings\n"
+        "from shmt_cli.engines.select import EngineRequest, create_engine\n"
+        f"create_engine(EngineRequest(engine='auto', weights_dir={str(tmp_path)!r}))\n"
+        "import shmt_cli.pipelines.transfer\n"
+        "print('diffusers' in sys.modules)\n"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
+    run = subprocess.run(
+        [sys.executable, "-m", "shmt_cli.cli", "transfer", str(photos / "src" / "a.png"), str(photos / "ref"),
+         "-o", str(tmp_path / "out"), "--engine", "classic", "-q"],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr and run.stderr.strip() == ""

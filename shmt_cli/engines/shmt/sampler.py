@@ -26,10 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: only when sampling (never for the classic engine)
+    from diffusers import DDIMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 LINEAR_START = 0.0015
@@ -106,6 +109,8 @@ def make_scheduler(steps: int) -> DDIMScheduler:
 
     Its ``timesteps`` (descending) equal ``ddim_timesteps(steps)`` reversed; this is checked.
     """
+    from diffusers import DDIMScheduler
+
     scheduler = DDIMScheduler(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         trained_betas=ldm_betas().astype(np.float32),
