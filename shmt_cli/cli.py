@@ -324,6 +324,10 @@ def transfer(
     quality: Annotated[
         int | None, typer.Option("--quality", min=1, max=100, help="jpg/webp quality (default 92/90).")
     ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="Keep the prepared faces under out/faces/ (for `evaluate`)."),
+    ] = True,
     weights_dir: Annotated[
         Path | None, typer.Option("--weights-dir", help="Where imported weights are.")
     ] = None,
@@ -396,6 +400,7 @@ def transfer(
             all_faces=all_faces,
             format=out_format,
             quality=quality,
+            keep_faces=cache,
         )
         return run_transfer(source_list, reference_list, output, chosen, settings, options)
 

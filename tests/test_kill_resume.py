@@ -223,5 +223,8 @@ def test_sigterm_stops_a_run_cleanly(tmp_path: Path, astronaut_rgb: np.ndarray) 
     run.wait(timeout=60)
     assert b"Traceback" not in (logs / "term.err").read_bytes()
     assert run.returncode == 128 + signal.SIGTERM  # the shell convention for "stopped by SIGTERM"
+    # One line says what happened (was: silence, or a traceback when it hit the detector).
+    said = [line for line in (logs / "term.err").read_text().splitlines() if "SIGTERM" in line]
+    assert len(said) == 1 and "run again to resume" in said[0]
     assert not (out / ".shmt.lock").exists() and not list(out.rglob("*.tmp"))
     assert 1 <= len(read_records(manifest_path(out))) < 12

@@ -294,3 +294,17 @@ def test_classic_cold_start_imports_no_diffusers_and_prints_no_torch_warning(
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "Warning" not in run.stderr and run.stderr.strip() == ""
+
+
+def test_face_cache_is_compact_or_off(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, output = _shmt("transfer", photos / "src" / "a.png", photos / "ref", "-o", out, *CLASSIC)
+    assert code == 0, output
+    cached = sorted((out / "faces").rglob("*.safetensors"))
+    assert len(cached) == 2  # the source and the reference
+    assert all(path.stat().st_size < 600_000 for path in cached)  # was 4.2 MB per face
+    code, output = _shmt(
+        "transfer", photos / "src" / "a.png", photos / "ref", "-o", tmp_path / "n", *CLASSIC, "--no-cache"
+    )
+    assert code == 0, output
+    assert not (tmp_path / "n" / "faces").exists()

@@ -40,14 +40,16 @@ class FaceSearch:
 
     def failure(self) -> str:
         """The one-line reason no face could be used (for an item that fails)."""
-        turns = "also searched turned 90/180/270°" if len(self.rotations_searched) > 1 else ""
-        if not self.rejected:
-            return f"no face found ({turns})" if turns else "no face found"
-        first = self.rejected[0]
-        count = len(self.rejected)
-        what = f"{count} detection{'s' if count != 1 else ''} rejected as implausible"
-        detail = f"e.g. {'; '.join(first.reasons)}"
-        return f"no plausible face found ({what}, {detail}{'; ' + turns if turns else ''})"
+        notes = []
+        if self.rejected:
+            count = len(self.rejected)
+            notes.append(
+                f"{count} detection{'s' if count != 1 else ''} rejected as implausible, "
+                f"e.g. {', '.join(self.rejected[0].reasons)}"
+            )
+        if len(self.rotations_searched) > 1:
+            notes.append("also searched turned 90/180/270°")
+        return f"no face found ({'; '.join(notes)})" if notes else "no face found"
 
     def manifest_fields(self) -> dict[str, object]:
         """What the search did, for the manifest and the --json item line."""

@@ -60,6 +60,8 @@ class TransferSettings:
     #: Output format: "same" (the source's: JPEG stays JPEG), "png", "jpg" or "webp"; quality for jpg/webp.
     format: str = "same"
     quality: int | None = None
+    #: Keep each face's crop, parsing and landmarks under out/faces/ (what `shmt evaluate` reads).
+    keep_faces: bool = True
 
     def main_suffix(self, source: Path) -> str:
         """The main output's suffix for a source (`.jpg` for a JPEG source by default)."""
@@ -385,7 +387,7 @@ class FaceCache:
         assert self.faces_dir is not None
         target = output_file(self.faces_dir / f"{role}s", face.rel, ".safetensors")
         if not target.exists():
-            save_parts(target, parts)
+            save_parts(target, parts, compact=True)
             if aligned is not None:
                 write_json_atomic(
                     output_file(self.faces_dir / f"{role}s", face.rel, ".json"), aligned.to_json_dict()
@@ -425,7 +427,8 @@ def run_transfer(
     uses_seed = getattr(engine, "uses_seed", True)
     params = {**settings.as_params(digest, uses_seed), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
-    cache = FaceCache(engine, out_dir / FACES_DIR, all_faces=settings.all_faces)
+    faces_dir = out_dir / FACES_DIR if settings.keep_faces else None
+    cache = FaceCache(engine, faces_dir, all_faces=settings.all_faces)
     items = [
         WorkItem(key=p.key, inputs=(p.source.path, p.reference.path), out_stem=p.out_stem, payload=p)
         for p in pairs
