@@ -248,6 +248,17 @@ def test_small_option_checks(photos: Path, tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     code, output = _shmt("manifest-merge", tmp_path / "m", "--expect", "-1")
     assert code == 2 and "--expect" in output
+    # SHMT options are checked when auto picks the classic engine (no weights here), and back.
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    base = ("transfer", photos / "src", photos / "ref", "-o", tmp_path / "t", "--weights-dir", empty)
+    code, output = _shmt(*base, "--dtype", "fp17")
+    assert code == 2 and "--dtype" in output
+    code, output = _shmt(*base, "--ida", "relased")
+    assert code == 2 and "--ida" in output
+    code, output = _shmt(*base, "--engine", "shmt", "--regions", "lipz")
+    assert code == 2 and "unknown region" in output
+    assert not (tmp_path / "t").exists()
 
 
 def test_manifest_merge_names_a_shard_that_still_holds_its_lock(tmp_path: Path) -> None:

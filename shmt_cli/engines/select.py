@@ -95,11 +95,30 @@ def shmt_weights_installed(weights_dir: Path | None) -> bool:
     return {"vq", "shmt"} <= kinds
 
 
+def _check_other_engine_options(request: EngineRequest) -> None:
+    """ValueError for a bad option value of either engine, whichever will run: `auto` may pick the
+    other one today and this one tomorrow, and a typo must not wait for the day it matters."""
+    from shmt_cli.engines.shmt.engine import ShmtSettings
+
+    # --level is checked by the engine that runs (its values differ per engine).
+    ShmtSettings(
+        mix=request.mix,
+        steps=request.steps,
+        ida=request.ida,
+        batch_size=request.batch_size,
+        device=request.device,
+        dtype=request.dtype,
+        compile=request.compile,
+    )
+    ClassicParams(regions=request.regions, strengths=request.strengths)
+
+
 def create_engine(request: EngineRequest) -> tuple[Engine, str]:
     """The engine for a request, and one line saying which engine runs and why."""
     name = request.engine
     if name not in ENGINE_NAMES:
         raise ValueError(f"--engine must be one of {', '.join(ENGINE_NAMES)}")
+    _check_other_engine_options(request)
     if name == "auto":
         name = "shmt" if shmt_weights_installed(request.weights_dir) else "classic"
         why = "SHMT weights found" if name == "shmt" else "no SHMT weights installed"
