@@ -319,3 +319,27 @@ def test_face_cache_is_compact_or_off(photos: Path, tmp_path: Path) -> None:
     )
     assert code == 0, output
     assert not (tmp_path / "n" / "faces").exists()
+
+
+def test_quiet_prints_each_failure_once(photos: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "broken.jpg").write_text("not an image")
+    (folder / "a.png").write_bytes((photos / "src" / "a.png").read_bytes())
+    code, output = _shmt("align", folder, "-o", tmp_path / "out", "--quiet")
+    assert code == 1
+    assert output.count("broken.jpg") == 1, output
+
+
+def test_contact_sheet_names_its_columns() -> None:
+    from shmt_cli.previews import contact_sheet
+
+    tiles = [[np.full((8, 8, 3), 255, np.uint8)] * 3]
+    plain = contact_sheet(tiles, cell=64)
+    labelled = contact_sheet(tiles, cell=64, labels=("photo", "parsing", "3D render"))
+    header = labelled.shape[0] - plain.shape[0]
+    assert header > 0
+    band = labelled[:header]
+    for column in range(3):
+        x0 = 2 + column * 66
+        assert (band[:, x0 : x0 + 64] < 128).any(), column  # text in every column's header
