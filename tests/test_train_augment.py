@@ -241,6 +241,19 @@ def test_rotation_of_six_channels_equals_its_three_channel_halves_for_gray_rende
     assert np.array_equal(out[..., :3], aug.rotate(render, 30.0))
 
 
+def test_wide_images_are_warped_in_albumentations_chunks() -> None:
+    # 6 channels: 0–3 together, then 4 and 5 one by one (never as one 2-channel array: OpenCV 5 rounds those
+    # differently, and the golden render channels only match this way).
+    shapes: list[tuple[int, ...]] = []
+
+    def record(chunk: np.ndarray) -> np.ndarray:
+        shapes.append(chunk.shape)
+        return chunk[:, :, 0] if chunk.shape[2] == 1 else chunk
+
+    out = aug._per_chunk(np.zeros((8, 8, 6), np.uint8), record)
+    assert shapes == [(8, 8, 4), (8, 8, 1), (8, 8, 1)] and out.shape == (8, 8, 6)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The random draws.
 
