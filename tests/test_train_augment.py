@@ -285,6 +285,13 @@ def test_draw_ranges(many_params: list[SampleParams]) -> None:
     assert all(p.spatial_a.elastic is None for p in many_params)
 
 
+def test_detail_scale_range() -> None:
+    rng = np.random.default_rng(1)
+    scales = np.array([aug.draw_detail_scale(rng) for _ in range(DRAWS)])
+    assert scales.min() >= 0.2 and scales.max() <= 1.0 and scales.max() - scales.min() > 0.79
+    assert scales.mean() == pytest.approx(0.6, abs=0.01)
+
+
 def test_draw_probabilities(many_params: list[SampleParams]) -> None:
     def rate(flags: list[bool]) -> float:
         return float(np.mean(flags))

@@ -35,6 +35,7 @@ def photo_folder(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     for name in DEV_PHOTOS:
         os.symlink(faces_dir / "non_makeup" / "images" / name, folder / name)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    write_image_atomic(folder / "noface.png", np.full((200, 200, 3), 128, np.uint8))
     return folder
 
 
@@ -52,12 +53,14 @@ def test_photos_are_prepared_once_and_a_bad_photo_is_reported_and_skipped(
     run, data, reported = prepared
     assert len(data) == 3
     assert sorted(Path(face.name).name for face in data.faces) == sorted(DEV_PHOTOS)
-    (failure,) = data.failures()
-    assert reported == [failure]
-    assert Path(failure.path).name == "broken.jpg" and "corrupt" in failure.reason
-    assert "\n" not in failure.line() and failure.line().startswith(failure.path)
+    failures = data.failures()
+    assert reported == failures
+    reasons = {Path(failure.path).name: failure.reason for failure in failures}
+    assert reasons.keys() == {"broken.jpg", "noface.png"}
+    assert "corrupt" in reasons["broken.jpg"] and reasons["noface.png"] == "no face found"
+    assert all("\n" not in f.line() and f.line().startswith(f.path) for f in failures)
     cache = run / ds.CACHE_FOLDER
-    assert len(list(cache.glob("*.safetensors"))) == 3 and len(list(cache.glob("*.failed.json"))) == 1
+    assert len(list(cache.glob("*.safetensors"))) == 3 and len(list(cache.glob("*.failed.json"))) == 2
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing behind
     for face in data.faces:
         parts = load_parts(face.parts_path)
@@ -93,10 +96,14 @@ def test_decompose_folders_are_read_as_parts_and_previews_are_not_photos(prepare
     save_parts(folder / "face.safetensors", load_parts(data.faces[0].parts_path))
     write_image_atomic(folder / "face_parsing_color.png", np.zeros((256, 256, 3), np.uint8))
     (folder / "bad.safetensors").write_bytes(b"not safetensors")
+    odd = load_parts(data.faces[0].parts_path)
+    odd.labels[0, 0] = 40  # not a CelebAMask-HQ id
+    save_parts(folder / "odd.safetensors", odd)
     run = tmp_path / "run"
     faces, failures = ds.prepare_faces([folder], run)
     assert [face.parts_path for face in faces] == [folder / "face.safetensors"]
-    assert [Path(f.path).name for f in failures] == ["bad.safetensors"]
+    assert [Path(f.path).name for f in failures] == ["bad.safetensors", "odd.safetensors"]
+    assert "labels go up to 40" in failures[1].reason
     assert not (run / ds.CACHE_FOLDER).exists()  # parts files need no cache
     sample = ds.TrainingDataset(faces)[0]
     assert sample["image_GT"].shape == (3, 256, 256)

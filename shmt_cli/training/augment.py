@@ -296,6 +296,20 @@ def draw_spatial_b(rng: np.random.Generator) -> SpatialParams:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Amplitude jitter of the texture detail (spec §1.7).
+
+DETAIL_SCALE_CENTRE = 0.6
+DETAIL_SCALE_SPREAD = 0.4
+
+
+def draw_detail_scale(rng: np.random.Generator) -> float:
+    """The training amplitude jitter s of the texture detail h: s = 0.6 + 0.4·u, u ~ U(−1, 1), so
+    s ∈ [0.2, 1.0]. The official code draws one s per batch (1 at inference); apply it to the float32
+    band as ``band * np.float32(s)``, which is how the official float32 × Python-float product rounds."""
+    return DETAIL_SCALE_CENTRE + DETAIL_SCALE_SPREAD * float(rng.uniform(-1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Helpers.
 
 

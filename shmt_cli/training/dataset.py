@@ -31,7 +31,7 @@ from shmt_cli.decompose import PARTS_FORMAT, load_parts, save_parts
 from shmt_cli.imageio import InputError, write_json_atomic
 from shmt_cli.inputs import display_path
 from shmt_cli.pipelines.transfer import collect_faces, load_face
-from shmt_cli.representations import IMAGE_SIZE
+from shmt_cli.representations import IMAGE_SIZE, NUM_LABELS
 from shmt_cli.training.sample import make_sample
 
 CACHE_FOLDER = Path("cache") / "faces"
@@ -107,7 +107,9 @@ def prepare_faces(
 
 def _prepared_parts(path: Path, cache_dir: Path) -> Path:
     if path.suffix.lower() == ".safetensors":
-        load_parts(path)  # raises InputError naming what is wrong
+        parts = load_parts(path)  # raises InputError naming what is wrong
+        if parts.labels.size and int(parts.labels.max()) >= NUM_LABELS:
+            raise InputError(f"parsing labels go up to {int(parts.labels.max())}, not 0..{NUM_LABELS - 1}")
         return path
     key = photo_cache_key(path)
     parts_path = cache_dir / f"{key}.safetensors"
