@@ -305,6 +305,11 @@ def load_faces(
     return loaded, info
 
 
+def load_face(path: Path, need_render: bool) -> LoadedFace:
+    """The best face of a parts file, an aligned crop or a photo (see load_faces)."""
+    return load_faces(path, need_render)[0][0]
+
+
 def faces_note(role: str, info: dict[str, Any]) -> str:
     """A one-line note on what the face search of a source or reference did ('' when nothing to say)."""
     notes = []
