@@ -12,13 +12,17 @@ within 0.25 eye distances of the upright photo's own detection (the face, the ri
 Photos are split by name: every other photo (sorted) fits, the rest measure. For each measure the
 threshold keeps every real face of the fit half with a margin of MARGIN of the real faces' range
 toward the false side; the held-out half reports how many real faces each rule and all rules
-together keep and how many false detections they reject. Run: `python tools/fit_face_plausibility.py`
-(10-20 minutes on a busy 2-core machine); it prints the table and rewrites the JSON file.
+together keep and how many false detections they reject.
+
+Run: `python tools/fit_face_plausibility.py [SAMPLES.json]` (10-20 minutes on a busy 2-core
+machine; the detections are kept in SAMPLES.json when given, so a refit takes a second); it prints
+the tables and rewrites the JSON file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +39,12 @@ from shmt_cli.face.plausibility import (  # noqa: E402
     MOUTH,
     RIGHT_EYE,
     THRESHOLDS_FILE,
+    Confident,
     FaceMeasures,
     Thresholds,
     implausible_reasons,
     measure_face,
+    rank_value,
 )
 from shmt_cli.face.rotation import rotate_image, unrotate_points  # noqa: E402
 from shmt_cli.imageio import read_image  # noqa: E402
@@ -168,17 +174,124 @@ def report(samples: list[Sample], limits: Thresholds, title: str) -> dict[str, d
     return table
 
 
+CONFIDENT_MARGIN = 1.15
+
+
+def fit_confident(samples: list[Sample], limits: Thresholds) -> Confident:
+    """The region (score and size both at least) where an upright face is taken without searching the
+    other turns: no false detection of the fit half within CONFIDENT_MARGIN of it, as many real ones
+    as possible inside it (each one inside saves three more searches)."""
+    plausible = [s for s in samples if not implausible_reasons(s.measures, limits)]
+    false = [s.measures for s in plausible if not s.real]
+    real = [s.measures for s in plausible if s.real]
+    best = (-1, Confident(math.inf, math.inf))
+    for score in sorted({m.score for m in real}):
+        for size in sorted({m.relative_size for m in real}):
+            if any(
+                f.score * CONFIDENT_MARGIN >= score and f.relative_size * CONFIDENT_MARGIN >= size
+                for f in false
+            ):
+                continue
+            inside = sum(m.score >= score and m.relative_size >= size for m in real)
+            if inside > best[0]:
+                best = (inside, Confident(score, size))
+    return best[1]
+
+
+def simulate(samples: list[Sample], limits: Thresholds | None, confident: Confident | None) -> dict[str, int]:
+    """What the search does on every variant in each of its four stored turns: the real face chosen,
+    a false one chosen, or nothing found although the real face was found in some turn.
+
+    limits None: no plausibility rules (every detection trusted, as before); confident None: the first
+    turn with a plausible detection wins (no comparison across turns)."""
+    by_image: dict[tuple[str, str], dict[int, list[Sample]]] = {}
+    for sample in samples:
+        by_image.setdefault((sample.photo, sample.variant), {}).setdefault(sample.rotation, []).append(sample)
+    counts = {"real": 0, "false": 0, "missed": 0, "none": 0, "searches": 0}
+    for turns in by_image.values():
+        for stored in (0, 90, 180, 270):
+            steps = [turns.get((stored + k) % 360, []) for k in (0, 90, 180, 270)]
+
+            def keep(found: list[Sample]) -> list[Sample]:
+                if limits is None:
+                    return found
+                return [f for f in found if not implausible_reasons(f.measures, limits)]
+
+            chosen = None
+            searched = 0
+            if limits is None:
+                searched, chosen = 1, max(steps[0], key=_rank, default=None)
+            elif confident is None:
+                for step in steps:
+                    searched += 1
+                    if keep(step):
+                        chosen = max(keep(step), key=_rank)
+                        break
+            else:
+                upright = keep(steps[0])
+                searched = 1
+                sure = [f for f in upright if confident.holds(f.measures)]
+                if sure:
+                    chosen = max(sure, key=_rank)
+                else:
+                    searched = 4
+                    pool = [f for step in steps for f in keep(step)]
+                    chosen = max(pool, key=_rank, default=None)
+            counts["searches"] += searched
+            any_real = any(f.real for step in steps for f in step)
+            if chosen is None:
+                counts["missed" if any_real else "none"] += 1
+            else:
+                counts["real" if chosen.real else "false"] += 1
+    return counts
+
+
+def _rank(sample: Sample) -> float:
+    return rank_value(sample.measures)
+
+
+def load_or_collect(cache: Path | None) -> list[Sample]:
+    """The detections of every variant (cached in `cache` as JSON when given: detection takes minutes)."""
+    if cache is not None and cache.is_file():
+        rows = json.loads(cache.read_text("utf-8"))
+        return [
+            Sample(r["photo"], r["variant"], r["rotation"], r["real"], FaceMeasures(**r["measures"]))
+            for r in rows
+        ]
+    samples = collect(FaceDetector())
+    if cache is not None:
+        rows = [{**s.__dict__, "measures": s.measures.__dict__} for s in samples]
+        cache.write_text(json.dumps(rows), "utf-8")
+    return samples
+
+
 def main() -> None:
-    detector = FaceDetector()
-    samples = collect(detector)
+    cache = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    samples = load_or_collect(cache)
     photos = sorted({s.photo for s in samples})
     fit_photos = set(photos[::2])
     fit_set = [s for s in samples if s.photo in fit_photos]
     held_out = [s for s in samples if s.photo not in fit_photos]
     limits = fit(fit_set)
-    print(json.dumps(limits.__dict__, indent=2))
+    confident = fit_confident(fit_set, limits)
+    print(json.dumps({**limits.__dict__, "confident": confident.__dict__}, indent=2))
     fit_table = report(fit_set, limits, "fit half")
     held_table = report(held_out, limits, "held-out half")
+    policies = {
+        "every detection trusted (before)": (None, None),
+        "plausible, first turn with one": (limits, None),
+        "plausible, turns compared unless confident": (limits, confident),
+    }
+    outcomes = {}
+    print("\nsearch outcome on the held-out half (each variant in its 4 stored turns):")
+    print(f"{'policy':44s} {'real':>5s} {'false':>6s} {'missed':>7s} {'none':>5s} {'searches':>9s}")
+    for name, (rule, sure) in policies.items():
+        counts = simulate(held_out, rule, sure)
+        outcomes[name] = counts
+        print(
+            f"{name:44s} {counts['real']:5d} {counts['false']:6d} {counts['missed']:7d} {counts['none']:5d} "
+            f"{counts['searches']:9d}"
+        )
     for s in held_out:
         if s.real and implausible_reasons(s.measures, limits):
             print("held-out real face rejected:", s.photo, s.variant, s.rotation, s.measures)
@@ -188,6 +301,8 @@ def main() -> None:
         f"{MARGIN} of the real range), reject as many false detections as possible",
         "data": f"36 dev photos at {LONG_SIDE} px; as is, mirrored, cropped, tilted, shrunk 40%/15%; 4 turns",
         "thresholds": {key: round(value, 4) for key, value in limits.__dict__.items()},
+        "confident": {key: round(value, 4) for key, value in confident.__dict__.items()},
+        "held_out_search": outcomes,
         "fit_half": fit_table,
         "held_out_half": held_table,
     }

@@ -104,11 +104,37 @@ class Thresholds:
         return cls(**{key: float(data[key]) for key in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class Confident:
+    """An upright detection this sure (score and size both at least these) is taken without searching
+    the photo's other quarter turns; below, every turn is searched and the best face of all wins."""
+
+    min_score: float
+    min_relative_size: float
+
+    def holds(self, measures: FaceMeasures) -> bool:
+        return measures.score >= self.min_score and measures.relative_size >= self.min_relative_size
+
+
+def rank_value(measures: FaceMeasures) -> float:
+    """Which face is the photo's subject: bigger and surer first (as face.detect ranks them)."""
+    return measures.relative_size * (1.0 + min(max(measures.score, 0.0), 2.0))
+
+
 @lru_cache(maxsize=1)
+def _fitted() -> dict[str, Any]:
+    return json.loads(resources.files("shmt_cli.face").joinpath(THRESHOLDS_FILE).read_text("utf-8"))
+
+
 def fitted_thresholds() -> Thresholds:
     """The thresholds written by tools/fit_face_plausibility.py."""
-    text = resources.files("shmt_cli.face").joinpath(THRESHOLDS_FILE).read_text("utf-8")
-    return Thresholds.from_json_dict(json.loads(text)["thresholds"])
+    return Thresholds.from_json_dict(_fitted()["thresholds"])
+
+
+def fitted_confident() -> Confident:
+    """The confident region written by tools/fit_face_plausibility.py."""
+    data = _fitted().get("confident", {"min_score": math.inf, "min_relative_size": math.inf})
+    return Confident(float(data["min_score"]), float(data["min_relative_size"]))
 
 
 def implausible_reasons(measures: FaceMeasures, thresholds: Thresholds | None = None) -> list[str]:

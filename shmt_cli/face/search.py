@@ -1,8 +1,8 @@
 """Finding the faces of a photo that are plausibly faces, in whichever quarter turn they stand.
 
-The photo is searched upright first; when no detection there is plausible (see
-``face.plausibility``), it is searched turned by 90, 180 and 270 degrees, and the first turn with a
-plausible face wins. Faces are returned in the coordinates of the photo *as it was*: aligning with
+The photo is searched upright first; unless a plausible face there is also confidently a face (see
+``face.plausibility``), it is searched turned by 90, 180 and 270 degrees too, and the turn with the
+best plausible face wins. Faces are returned in the coordinates of the photo *as it was*: aligning with
 their landmarks turns the crop upright, and pasting the result back through the same matrix puts it
 into the unturned photo.
 """
@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shmt_cli.face.detect import Face, FaceDetector, default_detector
-from shmt_cli.face.plausibility import FaceMeasures, Thresholds, implausible_reasons, measure_face
+from shmt_cli.face.plausibility import (
+    Confident,
+    FaceMeasures,
+    Thresholds,
+    fitted_confident,
+    implausible_reasons,
+    measure_face,
+    rank_value,
+)
 from shmt_cli.face.rotation import ROTATIONS, rotate_image, unrotate_points
 
 
@@ -60,15 +68,6 @@ class FaceSearch:
             fields["detections_rejected"] = len(self.rejected)
         return fields
 
-    def note(self) -> str:
-        """A short human note: '' when the photo was upright and held no rejected detection."""
-        parts = []
-        if self.rotation:
-            parts.append(f"face found with the photo turned {self.rotation}° counter-clockwise")
-        if self.rejected:
-            parts.append(f"{len(self.rejected)} implausible detection(s) ignored")
-        return "; ".join(parts)
-
 
 def _to_photo(face: Face, rotation: int, shape: tuple[int, ...]) -> Face:
     if rotation == 0:
@@ -86,10 +85,19 @@ def find_faces(
     detector: FaceDetector | None = None,
     thresholds: Thresholds | None = None,
     try_rotations: bool = True,
+    confident: Confident | None = None,
 ) -> FaceSearch:
-    """Plausible faces of an (H, W, 3) uint8 RGB photo, searching quarter turns when none is upright."""
+    """Plausible faces of an (H, W, 3) uint8 RGB photo, in the quarter turn that shows them best.
+
+    The upright photo is searched first; a plausible face there that is also *confident* (score and
+    size, see plausibility.Confident) ends the search. Otherwise the three other turns are searched too
+    and the turn holding the best plausible face (rank_value: size and score) wins: a false face in an
+    eye of a sideways photo loses to the real face found in the turn that stands it upright.
+    """
     detector = detector or default_detector()
+    sure = confident or fitted_confident()
     rejected: list[Rejected] = []
+    found: dict[int, list[tuple[Face, FaceMeasures]]] = {}
     searched: list[int] = []
     for rotation in ROTATIONS if try_rotations else (0,):
         turned = rotate_image(rgb, rotation) if rotation else rgb
@@ -103,12 +111,21 @@ def find_faces(
                 rejected.append(Rejected(rotation, measures, reasons))
             else:
                 kept.append((_to_photo(face, rotation, rgb.shape), measures))
-        if kept:
-            return FaceSearch(
-                faces=[face for face, _ in kept],
-                rotation=rotation,
-                measures=[m for _, m in kept],
-                rejected=rejected,
-                rotations_searched=tuple(searched),
-            )
-    return FaceSearch(faces=[], rejected=rejected, rotations_searched=tuple(searched))
+        kept.sort(key=lambda pair: rank_value(pair[1]), reverse=True)
+        found[rotation] = kept
+        if rotation == 0 and any(sure.holds(m) for _, m in kept):
+            break
+    best = max(
+        (rotation for rotation in found if found[rotation]),
+        key=lambda rotation: rank_value(found[rotation][0][1]),
+        default=None,
+    )
+    if best is None:
+        return FaceSearch(faces=[], rejected=rejected, rotations_searched=tuple(searched))
+    return FaceSearch(
+        faces=[face for face, _ in found[best]],
+        rotation=best,
+        measures=[m for _, m in found[best]],
+        rejected=rejected,
+        rotations_searched=tuple(searched),
+    )
