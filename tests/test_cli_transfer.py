@@ -96,7 +96,7 @@ def test_transfer_folders_with_paste_back(folders: tuple[Path, Path], tmp_path: 
     # Only the face region changes: the image borders and the corners are byte-identical.
     assert not changed[:, :150].any() and not changed[:, -150:].any() and not changed[:60].any()
     assert (out / "sub" / "wide__madeup_crop.png").is_file()
-    assert (out / "mirror__madeup.png").is_file()
+    assert (out / "mirror__madeup.jpg").is_file()  # a JPEG source gives a JPEG
 
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     ok = [r for r in records if r["status"] == "ok"]
@@ -121,7 +121,7 @@ def test_pairs_csv_and_zip(folders: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "csv"
     result = runner.invoke(app, ["transfer", "-o", str(out), "--pairs", str(table), "--engine", "classic"])
     assert result.exit_code == 0, result.output
-    assert (out / "custom" / "name.png").is_file()
+    assert (out / "custom" / "name.jpg").is_file()
 
     table.write_text(f"{sources / 'mirror.jpg'},{references / 'madeup.png'},../escape\n")
     result = runner.invoke(app, ["transfer", "-o", str(out), "--pairs", str(table), "--engine", "classic"])
