@@ -27,6 +27,11 @@ def _shmt(*args: str | Path, stdin: str | None = None) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _summary(output: str) -> dict:
+    """The --json summary line (the human summary on stderr may come after it)."""
+    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+
+
 def _records(out: Path) -> dict[str, dict]:
     lines = (out / "manifest.jsonl").read_text().splitlines()
     return {r["key"]: r for r in map(json.loads, lines) if "key" in r}
@@ -88,10 +93,10 @@ def test_pairs_on_stdin_and_tables_relative_to_their_folder(
     renamed.write_text(table.read_text())
     code, output = _shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC, "--json")
     assert code == 0, output
-    assert json.loads(output.strip().splitlines()[-1])["skipped"] == 1
+    assert _summary(output)["skipped"] == 1
     # Neither is a seed the classic engine does not use.
     code, output = _shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC, "--seed", "7", "--json")
-    assert code == 0 and json.loads(output.strip().splitlines()[-1])["skipped"] == 1, output
+    assert code == 0 and _summary(output)["skipped"] == 1, output
     # A different table is different work.
     renamed.write_text("src/a.png,ref/r.png\n")
     code, output = _shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC)
@@ -154,8 +159,14 @@ def test_phone_formats_are_read_or_refused_by_name(astronaut_rgb: np.ndarray, tm
     assert "HEIC" in str(info.value) or "corrupt" in str(info.value)
 
 
+_PROFILE: list[bytes] = []
+
+
 def _profile() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    """One sRGB profile for the whole module (a new one carries a new creation time)."""
+    if not _PROFILE:
+        _PROFILE.append(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    return _PROFILE[0]
 
 
 def test_outputs_keep_format_icc_exif_and_alpha(
@@ -222,7 +233,7 @@ def test_output_names_do_not_change_when_a_new_input_appears(photos: Path, tmp_p
     (src / "p.png").write_bytes((photos / "src" / "a.png").read_bytes())
     code, output = _shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC, "--json")
     assert code == 0, output
-    summary = json.loads(output.strip().splitlines()[-1])
+    summary = _summary(output)
     assert summary["done"] == 1 and summary["skipped"] == 1  # the old item is not redone
     assert (out / "p__r.jpg").read_bytes() == first
     assert (out / "p_png__r.png").is_file()

@@ -206,7 +206,8 @@ def collect_faces(
     decomposition's previews, not faces.
     """
     parts_folders = {
-        f.path.parent for f in collect_inputs(paths, extensions=(".safetensors",), exclude=exclude)
+        f.path.parent
+        for f in collect_inputs(paths, extensions=(".safetensors",), exclude=exclude, optional=optional)
     }
 
     def is_face(path: Path) -> bool:
