@@ -81,7 +81,7 @@ def load_items(faces_dir: Path) -> list[Item]:
             print(f"{image_path.name}: no face found", file=sys.stderr)
             continue
         lm = faces[0].landmarks
-        affine, _, prior = parsing_net.prepare_crop(rgb, lm)
+        affine, _, prior, _ = parsing_net.prepare_crop(rgb, lm)
         ref = parsing.load_label_map(seg_path, 512)
         name = f"{image_path.parent.parent.name}/{image_path.name}"
         items.append(Item(name, rgb, lm, ref, affine, prior))

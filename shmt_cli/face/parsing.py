@@ -872,6 +872,11 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "net") -> n
         from shmt_cli.face import parsing_net
 
         return parsing_net.refine_parse(rgb, lm)
+    return _parse_rules(rgb, lm, grow_skin=True)
+
+
+def _parse_rules(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool) -> np.ndarray:
+    """The rule-based parser on the whole image (see _parse_roi for grow_skin)."""
     height, width = rgb.shape[:2]
     labels = np.zeros((height, width), np.uint8)
     # Everything happens inside the region where face and hair may be, so the cost does not grow with
@@ -893,12 +898,12 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "net") -> n
         small_size = (max(2, round(roi_w * factor)), max(2, round(roi_h * factor)))
         small = cv2.resize(roi, small_size, interpolation=cv2.INTER_AREA)
         scaled_lm = (roi_lm + 0.5) * np.array([small_size[0] / roi_w, small_size[1] / roi_h]) - 0.5
-        small_labels = _parse_roi(small, scaled_lm)
+        small_labels = _parse_roi(small, scaled_lm, grow_skin)
         labels[top:bottom, left:right] = cv2.resize(
             small_labels, (roi_w, roi_h), interpolation=cv2.INTER_NEAREST
         )
     else:
-        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm)
+        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm, grow_skin)
     return labels
 
 
@@ -920,7 +925,7 @@ def parse_prior(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     face is the landmark prior region (`landmark_face_prior`), split into neck and ears by geometry.
     This is the prior the learned refinement (shmt_cli/face/parsing_net.py) takes as input.
     """
-    return _parse_roi(rgb, np.asarray(landmarks, dtype=np.float64), grow_skin=False)
+    return _parse_rules(rgb, np.asarray(landmarks, dtype=np.float64), grow_skin=False)
 
 
 def _parse_roi(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool = True) -> np.ndarray:

@@ -145,9 +145,12 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequen
 
 
 class ParsingNet(nn.Module):
-    """Small U-Net: (N, IN_CHANNELS, S, S) -> (N, 19, S, S) logits; S divisible by 8.
+    """Small U-Net refining a prior: (N, IN_CHANNELS, S, S) -> (N, 19, S, S) logits; S divisible by 8.
 
-    Four scales (WIDTHS), a dilated bottleneck for context (a whole cheek at 1/8 scale), additive skips.
+    The logits are the prior's own logits (a 1x1 map of the prior channels, `prior_logits`) plus a
+    residual from four scales (WIDTHS) with a dilated bottleneck for context and additive skips. The
+    residual head starts at zero, so an untrained network returns the prior and training learns where
+    the image disagrees with it.
     """
 
     def __init__(self, in_channels: int = IN_CHANNELS, widths: tuple[int, ...] = WIDTHS) -> None:
@@ -162,22 +165,43 @@ class ParsingNet(nn.Module):
         self.lat2, self.lat1, self.lat0 = nn.Conv2d(w3, w2, 1), nn.Conv2d(w2, w1, 1), nn.Conv2d(w1, w0, 1)
         self.dec2, self.dec1, self.dec0 = _block(w2, w2), _block(w1, w1), _block(w0, w0)
         self.head = nn.Conv2d(w0, NUM_CLASSES, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        # Prior logits: background outside the face region, skin inside, a prior part above both.
+        self.prior_logits = nn.Conv2d(len(PRIOR_CLASSES), NUM_CLASSES, 1)
+        with torch.no_grad():
+            self.prior_logits.weight.zero_()
+            self.prior_logits.bias.zero_()
+            self.prior_logits.bias[parsing.BACKGROUND] = 2.0
+            for channel, cls in enumerate(PRIOR_CLASSES):
+                self.prior_logits.weight[cls, channel] = 4.0 if channel == 0 else 8.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 19, S, S) correction the image makes to the prior's logits."""
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
-        d2 = self.dec2(
-            e2 + F.interpolate(self.lat2(e3), scale_factor=2.0, mode="bilinear", align_corners=False)
-        )
-        d1 = self.dec1(
-            e1 + F.interpolate(self.lat1(d2), scale_factor=2.0, mode="bilinear", align_corners=False)
-        )
-        d0 = self.dec0(
-            e0 + F.interpolate(self.lat0(d1), scale_factor=2.0, mode="bilinear", align_corners=False)
-        )
+        d2 = self.dec2(e2 + _up(self.lat2(e3)))
+        d1 = self.dec1(e1 + _up(self.lat1(d2)))
+        d0 = self.dec0(e0 + _up(self.lat0(d1)))
         return self.head(d0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prior = x[:, 3 : 3 + len(PRIOR_CLASSES)]
+        return self.residual(x) + self.prior_logits(prior)
+
+    def prior_table(self) -> np.ndarray:
+        """(19, 19) float32: the prior logits (columns) of a pixel whose prior label is the row."""
+        onehot = np.stack(
+            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_CLASSES)]
+        )
+        weight = self.prior_logits.weight.detach()[:, :, 0, 0].numpy()
+        return (onehot @ weight.T + self.prior_logits.bias.detach().numpy()).astype(np.float32)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
@@ -204,16 +228,23 @@ def default_net() -> ParsingNet:
 # inference
 
 
-def crop_logits(net: ParsingNet, crop_rgb: np.ndarray, prior: np.ndarray) -> torch.Tensor:
-    """(19, S, S) float32 logits for one crop (S, S, 3) uint8 and its prior (S, S)."""
+def crop_residual(net: ParsingNet, crop_rgb: np.ndarray, prior: np.ndarray) -> torch.Tensor:
+    """(19, S, S) float32 residual logits for one crop (S, S, 3) uint8 and its prior (S, S)."""
     x = torch.from_numpy(network_input(crop_rgb, prior))[None]
     with torch.inference_mode():
-        return net(x)[0]
+        return net.residual(x)[0]
 
 
-def logits_to_labels(logits: torch.Tensor, affine: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) uint8 labels of an image: crop logits (19, S, S) resampled bilinearly through the affine
-    (image -> crop), arg-max; background outside the crop."""
+def logits_to_labels(
+    logits: torch.Tensor,
+    affine: np.ndarray,
+    shape: tuple[int, int],
+    prior: np.ndarray | None = None,
+    prior_table: np.ndarray | None = None,
+) -> np.ndarray:
+    """(H, W) uint8 labels of an image from crop logits (19, S, S) resampled bilinearly through the
+    affine (image -> crop), plus, when given, the prior's logits at the image's own resolution
+    (prior_table[prior], sharper than the crop), arg-max; background outside the crop."""
     height, width = shape
     size = logits.shape[-1]
     full = np.vstack([affine, [0.0, 0.0, 1.0]])
@@ -228,12 +259,11 @@ def logits_to_labels(logits: torch.Tensor, affine: np.ndarray, shape: tuple[int,
     roi_affine = affine.copy()
     roi_affine[:, 2] += affine[:, :2] @ np.array([left, top], np.float64)
     planes = np.ascontiguousarray(logits.numpy().transpose(1, 2, 0))
-    # The background logit outside the crop is high, so that what the crop does not cover stays 0.
-    outside = [0.0] * 4
+    # Outside the crop the background logit is huge, so that what the crop does not cover stays 0.
     sampled = []
     for start in range(0, planes.shape[2], 4):
         chunk = np.ascontiguousarray(planes[..., start : start + 4])
-        border = [10000.0 if start == 0 else 0.0, *outside[1 : chunk.shape[2]]]
+        border = [1e4 if start == 0 else 0.0, 0.0, 0.0, 0.0]
         warped = cv2.warpAffine(
             chunk,
             roi_affine,
@@ -243,20 +273,27 @@ def logits_to_labels(logits: torch.Tensor, affine: np.ndarray, shape: tuple[int,
             borderValue=border,
         )
         sampled.append(warped.reshape(warped.shape[0], warped.shape[1], -1))
-    labels[top:bottom, left:right] = np.concatenate(sampled, axis=2).argmax(axis=2).astype(np.uint8)
+    total = np.concatenate(sampled, axis=2)
+    if prior is not None and prior_table is not None:
+        total += prior_table[prior[top:bottom, left:right]]
+    labels[top:bottom, left:right] = total.argmax(axis=2).astype(np.uint8)
     return labels
 
 
-def prepare_crop(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(affine image -> crop, crop RGB (S, S, 3) uint8, prior labels (S, S) uint8) of one face."""
+def prepare_crop(
+    rgb: np.ndarray, landmarks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(affine image -> crop, crop RGB (S, S, 3) uint8, prior in the crop (S, S) uint8, prior at the
+    image's resolution (H, W) uint8) of one face."""
     affine = crop_affine(landmarks)
     crop = warp_to_crop(rgb, affine)
-    crop_lm = np.asarray(landmarks, np.float64) @ affine[:, :2].T + affine[:, 2]
-    return affine, crop, parsing.parse_prior(crop, crop_lm)
+    prior = parsing.parse_prior(rgb, landmarks)
+    return affine, crop, warp_to_crop(prior, affine, nearest=True), prior
 
 
 def refine_parse(rgb: np.ndarray, landmarks: np.ndarray, net: ParsingNet | None = None) -> np.ndarray:
     """19-class label map (H, W) uint8 of the face whose 68 landmarks are given, by prior + network."""
     net = default_net() if net is None else net
-    affine, crop, prior = prepare_crop(rgb, landmarks)
-    return logits_to_labels(crop_logits(net, crop, prior), affine, rgb.shape[:2])
+    affine, crop, crop_prior, prior = prepare_crop(rgb, landmarks)
+    residual = crop_residual(net, crop, crop_prior)
+    return logits_to_labels(residual, affine, rgb.shape[:2], prior, net.prior_table())
