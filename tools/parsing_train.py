@@ -235,8 +235,8 @@ def training_sample(item: Item, rng: np.random.Generator) -> tuple[np.ndarray, n
         target, prior = table[target], table[prior]
     crop = augment_makeup(crop, target, rng)
     x = parsing_net.network_input(crop, prior)
-    n_prior = len(parsing_net.PRIOR_CLASSES)
-    x[3 : 3 + n_prior] = jitter_prior(x[3 : 3 + n_prior], rng)
+    first, n_prior = parsing_net.PRIOR_START, len(parsing_net.PRIOR_CLASSES)
+    x[first : first + n_prior] = jitter_prior(x[first : first + n_prior], rng)
     y = target.astype(np.int64)
     y[valid == 0] = IGNORE
     return x, y
@@ -331,12 +331,20 @@ def print_table(title: str, rows_by_method: dict[str, list]) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=Path, default=FACES)
-    parser.add_argument("--steps", type=int, default=450)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=20241211)
     parser.add_argument("--out", type=Path, help="train on all photos and write the weights here")
     parser.add_argument("--kfold", type=int, default=0, help="k-fold evaluation with K folds")
     parser.add_argument("--save-fold", default="", help="F:PATH writes fold F's network (held-out F) to PATH")
     parser.add_argument("--rules", action="store_true", help="also score the rule-based parser (slow)")
+    parser.add_argument(
+        "--fold-dir",
+        type=Path,
+        help="write every fold's network here (fold<F>.safetensors), or, with"
+        " --reuse, read them instead of training (to re-score another inference setting)",
+    )
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--no-mirror", action="store_true", help="score without the mirrored pass")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared; more threads only contend
     items = load_items(args.faces)
@@ -347,14 +355,23 @@ def main(argv: list[str]) -> int:
         results: dict[str, list] = {"net": [], "prior": []}
         if args.rules:
             results["rules"] = []
+        mirror = not args.no_mirror
         for fold in range(args.kfold):
             train_items = [it for it, f in zip(items, fold_of, strict=True) if f != fold]
             held = [it for it, f in zip(items, fold_of, strict=True) if f == fold]
             print(f"fold {fold}: train {len(train_items)}, held out {[it.name for it in held]}", flush=True)
-            net = train(train_items, args.steps, args.seed + fold)
+            fold_path = args.fold_dir / f"fold{fold}.safetensors" if args.fold_dir else None
+            if args.reuse and fold_path is not None:
+                net = parsing_net.load_net(fold_path)
+            else:
+                net = train(train_items, args.steps, args.seed + fold)
+                if fold_path is not None:
+                    save_net(net, fold_path)
             if str(fold) == save_fold:
                 save_net(net, Path(save_path))
-            rows = score(held, lambda it, net=net: parsing_net.refine_parse(it.rgb, it.landmarks, net))
+            rows = score(
+                held, lambda it, net=net: parsing_net.refine_parse(it.rgb, it.landmarks, net, mirror=mirror)
+            )
             results["net"] += rows
             results["prior"] += score(held, lambda it: parsing.parse_prior(it.rgb, it.landmarks))
             if args.rules:

@@ -47,7 +47,12 @@ PRIOR_CLASSES = (
 )
 # Prior labels that count as the face region channel.
 PRIOR_FACE = (parsing.SKIN, parsing.NECK, parsing.L_EAR, parsing.R_EAR)
-IN_CHANNELS = 3 + len(PRIOR_CLASSES) + 2
+# Skin sample for the per-image colour normalisation: prior skin or nose pixels in this box of the face
+# frame (cheeks and nose between the eyes and the mouth), as (u0, u1, v0, v1).
+SKIN_SAMPLE_BOX = (-0.8, 0.8, 0.1, 0.9)
+# Input: RGB, Lab relative to the face's own skin (3), prior one-hot, face-frame coordinates (2).
+IN_CHANNELS = 3 + 3 + len(PRIOR_CLASSES) + 2
+PRIOR_START = 6
 WIDTHS = (8, 16, 32, 64)
 
 # Label ids exchanged by a horizontal flip (subject's left <-> right).
@@ -126,10 +131,43 @@ def coordinate_channels() -> np.ndarray:
     return np.stack(np.meshgrid(axis, axis, indexing="xy")).astype(np.float32)
 
 
+@functools.cache
+def _skin_box() -> np.ndarray:
+    """Boolean (S, S): the crop pixels inside SKIN_SAMPLE_BOX."""
+    ppu = CROP_SIZE / (CROP_U[1] - CROP_U[0])
+    u0, u1, v0, v1 = SKIN_SAMPLE_BOX
+    axis = np.arange(CROP_SIZE) + 0.5
+    cols = (axis >= (u0 - CROP_U[0]) * ppu) & (axis <= (u1 - CROP_U[0]) * ppu)
+    rows = (axis >= (v0 - CROP_V[0]) * ppu) & (axis <= (v1 - CROP_V[0]) * ppu)
+    return rows[:, None] & cols[None, :]
+
+
+def skin_relative_lab(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """(3, S, S) float32 CIELAB of the crop relative to this face's skin: (value - median) / spread.
+
+    The median and spread (scaled median absolute deviation, floored) come from the prior's skin and
+    nose pixels on the cheeks and nose; foundation, tans and lighting shift all of them together, so
+    the network sees what is like this face's skin and what is not.
+    """
+    lab = cv2.cvtColor(crop_rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    sample = _skin_box() & np.isin(prior, (parsing.SKIN, parsing.NOSE))
+    if sample.sum() < 20:
+        sample = np.isin(prior, (parsing.SKIN, parsing.NOSE))
+    if sample.sum() < 20:
+        return np.zeros((3, CROP_SIZE, CROP_SIZE), np.float32)
+    pixels = lab[sample]
+    median = np.median(pixels, axis=0)
+    spread = np.median(np.abs(pixels - median), axis=0) * 1.4826 + np.array([3.0, 2.0, 2.0])
+    rel = np.clip((lab - median) / spread, -8.0, 8.0) / 4.0
+    return rel.transpose(2, 0, 1).astype(np.float32)
+
+
 def network_input(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """(IN_CHANNELS, S, S) float32 input from a crop (S, S, 3) uint8 and its prior labels (S, S)."""
     rgb = crop_rgb.astype(np.float32).transpose(2, 0, 1) / 255.0 - 0.5
-    return np.concatenate([rgb, prior_onehot(prior), coordinate_channels()])
+    return np.concatenate(
+        [rgb, skin_relative_lab(crop_rgb, prior), prior_onehot(prior), coordinate_channels()]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,9 +210,10 @@ class ParsingNet(nn.Module):
         with torch.no_grad():
             self.prior_logits.weight.zero_()
             self.prior_logits.bias.zero_()
-            self.prior_logits.bias[parsing.BACKGROUND] = 2.0
+            # Mild: the residual must be able to overrule the prior where the image disagrees.
+            self.prior_logits.bias[parsing.BACKGROUND] = 1.0
             for channel, cls in enumerate(PRIOR_CLASSES):
-                self.prior_logits.weight[cls, channel] = 4.0 if channel == 0 else 8.0
+                self.prior_logits.weight[cls, channel] = 2.0 if channel == 0 else 4.0
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 19, S, S) correction the image makes to the prior's logits."""
@@ -188,7 +227,7 @@ class ParsingNet(nn.Module):
         return self.head(d0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prior = x[:, 3 : 3 + len(PRIOR_CLASSES)]
+        prior = x[:, PRIOR_START : PRIOR_START + len(PRIOR_CLASSES)]
         return self.residual(x) + self.prior_logits(prior)
 
     def prior_table(self) -> np.ndarray:
@@ -228,11 +267,24 @@ def default_net() -> ParsingNet:
 # inference
 
 
-def crop_residual(net: ParsingNet, crop_rgb: np.ndarray, prior: np.ndarray) -> torch.Tensor:
-    """(19, S, S) float32 residual logits for one crop (S, S, 3) uint8 and its prior (S, S)."""
-    x = torch.from_numpy(network_input(crop_rgb, prior))[None]
+def crop_residual(
+    net: ParsingNet, crop_rgb: np.ndarray, prior: np.ndarray, mirror: bool = True
+) -> torch.Tensor:
+    """(19, S, S) float32 residual logits for one crop (S, S, 3) uint8 and its prior (S, S).
+
+    mirror: average with the residual of the mirrored crop (the crop is symmetric about the face's
+    midline; left/right labels swapped back), one batch of two.
+    """
+    inputs = [network_input(crop_rgb, prior)]
+    table = flip_table()
+    if mirror:
+        inputs.append(network_input(np.ascontiguousarray(crop_rgb[:, ::-1]), table[prior[:, ::-1]]))
     with torch.inference_mode():
-        return net.residual(x)[0]
+        out = net.residual(torch.from_numpy(np.stack(inputs)))
+    if not mirror:
+        return out[0]
+    back = out[1].flip(-1)[torch.from_numpy(table.astype(np.int64))]
+    return (out[0] + back) / 2
 
 
 def logits_to_labels(
@@ -291,9 +343,12 @@ def prepare_crop(
     return affine, crop, warp_to_crop(prior, affine, nearest=True), prior
 
 
-def refine_parse(rgb: np.ndarray, landmarks: np.ndarray, net: ParsingNet | None = None) -> np.ndarray:
-    """19-class label map (H, W) uint8 of the face whose 68 landmarks are given, by prior + network."""
+def refine_parse(
+    rgb: np.ndarray, landmarks: np.ndarray, net: ParsingNet | None = None, mirror: bool = True
+) -> np.ndarray:
+    """19-class label map (H, W) uint8 of the face whose 68 landmarks are given, by prior + network
+    (mirror: see crop_residual)."""
     net = default_net() if net is None else net
     affine, crop, crop_prior, prior = prepare_crop(rgb, landmarks)
-    residual = crop_residual(net, crop, crop_prior)
+    residual = crop_residual(net, crop, crop_prior, mirror)
     return logits_to_labels(residual, affine, rgb.shape[:2], prior, net.prior_table())
