@@ -852,13 +852,13 @@ def _hair_region(lab: np.ndarray, face: np.ndarray, frame: _Frame) -> np.ndarray
 PARSE_METHODS = ("net", "rules")
 
 
-def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "net") -> np.ndarray:
+def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") -> np.ndarray:
     """19-class CelebAMask-HQ label map (H, W) uint8 of the face whose 68 landmarks are given.
 
     rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
-    method: "net" (default) the fast landmark prior refined by the shipped network
-    (shmt_cli/face/parsing_net.py); "rules" the rule-based parser alone (GrabCut skin region; slower,
-    weaker on made-up faces).
+    method: "rules" (default) the rule-based parser (GrabCut skin region); "net" the fast landmark
+    prior refined by the shipped network (shmt_cli/face/parsing_net.py), experimental: faster, but
+    its 3-fold held-out skin region is below the rules' (tools/parsing_train.py --kfold 3).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")

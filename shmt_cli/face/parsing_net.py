@@ -245,6 +245,7 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
     """ParsingNet in eval mode with weights from a safetensors file (ValueError naming the file if bad)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -252,7 +253,7 @@ def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
     try:
         state = load_file(str(path))
         net.load_state_dict({k: v.float() for k, v in state.items()})
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise ValueError(f"{path}: cannot load parsing weights ({exc})") from exc
     return net.eval()
 
