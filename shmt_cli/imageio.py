@@ -122,6 +122,9 @@ def _decode(path: Path, max_pixels: int, keep_info: bool) -> tuple[np.ndarray, P
         raise InputError(f"not a regular file ({_file_kind(info.st_mode)})")
     if info.st_size == 0:
         raise InputError("empty file (0 bytes)")
+    refused = unreadable_format(path)
+    if refused:
+        raise InputError(refused)
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89 MP on, below the 96 MP photos we accept; `max_pixels` is the guard.

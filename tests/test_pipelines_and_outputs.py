@@ -151,6 +151,16 @@ def test_phone_formats_are_read_or_refused_by_name(astronaut_rgb: np.ndarray, tm
         decoded = read_image(heic)
         assert decoded.shape == astronaut_rgb.shape
         assert np.abs(decoded.astype(int) - astronaut_rgb).mean() < 6
+    # An install without the HEIF plugin (or without AVIF in Pillow) names the format and the fix.
+    from shmt_cli import imageio
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(imageio.READABLE, "heif", False)
+        patch.setitem(imageio.READABLE, "avif", False)
+        for name, words in (("x.heic", "install pillow-heif"), ("x.avif", "no AVIF support")):
+            (tmp_path / name).write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40)
+            with pytest.raises(InputError, match=words):
+                read_image(tmp_path / name)
     # HEIC data this install cannot read (here: a HEIF brand header with nothing after it) is named.
     fake = tmp_path / "fake.jpg"
     fake.write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40)
