@@ -11,15 +11,15 @@ import csv
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
+from shmt_cli.batch import BatchRunner, RunOptions, StreamFn, Summary, WorkItem
 from shmt_cli.decompose import FaceParts, analyse_face, load_parts, save_parts
 from shmt_cli.engines.base import Engine, PairJob
 from shmt_cli.face.align import AlignedFace, crop_face, paste_back
@@ -210,13 +210,29 @@ def paste_mask(labels: np.ndarray) -> np.ndarray:
     return cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
 
 
-class FaceCache:
-    """Prepared faces by path (or the error that prevented preparing them), least recently used out."""
+#: Reads a face (input file, role "source" or "reference") as parts and, for photos, its alignment.
+FaceLoader = Callable[[InputFile, str], tuple[FaceParts, AlignedFace | None]]
 
-    def __init__(self, engine: Engine, faces_dir: Path | None, capacity: int = FACE_CACHE_SIZE) -> None:
+
+class FaceCache:
+    """Prepared faces by path (or the error that prevented preparing them), least recently used out.
+
+    By default a face is read from its input (detected, parsed, rendered) and kept in `faces_dir`;
+    with `load`, it is read by that function instead (e.g. from `faces_dir`, written by other workers)
+    and nothing is written.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        faces_dir: Path | None,
+        capacity: int = FACE_CACHE_SIZE,
+        load: FaceLoader | None = None,
+    ) -> None:
         self.engine = engine
         self.faces_dir = faces_dir
         self.capacity = capacity
+        self.load = load
         self._entries: OrderedDict[tuple[str, Path], PreparedFace | Exception] = OrderedDict()
 
     def get(self, face: InputFile, role: str) -> PreparedFace:
@@ -234,28 +250,40 @@ class FaceCache:
 
     def _prepare(self, face: InputFile, role: str) -> PreparedFace | Exception:
         try:
-            parts, aligned = load_face(face.path, need_render=role == "source" and self.engine.needs_render)
+            if self.load is not None:
+                parts, aligned = self.load(face, role)
+            else:
+                parts, aligned = load_face(face.path, need_render=self.needs_render(role))
             state = (
                 self.engine.prepare_source(parts)
                 if role == "source"
                 else self.engine.prepare_reference(parts)
             )
-            if self.faces_dir is not None:
-                self._save(face, role, parts, aligned)
+            if self.faces_dir is not None and self.load is None:
+                self.save(face, role, parts, aligned)
             return PreparedFace(parts, aligned, state)
         except (InputError, ValueError) as exc:
             return exc
 
-    def _save(self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None) -> None:
-        """Keep each face's crop, parsing and alignment for `shmt evaluate` (written once)."""
+    def needs_render(self, role: str) -> bool:
+        """Whether a face in `role` needs its 3D render (only sources, and only for some engines)."""
+        return role == "source" and self.engine.needs_render
+
+    def save(
+        self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None, replace: bool = False
+    ) -> None:
+        """Keep a face's crop, parsing and alignment for `shmt evaluate` (written once unless `replace`)."""
         assert self.faces_dir is not None
-        target = output_file(self.faces_dir / f"{role}s", face.rel, ".safetensors")
-        if not target.exists():
+        target = self.saved_path(face, role, ".safetensors")
+        if replace or not target.exists():
             save_parts(target, parts)
             if aligned is not None:
-                write_json_atomic(
-                    output_file(self.faces_dir / f"{role}s", face.rel, ".json"), aligned.to_json_dict()
-                )
+                write_json_atomic(self.saved_path(face, role, ".json"), aligned.to_json_dict())
+
+    def saved_path(self, face: InputFile, role: str, suffix: str) -> Path:
+        """Where `save` keeps a face: `<faces_dir>/<role>s/<rel><suffix>` (.safetensors or .json)."""
+        assert self.faces_dir is not None
+        return output_file(self.faces_dir / f"{role}s", face.rel, suffix)
 
     def parts_path(self, face: InputFile, role: str) -> str | None:
         """The parts file as the manifest records it: relative to the output folder, as `evaluate`
@@ -272,6 +300,12 @@ def grid_strip(source: np.ndarray, reference: np.ndarray, result: np.ndarray) ->
     return np.hstack([source, reference, result])
 
 
+class PairExecutor(Protocol):
+    """Runs the pending pairs elsewhere (e.g. on a Ray cluster) and streams their outcomes back."""
+
+    def stream(self, out_dir: Path, engine: Engine, settings: TransferSettings) -> StreamFn: ...
+
+
 def run_transfer(
     sources: Sequence[str],
     references: Sequence[str],
@@ -279,58 +313,73 @@ def run_transfer(
     engine: Engine,
     settings: TransferSettings,
     options: RunOptions,
+    executor: PairExecutor | None = None,
 ) -> tuple[BatchRunner, Summary]:
-    """Transfer every planned pair into `out_dir` through `engine`."""
+    """Transfer every planned pair into `out_dir` through `engine`, in this process or on `executor`."""
     refuse_output_as_input(out_dir, [*sources, *references])
     pairs = plan_pairs(sources, references, settings.pairs, exclude=[out_dir])
     params = {**settings.as_params(), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
-    cache = FaceCache(engine, out_dir / FACES_DIR)
     items = [
         WorkItem(key=p.key, inputs=(p.source.path, p.reference.path), out_stem=p.out_stem, payload=p)
         for p in pairs
     ]
-    engine_info = {k: v for k, v in engine.settings().items() if k in ("engine", "level", "steps")}
-
-    def process_batch(batch: list[WorkItem]) -> list[Any]:
-        outcomes: list[Any] = [None] * len(batch)
-        jobs: list[PairJob] = []
-        ready: list[tuple[int, Pair, PreparedFace, PreparedFace]] = []
-        for index, item in enumerate(batch):
-            pair: Pair = item.payload
-            try:
-                src = cache.get(pair.source, "source")
-                ref = cache.get(pair.reference, "reference")
-            except InputError as exc:
-                outcomes[index] = exc
-                continue
-            seed = pair_seed(settings.seed, pair)
-            jobs.append(PairJob(src.state, ref.state, seed))
-            ready.append((index, pair, src, ref))
-        if jobs:
-            results = engine.transfer_batch(jobs)
-            for (index, pair, src, ref), result, job in zip(ready, results, jobs, strict=True):
-                try:
-                    outcomes[index] = _write_pair(out_dir, pair, src, ref, result, settings, cache, job.seed)
-                except Exception as exc:  # recorded against this pair; the batch goes on
-                    outcomes[index] = exc
-        for outcome in outcomes:
-            if isinstance(outcome, tuple):
-                outcome[1].update(engine_info)
-        return outcomes
 
     def done_outputs(item: WorkItem) -> list[Path]:
-        extras = [
-            suffix
-            for suffix, wanted in (("_crop.png", settings.crop), ("_grid.jpg", settings.grid))
-            if wanted
-        ]
-        return [output_file(out_dir, item.out_stem, suffix) for suffix in (".png", *extras)]
+        return pair_outputs(out_dir, item.out_stem, settings)
+
+    if executor is not None:
+        stream = executor.stream(out_dir, engine, settings)
+        return runner, runner.run(items, done_outputs=done_outputs, process_stream=stream)
+    cache = FaceCache(engine, out_dir / FACES_DIR)
+
+    def process_batch(batch: list[WorkItem]) -> list[Any]:
+        return transfer_pairs([item.payload for item in batch], engine, cache, settings, out_dir)
 
     summary = runner.run(
         items, done_outputs=done_outputs, process_batch=process_batch, batch_size=engine.batch_size
     )
     return runner, summary
+
+
+def pair_outputs(out_dir: Path, out_stem: PurePosixPath, settings: TransferSettings) -> list[Path]:
+    """The files one pair writes: `<stem>.png`, plus `_crop.png` / `_grid.jpg` when asked for."""
+    extras = [
+        suffix for suffix, wanted in (("_crop.png", settings.crop), ("_grid.jpg", settings.grid)) if wanted
+    ]
+    return [output_file(out_dir, out_stem, suffix) for suffix in (".png", *extras)]
+
+
+def transfer_pairs(
+    pairs: Sequence[Pair], engine: Engine, cache: FaceCache, settings: TransferSettings, out_dir: Path
+) -> list[Any]:
+    """One engine batch: each pair's outcome, in order: (written paths, manifest fields) or the
+    exception that failed that pair (a face that cannot be prepared fails only its pairs)."""
+    outcomes: list[Any] = [None] * len(pairs)
+    jobs: list[PairJob] = []
+    ready: list[tuple[int, Pair, PreparedFace, PreparedFace]] = []
+    for index, pair in enumerate(pairs):
+        try:
+            src = cache.get(pair.source, "source")
+            ref = cache.get(pair.reference, "reference")
+        except InputError as exc:
+            outcomes[index] = exc
+            continue
+        seed = pair_seed(settings.seed, pair)
+        jobs.append(PairJob(src.state, ref.state, seed))
+        ready.append((index, pair, src, ref))
+    if jobs:
+        results = engine.transfer_batch(jobs)
+        for (index, pair, src, ref), result, job in zip(ready, results, jobs, strict=True):
+            try:
+                outcomes[index] = _write_pair(out_dir, pair, src, ref, result, settings, cache, job.seed)
+            except Exception as exc:  # recorded against this pair; the batch goes on
+                outcomes[index] = exc
+    engine_info = {k: v for k, v in engine.settings().items() if k in ("engine", "level", "steps")}
+    for outcome in outcomes:
+        if isinstance(outcome, tuple):
+            outcome[1].update(engine_info)
+    return outcomes
 
 
 def _write_pair(
