@@ -214,6 +214,20 @@ def paste_mask(labels: np.ndarray) -> np.ndarray:
 FaceLoader = Callable[[InputFile, str], tuple[FaceParts, AlignedFace | None]]
 
 
+def face_file(faces_dir: Path, face: InputFile, role: str, suffix: str) -> Path:
+    """Where a prepared face is kept: `<faces_dir>/<role>s/<rel><suffix>` (.safetensors or .json)."""
+    return output_file(faces_dir / f"{role}s", face.rel, suffix)
+
+
+def save_face(
+    faces_dir: Path, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None
+) -> None:
+    """Write a prepared face's parts file and, for a photo, its alignment (both atomically)."""
+    save_parts(face_file(faces_dir, face, role, ".safetensors"), parts)
+    if aligned is not None:
+        write_json_atomic(face_file(faces_dir, face, role, ".json"), aligned.to_json_dict())
+
+
 class FaceCache:
     """Prepared faces by path (or the error that prevented preparing them), least recently used out.
 
@@ -269,21 +283,11 @@ class FaceCache:
         """Whether a face in `role` needs its 3D render (only sources, and only for some engines)."""
         return role == "source" and self.engine.needs_render
 
-    def save(
-        self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None, replace: bool = False
-    ) -> None:
-        """Keep a face's crop, parsing and alignment for `shmt evaluate` (written once unless `replace`)."""
+    def save(self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None) -> None:
+        """Keep each face's crop, parsing and alignment for `shmt evaluate` (written once)."""
         assert self.faces_dir is not None
-        target = self.saved_path(face, role, ".safetensors")
-        if replace or not target.exists():
-            save_parts(target, parts)
-            if aligned is not None:
-                write_json_atomic(self.saved_path(face, role, ".json"), aligned.to_json_dict())
-
-    def saved_path(self, face: InputFile, role: str, suffix: str) -> Path:
-        """Where `save` keeps a face: `<faces_dir>/<role>s/<rel><suffix>` (.safetensors or .json)."""
-        assert self.faces_dir is not None
-        return output_file(self.faces_dir / f"{role}s", face.rel, suffix)
+        if not face_file(self.faces_dir, face, role, ".safetensors").exists():
+            save_face(self.faces_dir, face, role, parts, aligned)
 
     def parts_path(self, face: InputFile, role: str) -> str | None:
         """The parts file as the manifest records it: relative to the output folder, as `evaluate`
