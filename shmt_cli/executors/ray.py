@@ -350,9 +350,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     quiet_ray_logs()
     if ray.is_initialized():
         return False
-    # Ray's C++ core logs at ERROR that an actor's constructor arguments live in the object store (Ray
-    # Data always puts them there; the driver owns them for the whole run): noise on a cron job's stderr.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     package_root = str(Path(shmt_cli.__file__).resolve().parents[1])
     python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     kwargs: dict[str, Any] = {
