@@ -274,6 +274,7 @@ class RayExecutor:
         batch = max(1, engine.batch_size)
         rows = _pair_rows(pairs, status)
         blocks = max(1, min(math.ceil(len(rows) / (batch * BATCHES_PER_BLOCK)), 4 * size))
+        size = min(size, blocks)  # an actor with no block to take would load the engine for nothing
         dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             PairWorker,
             fn_constructor_kwargs={
