@@ -6,6 +6,8 @@ Exit codes: 0 all done; 1 some inputs failed; 2 usage error; 3 the run could not
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import signal
 import threading
@@ -331,6 +333,23 @@ def transfer(
     weights_dir: Annotated[
         Path | None, typer.Option("--weights-dir", help="Where imported weights are.")
     ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this process) or ray (a Ray cluster; shmt[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", metavar="ADDR", help="ray: cluster to join (default $RAY_ADDRESS, else local)."
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option("--gpus-per-worker", metavar="F", help="ray: GPUs per engine worker (e.g. 1, 0.5)."),
+    ] = 0.0,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", metavar="N", help="ray: engine workers (default: all GPUs/CPUs)."),
+    ] = None,
     overwrite: Overwrite = False,
     retry_failed: RetryFailed = False,
     json_out: JsonOut = False,
@@ -349,6 +368,12 @@ def transfer(
 ) -> None:
     """Put the makeup of each reference onto each source; results keep the source photo's size."""
     from shmt_cli.engines.select import EngineRequest, EngineUnavailable, create_engine
+    from shmt_cli.executors import (
+        ExecutorOptions,
+        check_executor_options,
+        engine_from_request,
+        make_executor,
+    )
     from shmt_cli.pipelines.transfer import PAIR_MODES, TransferSettings, run_transfer
 
     def job() -> tuple[BatchRunner, Summary]:
@@ -384,14 +409,19 @@ def transfer(
             regions=wanted,
             strengths=parse_strengths(strength),
         )
+        if out_format not in ("same", "png", "jpg", "webp"):
+            raise UsageError(f"--format must be same, png, jpg or webp; got {out_format!r}")
+        where = ExecutorOptions(executor, ray_address, gpus_per_worker, workers)
+        check_executor_options(where)  # before the weights load
         try:
             chosen, note = create_engine(request)
         except (EngineUnavailable, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        # Workers build the engine chosen here (not `auto` again, which could choose differently there).
+        resolved = dataclasses.replace(request, engine=chosen.name)
+        runs_on = make_executor(where, functools.partial(engine_from_request, resolved))
         if not quiet:
             make_console().print(note)
-        if out_format not in ("same", "png", "jpg", "webp"):
-            raise UsageError(f"--format must be same, png, jpg or webp; got {out_format!r}")
         settings = TransferSettings(
             pairs=pairs,
             seed=seed,
@@ -402,7 +432,7 @@ def transfer(
             quality=quality,
             keep_faces=cache,
         )
-        return run_transfer(source_list, reference_list, output, chosen, settings, options)
+        return run_transfer(source_list, reference_list, output, chosen, settings, options, runs_on)
 
     run_batch(job)
 

@@ -11,15 +11,15 @@ import csv
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
+from shmt_cli.batch import BatchRunner, RunOptions, StreamFn, Summary, WorkItem
 from shmt_cli.decompose import FaceParts, analyse_face, load_parts, save_parts
 from shmt_cli.engines.base import Engine, PairJob
 from shmt_cli.face.align import AlignedFace, crop_face, paste_back
@@ -338,8 +338,34 @@ def paste_mask(labels: np.ndarray) -> np.ndarray:
     return cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
 
 
+#: Reads the faces of an input (file, role "source" or "reference") as load_faces does: (parts, alignment
+#: for photos) per face, best first, and what the face search did.
+FaceLoader = Callable[[InputFile, str], "tuple[list[LoadedFace], dict[str, Any]]"]
+
+
+def face_file(faces_dir: Path, face: InputFile, role: str, suffix: str, index: int = 0) -> Path:
+    """Where a prepared face is kept: `<faces_dir>/<role>s/<rel><suffix>` (.safetensors or .json); the
+    further faces of a group photo (`index` >= 1, --all-faces) at `<rel>.face<index><suffix>`."""
+    more = f".face{index}" if index else ""
+    return output_file(faces_dir / f"{role}s", face.rel, f"{more}{suffix}")
+
+
+def save_face(
+    faces_dir: Path, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None, index: int = 0
+) -> None:
+    """Write a prepared face's compact parts file and, for a photo, its alignment (both atomically)."""
+    save_parts(face_file(faces_dir, face, role, ".safetensors", index), parts, compact=True)
+    if aligned is not None:
+        write_json_atomic(face_file(faces_dir, face, role, ".json", index), aligned.to_json_dict())
+
+
 class FaceCache:
-    """Prepared faces by path (or the error that prevented preparing them), least recently used out."""
+    """Prepared photos by path (or the error that prevented preparing them), least recently used out.
+
+    By default a photo's faces are read from its input (searched, aligned, parsed, rendered) and the best
+    one is kept in `faces_dir`; with `load`, they are read by that function instead (e.g. from files that
+    other workers wrote) and nothing is written.
+    """
 
     def __init__(
         self,
@@ -347,11 +373,13 @@ class FaceCache:
         faces_dir: Path | None,
         capacity: int = FACE_CACHE_SIZE,
         all_faces: bool = False,
+        load: FaceLoader | None = None,
     ) -> None:
         self.engine = engine
         self.faces_dir = faces_dir
         self.capacity = capacity
         self.all_faces = all_faces
+        self.load = load
         self._entries: OrderedDict[tuple[str, Path], PreparedPhoto | Exception] = OrderedDict()
 
     def get(self, face: InputFile, role: str) -> PreparedPhoto:
@@ -369,35 +397,40 @@ class FaceCache:
 
     def _prepare(self, face: InputFile, role: str) -> PreparedPhoto | Exception:
         try:
-            is_source = role == "source"
-            loaded, info = load_faces(
-                face.path,
-                need_render=is_source and self.engine.needs_render,
-                all_faces=is_source and self.all_faces,
-            )
+            if self.load is not None:
+                loaded, info = self.load(face, role)
+            else:
+                loaded, info = load_faces(
+                    face.path, need_render=self.needs_render(role), all_faces=self.wants_all(role)
+                )
             prepared = []
             for parts, aligned in loaded:
                 state = (
-                    self.engine.prepare_source(parts) if is_source else self.engine.prepare_reference(parts)
+                    self.engine.prepare_source(parts)
+                    if role == "source"
+                    else self.engine.prepare_reference(parts)
                 )
                 prepared.append(PreparedFace(parts, aligned, state))
-            if self.faces_dir is not None:
+            if self.faces_dir is not None and self.load is None:
                 # The best face is what `evaluate` measures.
-                self._save(face, role, loaded[0][0], loaded[0][1])
+                self.save(face, role, *loaded[0])
             return PreparedPhoto(prepared, info)
         except (InputError, ValueError) as exc:
             return exc
 
-    def _save(self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None) -> None:
+    def needs_render(self, role: str) -> bool:
+        """Whether a face in `role` needs its 3D render (only sources, and only for some engines)."""
+        return role == "source" and self.engine.needs_render
+
+    def wants_all(self, role: str) -> bool:
+        """Whether every face of a photo in `role` is made up (--all-faces: sources only)."""
+        return role == "source" and self.all_faces
+
+    def save(self, face: InputFile, role: str, parts: FaceParts, aligned: AlignedFace | None) -> None:
         """Keep each face's crop, parsing and alignment for `shmt evaluate` (written once)."""
         assert self.faces_dir is not None
-        target = output_file(self.faces_dir / f"{role}s", face.rel, ".safetensors")
-        if not target.exists():
-            save_parts(target, parts, compact=True)
-            if aligned is not None:
-                write_json_atomic(
-                    output_file(self.faces_dir / f"{role}s", face.rel, ".json"), aligned.to_json_dict()
-                )
+        if not face_file(self.faces_dir, face, role, ".safetensors").exists():
+            save_face(self.faces_dir, face, role, parts, aligned)
 
     def parts_path(self, face: InputFile, role: str) -> str | None:
         """The parts file as the manifest records it: relative to the output folder, as `evaluate`
@@ -414,6 +447,12 @@ def grid_strip(source: np.ndarray, reference: np.ndarray, result: np.ndarray) ->
     return np.hstack([source, reference, result])
 
 
+class PairExecutor(Protocol):
+    """Runs the pending pairs elsewhere (e.g. on a Ray cluster) and streams their outcomes back."""
+
+    def stream(self, out_dir: Path, engine: Engine, settings: TransferSettings) -> StreamFn: ...
+
+
 def run_transfer(
     sources: Sequence[str],
     references: Sequence[str],
@@ -421,8 +460,9 @@ def run_transfer(
     engine: Engine,
     settings: TransferSettings,
     options: RunOptions,
+    executor: PairExecutor | None = None,
 ) -> tuple[BatchRunner, Summary]:
-    """Transfer every planned pair into `out_dir` through `engine`."""
+    """Transfer every planned pair into `out_dir` through `engine`, in this process or on `executor`."""
     refuse_output_as_input(out_dir, [*sources, *references])
     digest = None
     if settings.pairs in PAIR_MODES:
@@ -433,57 +473,73 @@ def run_transfer(
     uses_seed = getattr(engine, "uses_seed", True)
     params = {**settings.as_params(digest, uses_seed), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
-    faces_dir = out_dir / FACES_DIR if settings.keep_faces else None
-    cache = FaceCache(engine, faces_dir, all_faces=settings.all_faces)
     items = [
         WorkItem(key=p.key, inputs=(p.source.path, p.reference.path), out_stem=p.out_stem, payload=p)
         for p in pairs
     ]
-    engine_info = {k: v for k, v in engine.settings().items() if k in ("engine", "level", "steps")}
-
-    def process_batch(batch: list[WorkItem]) -> list[Any]:
-        outcomes: list[Any] = [None] * len(batch)
-        jobs: list[PairJob] = []
-        ready: list[tuple[int, Pair, PreparedPhoto, PreparedPhoto]] = []
-        for index, item in enumerate(batch):
-            pair: Pair = item.payload
-            try:
-                src = cache.get(pair.source, "source")
-                ref = cache.get(pair.reference, "reference")
-            except InputError as exc:
-                outcomes[index] = exc
-                continue
-            for face_index, face in enumerate(src.faces):
-                jobs.append(PairJob(face.state, ref.best.state, pair_seed(settings.seed, pair, face_index)))
-            ready.append((index, pair, src, ref))
-        if jobs:
-            results = iter(engine.transfer_batch(jobs))
-            for index, pair, src, ref in ready:
-                # Every face of this pair's source, in order: one result each.
-                mine = [next(results) for _ in src.faces]
-                seed = pair_seed(settings.seed, pair)
-                try:
-                    outcomes[index] = _write_pair(out_dir, pair, src, ref, mine, settings, cache, seed)
-                except Exception as exc:  # recorded against this pair; the batch goes on
-                    outcomes[index] = exc
-        for outcome in outcomes:
-            if isinstance(outcome, tuple):
-                outcome[1].update(engine_info)
-        return outcomes
 
     def done_outputs(item: WorkItem) -> list[Path]:
-        extras = [
-            suffix
-            for suffix, wanted in (("_crop.png", settings.crop), ("_grid.jpg", settings.grid))
-            if wanted
-        ]
-        main = settings.main_suffix(item.payload.source.path)
-        return [output_file(out_dir, item.out_stem, suffix) for suffix in (main, *extras)]
+        return pair_outputs(out_dir, item.payload, settings)
+
+    if executor is not None:
+        stream = executor.stream(out_dir, engine, settings)
+        return runner, runner.run(items, done_outputs=done_outputs, process_stream=stream)
+    faces_dir = out_dir / FACES_DIR if settings.keep_faces else None
+    cache = FaceCache(engine, faces_dir, all_faces=settings.all_faces)
+
+    def process_batch(batch: list[WorkItem]) -> list[Any]:
+        return transfer_pairs([item.payload for item in batch], engine, cache, settings, out_dir)
 
     summary = runner.run(
         items, done_outputs=done_outputs, process_batch=process_batch, batch_size=engine.batch_size
     )
     return runner, summary
+
+
+def pair_outputs(out_dir: Path, pair: Pair, settings: TransferSettings) -> list[Path]:
+    """The files one pair writes: its main output (in the format `settings` gives for its source), plus
+    `_crop.png` / `_grid.jpg` when asked for."""
+    extras = [
+        suffix for suffix, wanted in (("_crop.png", settings.crop), ("_grid.jpg", settings.grid)) if wanted
+    ]
+    main = settings.main_suffix(pair.source.path)
+    return [output_file(out_dir, pair.out_stem, suffix) for suffix in (main, *extras)]
+
+
+def transfer_pairs(
+    pairs: Sequence[Pair], engine: Engine, cache: FaceCache, settings: TransferSettings, out_dir: Path
+) -> list[Any]:
+    """One engine batch: each pair's outcome, in order: (written paths, manifest fields) or the
+    exception that failed that pair (a face that cannot be prepared fails only its pairs). Every face of
+    a source prepared with --all-faces is one engine job, all pasted into the pair's one output."""
+    outcomes: list[Any] = [None] * len(pairs)
+    jobs: list[PairJob] = []
+    ready: list[tuple[int, Pair, PreparedPhoto, PreparedPhoto]] = []
+    for index, pair in enumerate(pairs):
+        try:
+            src = cache.get(pair.source, "source")
+            ref = cache.get(pair.reference, "reference")
+        except InputError as exc:
+            outcomes[index] = exc
+            continue
+        for face_index, face in enumerate(src.faces):
+            jobs.append(PairJob(face.state, ref.best.state, pair_seed(settings.seed, pair, face_index)))
+        ready.append((index, pair, src, ref))
+    if jobs:
+        results = iter(engine.transfer_batch(jobs))
+        for index, pair, src, ref in ready:
+            # Every face of this pair's source, in order: one result each.
+            mine = [next(results) for _ in src.faces]
+            seed = pair_seed(settings.seed, pair)
+            try:
+                outcomes[index] = _write_pair(out_dir, pair, src, ref, mine, settings, cache, seed)
+            except Exception as exc:  # recorded against this pair; the batch goes on
+                outcomes[index] = exc
+    engine_info = {k: v for k, v in engine.settings().items() if k in ("engine", "level", "steps")}
+    for outcome in outcomes:
+        if isinstance(outcome, tuple):
+            outcome[1].update(engine_info)
+    return outcomes
 
 
 def _write_pair(
