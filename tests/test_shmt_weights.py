@@ -25,9 +25,9 @@ def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_state_dicts(tiny_official_state_dicts: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """Official-style tiny state dicts (float32) with the EMA shadows (see tests/conftest.py)."""
-    return tiny_official_state_dicts
+def tiny_state_dicts(random_official_state_dicts: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Official-style tiny state dicts with random values and the EMA shadows (see tests/conftest.py)."""
+    return random_official_state_dicts
 
 
 def _save_lightning(path: Path, sd: dict[str, torch.Tensor], epoch: int = 700) -> Path:
@@ -50,8 +50,8 @@ def test_expected_full_layout_equals_official_state_dict(golden_dir: Path, varia
     assert W.expected_shapes(variant, "full") == official
 
 
-def test_expected_tiny_layout_equals_golden(tiny_state_dicts) -> None:
-    for variant, sd in tiny_state_dicts.items():
+def test_expected_tiny_layout_equals_golden(tiny_official_state_dicts) -> None:
+    for variant, sd in tiny_official_state_dicts.items():
         assert W.expected_shapes(variant, "tiny") == {k: tuple(v.shape) for k, v in sd.items()}
 
 
@@ -143,6 +143,24 @@ def test_import_splits_verifies_and_accounts_for_every_key(
     assert all(r.ok for r in W.verify_weights(out))
     assert [e.file for e in W.list_weights(out)] == ["shmt_h4.safetensors", W.VQ_FILE]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_imported_files_honour_the_umask(tmp_path: Path, h4_ckpt: Path) -> None:
+    # Weights in a shared folder must be readable by the machine's other users (umask 022 -> 0644),
+    # not private as mkstemp creates them.
+    previous = os.umask(0o022)
+    try:
+        import shmt_cli.atomic as atomic
+
+        saved, atomic._UMASK = atomic._UMASK, 0o022
+        try:
+            W.import_checkpoint(h4_ckpt, tmp_path / "w")
+        finally:
+            atomic._UMASK = saved
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "w").iterdir()}
+    assert modes == {"shmt_h4.safetensors": 0o644, W.VQ_FILE: 0o644, W.MANIFEST_NAME: 0o644}
 
 
 def test_second_variant_shares_the_vq_and_vq_loads(tmp_path: Path, h4_ckpt: Path, tiny_state_dicts) -> None:

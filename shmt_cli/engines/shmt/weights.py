@@ -20,17 +20,17 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from shmt_cli.atomic import atomic_path, write_json_atomic
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
 from shmt_cli.engines.shmt.unet import ema_key
@@ -346,32 +346,11 @@ def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> str:
-    """Write atomically (temp file in the same folder, then ``os.replace``); return the sha256."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    """Write atomically with the usual file permissions (see `shmt_cli.atomic`); return the sha256."""
+    with atomic_path(target) as tmp:
         save_file(_unshared(tensors), str(tmp), metadata=metadata)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
         digest = sha256_file(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return digest
-
-
-def _write_json(data: Any, target: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, WeightsEntry]:
@@ -388,7 +367,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, WeightsEntry]:
 
 def _write_manifest(directory: Path, entries: Mapping[str, WeightsEntry]) -> None:
     data = {"format": MANIFEST_FORMAT, "files": {name: asdict(e) for name, e in sorted(entries.items())}}
-    _write_json(data, directory / MANIFEST_NAME)
+    write_json_atomic(directory / MANIFEST_NAME, data, sort_keys=True)
 
 
 def _check_shapes(
