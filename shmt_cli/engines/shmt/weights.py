@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from shmt_cli.atomic import atomic_path, write_json_atomic
+from shmt_cli.checkpoint import CheckpointError, read_checkpoint
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
 from shmt_cli.engines.shmt.unet import ema_key
@@ -59,14 +58,6 @@ SIZE_BY_MODEL_CHANNELS: dict[int, SizeClass] = {224: "full", 32: "tiny"}
 MODEL_CHANNELS: dict[SizeClass, int] = {"full": 224, "tiny": 32}
 
 WEIGHTS_ENV = "SHMT_WEIGHTS"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weights folder that cannot be used; the message names the file."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file needs arbitrary-code unpickling; it was not loaded."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,54 +210,6 @@ def expected_shapes(variant: Variant, size: SizeClass) -> dict[str, tuple[int, .
 # Reading checkpoints
 
 
-@dataclass
-class Checkpoint:
-    """A state dict read from ``path``; ``epoch`` / ``global_step`` when it was a Lightning dict."""
-
-    path: Path
-    state_dict: dict[str, torch.Tensor]
-    epoch: int | None = None
-    global_step: int | None = None
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a Lightning checkpoint (``{"state_dict": ...}``) or a bare state dict, safely.
-
-    Uses ``torch.load(map_location="cpu", weights_only=True)``, memory-mapped for zip-format files.
-    Raises ``UnsafeCheckpointError`` when the file holds objects that only a full unpickler could
-    rebuild (such a file is never executed), ``CheckpointError`` for anything else unusable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"{path}: refused, the file contains pickled objects other than tensors and plain "
-            "containers, which could run arbitrary code when loaded. If you trust it, re-save only "
-            "its 'state_dict' with torch.save in a separate session and import that."
-        ) from err
-    except Exception as err:  # corrupt zip, truncated file, not a torch file, ...
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err})") from err
-
-    epoch = global_step = None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        epoch, global_step = obj.get("epoch"), obj.get("global_step")
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: neither a Lightning checkpoint with 'state_dict' nor a state dict")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: state dict entries that are not tensors: {not_tensors[:5]}")
-    return Checkpoint(
-        path=path,
-        state_dict=dict(obj),
-        epoch=epoch if isinstance(epoch, int) else None,
-        global_step=global_step if isinstance(global_step, int) else None,
-    )
-
-
 def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> Variant:
     """h0 / h4 from the input channels of the UNet's first conv (121 / 106)."""
     first = state_dict.get(FIRST_CONV)
@@ -403,7 +346,7 @@ def import_checkpoint(
     ``replace_vq``. Every checkpoint key is written or listed in ``ImportReport.ignored``;
     unknown keys, missing keys and wrong shapes raise ``CheckpointError`` before anything is written.
     """
-    checkpoint = read_checkpoint(ckpt)
+    checkpoint = read_checkpoint(ckpt, "SHMT")
     sd = checkpoint.state_dict
     source = checkpoint.path
     variant, size = detect_variant(sd), detect_size(sd)
@@ -445,7 +388,7 @@ def import_checkpoint(
 
     # VQ first: it may be refused, and then nothing is written.
     if vq_ckpt is not None:
-        vq_source = read_checkpoint(vq_ckpt)
+        vq_source = read_checkpoint(vq_ckpt, "VQ-f4")
         vq_input: Mapping[str, torch.Tensor] = vq_source.state_dict
         vq_name = vq_source.path.name
         for key in vq_keys:
