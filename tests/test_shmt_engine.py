@@ -21,8 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shmt_cli.decompose import FaceParts
-from shmt_cli.engines.base import PairJob
-from shmt_cli.engines.select import EngineUnavailable
+from shmt_cli.engines.base import EngineUnavailable, PairJob
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt import weights as W
 from shmt_cli.engines.shmt.engine import PairBatch, ShmtEngine, ShmtSettings, latent_noise, to_uint8_images
