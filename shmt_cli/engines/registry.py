@@ -36,7 +36,9 @@ def _shmt() -> EngineSpec:
     # Imported on use: the SHMT engine pulls in torch model code the classic path never needs.
     from shmt_cli.engines.shmt.engine import ShmtEngine, ShmtSettings
 
-    return EngineSpec("shmt", ShmtSettings, ShmtEngine.from_weights_dir)
+    return EngineSpec(
+        "shmt", ShmtSettings, lambda settings, folder: ShmtEngine.from_weights_dir(folder, settings)
+    )
 
 
 ENGINES: dict[str, Callable[[], EngineSpec]] = {"shmt": _shmt, "classic": _classic}
