@@ -6,7 +6,6 @@ Exit codes: 0 all done; 1 some inputs failed; 2 usage error; 3 the run could not
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import signal
@@ -252,21 +251,6 @@ def decompose(
     run_batch(job)
 
 
-def parse_strengths(text: str | None) -> dict[str, float]:
-    """`0.5` (every region) or `lips=1,skin=0.5` → per-region strengths."""
-    from shmt_cli.engines.classic import REGIONS
-
-    if not text:
-        return {}
-    try:
-        if "=" not in text:
-            return dict.fromkeys(REGIONS, float(text))
-        pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
-        return {name.strip(): float(value) for name, value in pairs}
-    except ValueError:
-        raise UsageError(f"--strength takes a number or region=number pairs, got {text!r}") from None
-
-
 @app.command()
 def transfer(
     output: OutDir,
@@ -367,14 +351,9 @@ def transfer(
     log: LogFile = None,
 ) -> None:
     """Put the makeup of each reference onto each source; results keep the source photo's size."""
-    from shmt_cli.engines.select import EngineRequest, EngineUnavailable, create_engine
-    from shmt_cli.executors import (
-        ExecutorOptions,
-        check_executor_options,
-        engine_from_request,
-        make_executor,
-    )
-    from shmt_cli.pipelines.transfer import PAIR_MODES, TransferSettings, run_transfer
+
+    from shmt_cli.executors import ExecutorOptions, check_executor_options, engine_by_name, make_executor
+    from shmt_cli.pipelines import transfer as tr
 
     def job() -> tuple[BatchRunner, Summary]:
         options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
@@ -388,41 +367,31 @@ def transfer(
             source_list += all_inputs(None, files_from, options)
             if not source_list:
                 raise UsageError(f"--files-from {files_from} lists no source photo")
-        if pairs in PAIR_MODES and (not source_list or not reference_list):
-            raise UsageError("give a source and a reference (file or folder), or --pairs FILE.csv")
-        wanted = frozenset(r.strip() for r in regions.split(",") if r.strip())
-        if not wanted:
-            # An empty list would "transfer" nothing and write copies of the sources with exit 0.
-            raise UsageError(f"--regions names no region (got {regions!r}), e.g. lips,eyes,skin,brows")
-        request = EngineRequest(
-            engine=engine,
-            level=level or "",
-            mix=mix,
-            steps=steps,
-            ida=ida,
-            ema_both=ema_both,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            compile=compile_model,
-            weights_dir=weights_dir,
-            regions=wanted,
-            strengths=parse_strengths(strength),
-        )
-        if out_format not in ("same", "png", "jpg", "webp"):
-            raise UsageError(f"--format must be same, png, jpg or webp; got {out_format!r}")
+        tr.check_pair_inputs(source_list, reference_list, pairs)
+        tr.check_output_format(out_format)
+        engine_options = {
+            "level": level,
+            "mix": mix,
+            "steps": steps,
+            "ida": ida,
+            "ema_both": ema_both,
+            "batch_size": batch_size,
+            "device": device,
+            "dtype": dtype,
+            "compile": compile_model,
+            "regions": tr.parse_regions(regions),
+            "strengths": tr.parse_strengths(strength),
+        }
         where = ExecutorOptions(executor, ray_address, gpus_per_worker, workers)
         check_executor_options(where)  # before the weights load
-        try:
-            chosen, note = create_engine(request)
-        except (EngineUnavailable, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+        chosen, note = tr.open_engine(engine, engine_options, weights_dir)
         # Workers build the engine chosen here (not `auto` again, which could choose differently there).
-        resolved = dataclasses.replace(request, engine=chosen.name)
-        runs_on = make_executor(where, functools.partial(engine_from_request, resolved))
+        runs_on = make_executor(
+            where, functools.partial(engine_by_name, chosen.name, engine_options, weights_dir)
+        )
         if not quiet:
             make_console().print(note)
-        settings = TransferSettings(
+        settings = tr.TransferSettings(
             pairs=pairs,
             seed=seed,
             crop=crop,
@@ -432,7 +401,7 @@ def transfer(
             quality=quality,
             keep_faces=cache,
         )
-        return run_transfer(source_list, reference_list, output, chosen, settings, options, runs_on)
+        return tr.run_transfer(source_list, reference_list, output, chosen, settings, options, runs_on)
 
     run_batch(job)
 
@@ -497,7 +466,8 @@ def evaluate(
         _check_report_path(plot, "--plot", PLOT_SUFFIXES)
     models = None
     if paper:
-        from shmt_cli.metrics.paper import CheckpointError, WeightsNotFoundError
+        from shmt_cli.checkpoint import CheckpointError
+        from shmt_cli.metrics.paper import WeightsNotFoundError
 
         try:
             models = ev.PaperModels.load(dino_weights, inception_weights, device)
@@ -573,7 +543,8 @@ def weights_import(
     ] = False,
 ) -> None:
     """Split official checkpoints into verified safetensors files (read with weights_only: no code runs)."""
-    from shmt_cli.engines.shmt.weights import CheckpointError, import_checkpoint
+    from shmt_cli.checkpoint import CheckpointError
+    from shmt_cli.engines.shmt.weights import import_checkpoint
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
     folder = resolve(weights_dir)
@@ -600,7 +571,8 @@ def weights_list(weights_dir: WeightsDir = None, json_out: JsonOut = False) -> N
     import json
     from dataclasses import asdict
 
-    from shmt_cli.engines.shmt.weights import CheckpointError, list_weights
+    from shmt_cli.checkpoint import CheckpointError
+    from shmt_cli.engines.shmt.weights import list_weights
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
     folder = resolve(weights_dir)

@@ -312,8 +312,8 @@ def test_classic_cold_start_imports_no_diffusers_and_prints_no_torch_warning(
 
     probe = (
         "import sys, warnings\n"
-        "from shmt_cli.engines.select import EngineRequest, create_engine\n"
-        f"create_engine(EngineRequest(engine='auto', weights_dir={str(tmp_path)!r}))\n"
+        "from shmt_cli.engines.registry import create_engine\n"
+        f"create_engine('auto', {{}}, __import__('pathlib').Path({str(tmp_path)!r}))\n"
         "import shmt_cli.pipelines.transfer\n"
         "print('diffusers' in sys.modules)\n"
     )

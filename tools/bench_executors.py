@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from shmt_cli.batch import RunOptions
-from shmt_cli.engines.select import EngineRequest, create_engine
-from shmt_cli.executors import ExecutorOptions, engine_from_request, make_executor
+from shmt_cli.engines.registry import create_engine
+from shmt_cli.executors import ExecutorOptions, engine_by_name, make_executor
 from shmt_cli.pipelines.transfer import TransferSettings, run_transfer
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
@@ -62,9 +62,9 @@ def write_pairs(path: Path, sources: Path, references: Path, job: str) -> Path:
 
 def timed_run(pairs_csv: Path, out: Path, executor: ExecutorOptions) -> tuple[float, int]:
     """(wall seconds, pairs done) of one transfer into a fresh folder."""
-    request = EngineRequest(engine="classic", level="h2")
-    engine, _ = create_engine(request)
-    runs_on = make_executor(executor, functools.partial(engine_from_request, request))
+    engine_options = {"level": "h2"}
+    engine, _ = create_engine("classic", engine_options)
+    runs_on = make_executor(executor, functools.partial(engine_by_name, "classic", engine_options, None))
     options = RunOptions(quiet=True)
     started = time.perf_counter()
     settings = TransferSettings(pairs=str(pairs_csv))

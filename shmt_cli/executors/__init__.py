@@ -7,15 +7,15 @@ imported, so the core install never imports ray.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shmt_cli.inputs import UsageError
 
 if TYPE_CHECKING:
     from shmt_cli.engines.base import Engine
-    from shmt_cli.engines.select import EngineRequest
     from shmt_cli.pipelines.transfer import PairExecutor
 
 EXECUTORS = ("local", "ray")
@@ -32,11 +32,12 @@ class ExecutorOptions:
     workers: int | None = None
 
 
-def engine_from_request(request: EngineRequest) -> Engine:
-    """The engine a request names: what each worker builds for itself (with functools.partial)."""
-    from shmt_cli.engines.select import create_engine
+def engine_by_name(name: str, options: Mapping[str, Any], weights_dir: Path | None) -> Engine:
+    """The engine `name` with `options` (see engines.registry): what each worker builds for itself
+    (with functools.partial, so it pickles)."""
+    from shmt_cli.engines.registry import create_engine
 
-    return create_engine(request)[0]
+    return create_engine(name, options, weights_dir)[0]
 
 
 def check_executor_options(options: ExecutorOptions) -> None:
