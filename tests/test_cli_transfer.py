@@ -59,6 +59,15 @@ def test_auto_picks_classic_without_weights(tmp_path: Path) -> None:
     assert engine.name == "classic" and "no SHMT weights" in note
 
 
+def test_auto_refuses_a_bad_option_of_the_engine_it_did_not_pick(tmp_path: Path) -> None:
+    # auto picks classic here, but --steps 0 would break the day SHMT weights are installed.
+    with pytest.raises(ValueError, match="--steps"):
+        create_engine("auto", {"steps": 0}, tmp_path)
+    # --level is per engine: a classic level is not checked against the shmt engine.
+    engine, _ = create_engine("auto", {"level": "h3"}, tmp_path)
+    assert engine.name == "classic" and engine.uses_seed is False
+
+
 def test_shmt_engine_without_weights_is_a_usage_error(folders: tuple[Path, Path], tmp_path: Path) -> None:
     sources, references = folders
     args = ["transfer", str(sources), str(references), "-o", str(tmp_path / "o"), "--engine", "shmt"]
