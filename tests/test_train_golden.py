@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from shmt_cli.representations import one_hot, to_unit_range
 from shmt_cli.training import objective as O
+from shmt_cli.training.augment import draw_detail_scale
 from shmt_cli.training.ema import UnetEma
 from shmt_cli.training.optim import make_optimizer, trainable_parameters
 from shmt_cli.training.starting import from_weights
@@ -102,7 +103,7 @@ def step(request, train_dir: Path, tiny_weights_dir: Path) -> StepRun:
     ema.load_shadows(start.ema_shadows, start.ema_updates)
     optimizer = make_optimizer(model, lr=LR)
     schedule = O.Schedule()
-    scale = O.jitter_scale(float(io["in.jitter_uniform_draws"][-1]))
+    scale = float(io["in.jitter_scale"])
     micro = MicroBatch(golden_batch(train_dir), Draws(io["step.t"], io["step.eps"], scale))
     level = 4 if variant == "h4" else 0
     named = official_names(model)
@@ -130,9 +131,13 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_model_inputs(step: StepRun) -> None:
     io, inputs = step.io, step.inputs
-    assert O.jitter_scale(float(io["in.jitter_uniform_draws"][-1])) == float(
-        torch.tensor(float(io["in.jitter_scale"]), dtype=torch.float32)
-    )
+
+    class StoredDraw:  # stands in for the generator: returns the official uniform(-1, 1) draw
+        def uniform(self, low: float, high: float) -> float:
+            assert (low, high) == (-1.0, 1.0)
+            return float(io["in.jitter_uniform_draws"][-1])
+
+    assert draw_detail_scale(StoredDraw()) == float(io["in.jitter_scale"])  # type: ignore[arg-type]
     for ours, key in (
         (inputs.z0, "in.z0"),
         (inputs.denoiser.z_bg, "in.z_bg"),

@@ -3,9 +3,9 @@
 Per batch:
 
 1. `model_inputs`: z0 = E(GT), z_bg = E(I_bg), z_ref = E(I_m) with the frozen VQ (unquantised, scale 1);
-   the texture detail s·h_level mapped to 64² (s = the batch's amplitude jitter, see `jitter_scale`),
+   the texture detail s·h_level mapped to 64² (s = the batch's amplitude jitter),
    C = cat[detail, unshuffle4(render)], U_m = unshuffle4(I_m), M64, 64² one-hots, and the L_corr target
-   GT ⊙ M_s.
+   GT ⊙ M_s. (The jitter s is drawn by the caller: `augment.draw_detail_scale`.)
 2. `training_losses`: z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε, the denoiser in the "train" IDA form, then
    L_simple = mean_b mean_chw (ε̂ − ε)², L_corr = mean_b mean_chw (shuffle4(Â[3:51]) − GT ⊙ M_s)²,
    L = L_simple + L_corr. (The official per-sample division by exp(logvar_t) and the VLB term have
@@ -43,21 +43,8 @@ BATCH_KEYS = (
     "source_face_seg",
 )
 NUM_TIMESTEPS = 1000
-#: Amplitude jitter s = JITTER_CENTER + JITTER_HALF_WIDTH·u, u ~ U(−1, 1): s in [0.2, 1.0] (spec §1.7).
-JITTER_CENTER, JITTER_HALF_WIDTH = 0.6, 0.4
 #: Weights of the two loss terms (official `l_simple_weight` and the correspondence loss weight).
 SIMPLE_WEIGHT, CORR_WEIGHT = 1.0, 1.0
-
-
-def jitter_scale(u: float) -> float:
-    """s = 0.6 + 0.4·u for a draw u in [−1, 1], rounded to float32 as the product with a float32 level is.
-
-    The official code multiplies the float32 band by the Python float s; that equals multiplying by
-    float32(s), so returning the float32 value keeps any later arithmetic identical.
-    """
-    if not -1.0 <= u <= 1.0:
-        raise ValueError(f"jitter draw must be in [-1, 1], got {u}")
-    return float(np.float32(JITTER_CENTER + JITTER_HALF_WIDTH * u))
 
 
 @dataclass
@@ -82,7 +69,8 @@ def model_inputs(
 ) -> TrainInputs:
     """The official `get_input` on a collated batch (see the module docstring); no gradients.
 
-    `level` is the Laplacian level of the variant (0 or 4); `scale` the amplitude jitter s (1 = none).
+    `level` is the Laplacian level of the variant (0 or 4); `scale` the amplitude jitter s (1 = none),
+    applied as float32(s): the official float32 band × Python float rounds exactly like that.
     Tensors are moved to the VQ's device and cast to float32.
     """
     _require(batch)
@@ -92,7 +80,7 @@ def model_inputs(
     z0 = vqmod.encode(vq, gt).float()
     z_bg = vqmod.encode(vq, b["source_bg"]).float()
     z_ref = vqmod.encode(vq, b["ref_face"]).float()
-    detail = detail_64(b["source_face_gray"], level, scale)
+    detail = detail_64(b["source_face_gray"], level, float(np.float32(scale)))
     inputs = DenoiserInputs(
         z_bg=z_bg,
         content=content_tensor(detail, b["source_depth"]),

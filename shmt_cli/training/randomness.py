@@ -1,96 +1,64 @@
-"""Counter-based randomness of a training run: every draw is a pure function of (seed, what, counters).
+"""The model-side random draws of a training run, each a pure function of (seed, stream, counters).
 
-Nothing random depends on how many draws happened before, so a run resumed from a checkpoint at step n
-draws exactly what an uninterrupted run draws from step n on (no RNG state to save), and the draws of a
-sample do not depend on which process or micro-batch handles it, so 2 processes × batch 1 see the same
-samples, timesteps and noise as 1 process × batch 2.
+The data side (order of the samples, their augmentation) is `dataset.SampleStream` / `item_rng`: global
+stream position p is read by process p mod W, and process r's j-th sample is position r + W·j. The
+draws here follow the same positions, so nothing random depends on how many draws came before: a run
+resumed at step n draws exactly what an uninterrupted run draws from step n on (no RNG state to save),
+and 2 processes × batch 1 see the same samples, timesteps and noise as 1 process × batch 2.
 
-The sample stream: optimizer step n consumes the global batch positions q = n·G … n·G + G − 1 with
-G = batch × processes × accumulation; q runs through the dataset epoch by epoch, each epoch in its own
-seeded permutation. Position k = q − n·G is handled by micro-batch k // (batch × processes) on process
-(k // batch) mod processes.
+* t ~ U{0..999} and ε ~ N(0, I) per sample, from (seed, NOISE, global position);
+* the amplitude jitter s, one per global micro-batch as the official one per batch, from
+  (seed, JITTER, step·accumulation + micro-batch), shared by every process;
+* validation: fixed t, ε per validation item and a fixed s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from shmt_cli.training.objective import NUM_TIMESTEPS, jitter_scale
+from shmt_cli.training.augment import draw_detail_scale
+from shmt_cli.training.objective import NUM_TIMESTEPS
 from shmt_cli.training.step import Draws
 
-# Stream tags: independent streams for independent purposes.
-ORDER, AUGMENT, NOISE, JITTER, VALIDATION = 1, 2, 3, 4, 5
+# Stream ids, distinct from the data streams of `dataset` (0..2).
+NOISE, JITTER, VALIDATION_NOISE = 10, 11, 12
 
 
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from non-negative integers (numpy SeedSequence hashing)."""
-    if any(p < 0 for p in parts):
-        raise ValueError(f"seed parts must be non-negative, got {parts}")
-    words = np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng(list(parts))
 
 
-def generator(*parts: int) -> torch.Generator:
-    """A CPU torch generator seeded with `derived_seed(*parts)`."""
-    return torch.Generator("cpu").manual_seed(derived_seed(*parts))
+def _torch_generator(*parts: int) -> torch.Generator:
+    seed = int(_rng(*parts).integers(0, 2**63 - 1))
+    return torch.Generator("cpu").manual_seed(seed)
 
 
-@dataclass(frozen=True)
-class Stream:
-    """The sample stream of a run over a dataset of `size` items (module docstring)."""
-
-    seed: int
-    size: int
-    batch: int
-    processes: int = 1
-    grad_accum: int = 1
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch * self.processes * self.grad_accum
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        """(size,) int64 permutation of the dataset for `epoch`."""
-        return torch.randperm(self.size, generator=generator(self.seed, ORDER, epoch))
-
-    def item(self, position: int) -> int:
-        """Dataset index at stream position `position`."""
-        epoch, offset = divmod(position, self.size)
-        return int(self.epoch_order(epoch)[offset])
-
-    def positions(self, step: int, micro: int, rank: int) -> list[int]:
-        """Stream positions of (optimizer step, micro-batch, process), `batch` of them."""
-        if not (0 <= micro < self.grad_accum and 0 <= rank < self.processes):
-            raise ValueError(f"micro {micro} / rank {rank} outside {self.grad_accum} / {self.processes}")
-        first = step * self.global_batch + (micro * self.processes + rank) * self.batch
-        return list(range(first, first + self.batch))
-
-    def augment_seed(self, position: int) -> int:
-        """Seed of the augmentation of the sample at stream `position`."""
-        return derived_seed(self.seed, AUGMENT, position)
-
-
-def sample_noise(seed: int, tag: int, index: int, latent_shape: tuple[int, ...]) -> tuple[int, torch.Tensor]:
-    """t in 0..999 and ε (latent_shape) float32 of one sample (`index` = stream position or val index)."""
-    g = generator(seed, tag, index)
+def sample_noise(
+    seed: int, stream: int, index: int, latent_shape: tuple[int, ...]
+) -> tuple[int, torch.Tensor]:
+    """t in 0..999 and ε (latent_shape) float32 of one sample (`index`: global position or val item)."""
+    g = _torch_generator(stream, seed, index)
     t = int(torch.randint(0, NUM_TIMESTEPS, (1,), generator=g))
     return t, torch.randn(latent_shape, generator=g)
 
 
-def batch_jitter(seed: int, tag: int, index: int) -> float:
-    """The amplitude jitter s of one micro-batch: u ~ U(−1, 1) → s = 0.6 + 0.4·u (float32)."""
-    u = float(torch.rand((), generator=generator(seed, tag, index), dtype=torch.float64)) * 2.0 - 1.0
-    return jitter_scale(u)
+def stream_positions(
+    step: int, micro: int, rank: int, batch: int, processes: int, grad_accum: int
+) -> list[int]:
+    """Global stream positions of the `batch` samples process `rank` trains on in (step, micro-batch)."""
+    if not (0 <= micro < grad_accum and 0 <= rank < processes):
+        raise ValueError(f"micro-batch {micro} / rank {rank} outside {grad_accum} / {processes}")
+    first = (step * grad_accum + micro) * batch
+    return [rank + processes * (first + i) for i in range(batch)]
 
 
-def training_draws(stream: Stream, step: int, micro: int, rank: int, latent_shape: tuple[int, ...]) -> Draws:
-    """t, ε per sample and the batch jitter of one micro-batch; the jitter is shared by all processes
-    (one scalar per global micro-batch, as the official one per batch)."""
-    pairs = [sample_noise(stream.seed, NOISE, q, latent_shape) for q in stream.positions(step, micro, rank)]
-    jitter = batch_jitter(stream.seed, JITTER, step * stream.grad_accum + micro)
+def training_draws(
+    seed: int, positions: list[int], step: int, micro: int, grad_accum: int, latent_shape: tuple[int, ...]
+) -> Draws:
+    """t, ε of the samples at `positions` and the jitter of global micro-batch (step, micro)."""
+    pairs = [sample_noise(seed, NOISE, p, latent_shape) for p in positions]
+    jitter = draw_detail_scale(_rng(JITTER, seed, step * grad_accum + micro))
     return Draws(
         t=torch.tensor([t for t, _ in pairs], dtype=torch.int64),
         eps=torch.stack([e for _, e in pairs]),
@@ -98,11 +66,11 @@ def training_draws(stream: Stream, step: int, micro: int, rank: int, latent_shap
     )
 
 
-def validation_draws(seed: int, indices: list[int], latent_shape: tuple[int, ...]) -> Draws:
-    """Fixed t, ε and jitter for validation items `indices` (the same at every validation)."""
-    pairs = [sample_noise(seed, VALIDATION, i, latent_shape) for i in indices]
+def validation_draws(seed: int, items: list[int], latent_shape: tuple[int, ...]) -> Draws:
+    """Fixed t, ε for validation items `items` and a fixed jitter (the same at every validation)."""
+    pairs = [sample_noise(seed, VALIDATION_NOISE, i, latent_shape) for i in items]
     return Draws(
         t=torch.tensor([t for t, _ in pairs], dtype=torch.int64),
         eps=torch.stack([e for _, e in pairs]),
-        jitter_scale=batch_jitter(seed, VALIDATION, indices[0]),
+        jitter_scale=draw_detail_scale(_rng(VALIDATION_NOISE, seed)),
     )
