@@ -470,6 +470,9 @@ def train(
         int | None, typer.Option("--validation-size", help="Fixed validation self-pairs (0: none).")
     ] = None,
     keep: Annotated[int | None, typer.Option("--keep", help="Checkpoints to keep (newest).")] = None,
+    grid_steps: Annotated[
+        int | None, typer.Option("--grid-steps", help="DDIM steps of the sample grids (default 20).")
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Data loader processes.")] = None,
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu, cuda (torchrun: one GPU each).")
@@ -505,6 +508,7 @@ def train(
         validate_every=validate_every,
         validation_size=validation_size,
         keep_checkpoints=keep,
+        grid_steps=grid_steps,
         workers=workers,
         device=device,
         force_config=force_config,

@@ -38,13 +38,19 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return random_weights_dir(tmp_path_factory.mktemp("random_weights"))
 
 
+def worker_command(weights: Path, run: Path) -> list[str]:
+    """The training command of these tests (a subprocess, one thread: same arithmetic every time)."""
+    return [sys.executable, str(WORKER), "train", str(weights), str(run), str(STEPS)]
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Path:
     """A run of STEPS steps with validation and a grid at the end, never interrupted."""
-    run = tmp_path_factory.mktemp("uninterrupted")
-    config = tiny_config(str(weights), STEPS, validation_size=2, validate_every=STEPS)
-    result = Trainer(config, run, SyntheticTrainSet(), SyntheticValidationSet()).run()
-    assert (result.first_step, result.last_step) == (0, STEPS)
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(worker_command(weights, run), env=ONE_THREAD, check=True)
     return run
 
 
@@ -60,9 +66,8 @@ def test_kill_9_then_same_command_continues_the_run(
     tmp_path: Path, weights: Path, uninterrupted: Path
 ) -> None:
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(WORKER), "train", str(weights), str(run), str(STEPS)]
-    process = subprocess.Popen(command, env=env)
+    command = worker_command(weights, run)
+    process = subprocess.Popen(command, env=ONE_THREAD)
     first = run / ckpt.CHECKPOINTS / ckpt.step_dir_name(1)
     deadline = time.monotonic() + 600
     while not first.is_dir() and process.poll() is None and time.monotonic() < deadline:
@@ -74,7 +79,7 @@ def test_kill_9_then_same_command_continues_the_run(
     assert done is not None and done[0] < STEPS
 
     # The same command again: continues from the newest checkpoint, to the end.
-    subprocess.run(command, env=env, check=True)
+    subprocess.run(command, env=ONE_THREAD, check=True)
     resumed = train_losses(run)
     assert [step for step, _, _ in resumed] == list(range(1, STEPS + 1))  # each step once, none lost
     # The loss curve continues exactly where the uninterrupted run's goes (same draws, same state).
@@ -85,11 +90,11 @@ def test_kill_9_then_same_command_continues_the_run(
 
 
 def test_changed_configuration_is_refused_unless_forced(uninterrupted: Path, weights: Path) -> None:
-    changed = tiny_config(str(weights), STEPS, validation_size=2, validate_every=STEPS, lr=1e-4)
+    changed = tiny_config(str(weights), STEPS, lr=1e-4)
     with pytest.raises(ConfigMismatch, match="lr"):
         Trainer(changed, uninterrupted, SyntheticTrainSet(), SyntheticValidationSet()).run()
     # Schedule settings may change: more steps continue the same run.
-    longer = tiny_config(str(weights), STEPS, validation_size=2, validate_every=STEPS, checkpoint_every=7)
+    longer = tiny_config(str(weights), STEPS, checkpoint_every=7)
     result = Trainer(longer, uninterrupted, SyntheticTrainSet(), SyntheticValidationSet()).run()
     assert result.first_step == result.last_step == STEPS  # nothing left to do
 
@@ -163,9 +168,8 @@ def test_gradient_accumulation_equals_the_larger_batch(weights: Path) -> None:
 def test_two_processes_batch_1_equal_one_process_batch_2(weights: Path, tmp_path: Path) -> None:
     """torchrun + DDP (gloo): the averaged gradient of 2 × batch 1 equals 1 × batch 2."""
     out = tmp_path / "ddp_grads.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    subprocess.run([*command, str(WORKER), "grads", str(weights), str(out), "1"], env=env, check=True)
+    subprocess.run([*command, str(WORKER), "grads", str(weights), str(out), "1"], env=ONE_THREAD, check=True)
     ddp = torch.load(out, weights_only=True)
     start = from_weights(weights, "h4")
     accumulate_gradients(

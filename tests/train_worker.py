@@ -37,8 +37,8 @@ def tiny_config(weights: str, max_steps: int, **changes: object) -> TrainConfig:
         "batch": 2,
         "max_steps": max_steps,
         "checkpoint_every": 1,
-        "validate_every": 1000,
-        "validation_size": 0,
+        "validate_every": max_steps,  # validation loss and a grid at the end
+        "validation_size": 2,
         "keep_checkpoints": 5,
         "grid_steps": 2,
     }
