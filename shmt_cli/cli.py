@@ -373,7 +373,8 @@ def evaluate(
         _check_report_path(plot, "--plot", PLOT_SUFFIXES)
     models = None
     if paper:
-        from shmt_cli.metrics.paper import CheckpointError, WeightsNotFoundError
+        from shmt_cli.checkpoint import CheckpointError
+        from shmt_cli.metrics.paper import WeightsNotFoundError
 
         try:
             models = ev.PaperModels.load(dino_weights, inception_weights, device)
@@ -556,7 +557,8 @@ def weights_import(
     ] = False,
 ) -> None:
     """Split official checkpoints into verified safetensors files (read with weights_only: no code runs)."""
-    from shmt_cli.engines.shmt.weights import CheckpointError, import_checkpoint
+    from shmt_cli.checkpoint import CheckpointError
+    from shmt_cli.engines.shmt.weights import import_checkpoint
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
     folder = resolve(weights_dir)
@@ -611,7 +613,8 @@ def weights_list(weights_dir: WeightsDir = None, json_out: JsonOut = False) -> N
     import json
     from dataclasses import asdict
 
-    from shmt_cli.engines.shmt.weights import CheckpointError, list_weights
+    from shmt_cli.checkpoint import CheckpointError
+    from shmt_cli.engines.shmt.weights import list_weights
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
     folder = resolve(weights_dir)

@@ -376,11 +376,11 @@ def test_settings_are_validated() -> None:
     assert ShmtSettings().level == ""
 
 
-def test_default_level_and_missing_weights(tiny_weights_dir: Path, tmp_path: Path) -> None:
+def test_default_level_and_missing_weights(random_weights_dir: Path, tmp_path: Path) -> None:
     h4_only = tmp_path / "h4only"
     h4_only.mkdir()
     for name in ("shmt_h4.safetensors", W.VQ_FILE, W.MANIFEST_NAME):
-        (h4_only / name).write_bytes((tiny_weights_dir / name).read_bytes())
+        (h4_only / name).write_bytes((random_weights_dir / name).read_bytes())
     engine = ShmtEngine.from_weights_dir(h4_only, ShmtSettings(device="cpu"))  # h0 listed, file absent
     assert engine.level == "h4" and set(engine.models) == {"h4"}
     assert engine.settings()["unet_weights"] == {"h4": "ema"}
@@ -397,7 +397,7 @@ def test_default_level_and_missing_weights(tiny_weights_dir: Path, tmp_path: Pat
     assert bf16.models["h4"].denoiser.ida.ref_enc[0].model[1].weight.dtype == torch.float32
     assert bf16.settings()["dtype"] == "bf16"
 
-    mix = ShmtEngine.from_weights_dir(tiny_weights_dir, ShmtSettings(device="cpu", steps=3))
+    mix = ShmtEngine.from_weights_dir(random_weights_dir, ShmtSettings(device="cpu", steps=3))
     settings = mix.settings()
     assert settings["engine"] == "shmt" and settings["level"] == "mix" and settings["mix"] == 0.5
     assert settings["steps"] == 3 and set(settings["weights"]) == {

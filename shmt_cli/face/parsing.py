@@ -36,11 +36,22 @@ import cv2
 import numpy as np
 from PIL import Image
 
-NUM_CLASSES = 19
-
-BACKGROUND, SKIN, NOSE, GLASSES = 0, 1, 2, 3
-L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = 4, 5, 6, 7, 8, 9
-MOUTH, U_LIP, L_LIP, HAIR, HAT, EARRING, NECKLACE, NECK, CLOTH = 10, 11, 12, 13, 14, 15, 16, 17, 18
+from shmt_cli.face.labels import (
+    HAIR,
+    L_BROW,
+    L_EAR,
+    L_EYE,
+    L_LIP,
+    MOUTH,
+    NECK,
+    NOSE,
+    NUM_LABELS,
+    R_BROW,
+    R_EAR,
+    R_EYE,
+    SKIN,
+    U_LIP,
+)
 
 # --- Global shape parameters. Lengths are in interocular distances (iod) in the face frame (u along
 # the eye line, v perpendicular and pointing down). They were fitted once by coordinate search on the
@@ -936,7 +947,7 @@ _BISENET_TO_CELEBAMASK = np.array(
 _MT_TO_CELEBAMASK = np.array([0, 1, 6, 7, 4, 5, 2, 11, 10, 12, 13, 8, 9, 17], np.uint8)
 
 LABEL_ORDERS: dict[str, np.ndarray] = {
-    "celebamask": np.arange(NUM_CLASSES, dtype=np.uint8),
+    "celebamask": np.arange(NUM_LABELS, dtype=np.uint8),
     "bisenet": _BISENET_TO_CELEBAMASK,
     "mt": _MT_TO_CELEBAMASK,
 }

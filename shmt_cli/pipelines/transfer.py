@@ -19,29 +19,24 @@ from typing import Any
 import cv2
 import numpy as np
 
+from shmt_cli.atomic import write_bytes_atomic, write_json_atomic
 from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
 from shmt_cli.decompose import FaceParts, analyse_face, load_parts, save_parts
 from shmt_cli.engines.base import Engine, PairJob
 from shmt_cli.face.align import AlignedFace, crop_face, paste_back
 from shmt_cli.face.detect import default_detector
-from shmt_cli.imageio import (
-    IMAGE_EXTENSIONS,
-    InputError,
-    encode_image,
-    read_image,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from shmt_cli.face.labels import EYES_MOUTH_LABELS, FACE_LABELS
+from shmt_cli.imageio import IMAGE_EXTENSIONS, InputError, encode_image, read_image
 from shmt_cli.inputs import InputFile, UsageError, collect_inputs, display_path, output_file
 from shmt_cli.pipelines import refuse_output_as_input
 from shmt_cli.pipelines.faces import has_sidecar, read_aligned_face
-from shmt_cli.representations import FACE_LABELS, IMAGE_SIZE
+from shmt_cli.representations import IMAGE_SIZE
 
 PAIR_MODES = ("all", "zip")
 FACE_CACHE_SIZE = 256
 FACES_DIR = "faces"
 # The face interior the engines may change: face-mask labels plus eyes and inner mouth.
-PASTE_LABELS = (*FACE_LABELS, 4, 5, 10)
+PASTE_LABELS = (*FACE_LABELS, *EYES_MOUTH_LABELS)
 
 
 @dataclass(frozen=True)

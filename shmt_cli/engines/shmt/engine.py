@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from shmt_cli.checkpoint import CheckpointError
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import Engine, PairJob
 from shmt_cli.engines.select import EngineUnavailable
@@ -297,7 +298,7 @@ class ShmtEngine(Engine):
         folder = W.weights_dir(directory)
         try:
             manifest = W.read_manifest(folder)
-        except W.CheckpointError as err:
+        except CheckpointError as err:
             raise EngineUnavailable(str(err)) from None
         installed = {
             e.variant: e
