@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shmt_cli.imageio import write_json_atomic
+from shmt_cli.atomic import write_json_atomic
 from shmt_cli.training.optim import default_lr
 
 CONFIG_NAME = "config.json"

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shmt_cli.imageio import write_bytes_atomic
+from shmt_cli.atomic import write_bytes_atomic
 
 METRICS_NAME = "metrics.jsonl"
 

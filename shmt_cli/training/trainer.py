@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from shmt_cli.atomic import atomic_path
 from shmt_cli.engines.shmt import weights as W
 from shmt_cli.imageio import write_image_atomic
 from shmt_cli.lock import OutputLock
@@ -137,9 +138,8 @@ class Trainer:
         """RUN/vq_f4.safetensors (copied once from the starting point), which checkpoints hard-link."""
         target = self.run_dir / ckpt.RUN_VQ
         if not target.is_file():
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copy2(source, tmp)
-            tmp.replace(target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
         return target
 
     # -- the loop ----------------------------------------------------------------------------------

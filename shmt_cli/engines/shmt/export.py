@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from shmt_cli.atomic import atomic_write
 from shmt_cli.engines.shmt import weights as W
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
-from shmt_cli.imageio import _atomic_write
 
 
 def official_state_dict(
@@ -54,5 +54,5 @@ def export_official(
     step = next((e.global_step for e in models if variant in (None, e.variant)), None)
     checkpoint = {"state_dict": state, "global_step": step, "epoch": None}
     # Streamed into the temporary file (a full model is GBs; no in-memory copy of the bytes).
-    _atomic_write(Path(target), lambda handle: torch.save(checkpoint, handle))
+    atomic_write(target, lambda handle: torch.save(checkpoint, handle))
     return len(state)
