@@ -2,8 +2,8 @@
 
 Fed the stored batch, t, ε and jitter draw, with the tiny weights imported by `shmt weights import`,
 the step must reproduce the official get_input products, z_t, w, Â, ε̂, the losses, the gradients,
-the AdamW step and the EMA update within the README's tolerances, for SHMT-h4 and SHMT-h0; and the
-first entries of the 20-step loss curve (all 21: tools/train_golden_curve.py, ~10 min on 2 cores).
+the AdamW step and the EMA update within the README's tolerances, for SHMT-h4 and SHMT-h0; and
+entry 1 of the 20-step loss curve (all 21 entries: tools/train_golden_curve.py, about 21 steps per variant).
 
 Deviation from the README: z0/z_bg/z_ref are checked at atol 2e-5 instead of 1e-5. Our VQ encoder
 (diffusers layout, see vq.py) differs from the official float32 one by up to 1.2e-5 on this batch
@@ -165,7 +165,7 @@ def test_noisy_latent_ida_and_epsilon(step: StepRun) -> None:
     assert max_abs(out.w, io["ida.w"]) < 1e-6
     a_hat = io["ida.A_hat"]
     assert max_abs(out.warped, a_hat[:, :51]) < 2e-3
-    assert float(((out.warped - a_hat[:, :51]) ** 2).mean().sqrt()) < 1e-4
+    assert float(((out.warped.detach() - a_hat[:, :51]) ** 2).mean().sqrt()) < 1e-4
     assert max_abs(out.coords, a_hat[:, 51:]) < 2e-3
     assert max_abs(out.eps, io["unet.eps_hat"]) < 5e-4
 
@@ -303,7 +303,7 @@ def test_ema_end_to_end(step: StepRun) -> None:
 # --- the loss curve ----------------------------------------------------------------------------------
 
 
-CURVE_ENTRIES_IN_SUITE = 2  # entries 1 and 2 here (entry 0 is test_losses); all 21 in tools/
+CURVE_ENTRIES_IN_SUITE = 1  # entry 1 here (entry 0 is test_losses); all 21 in tools/train_golden_curve.py
 
 
 def test_loss_curve_first_entries(step: StepRun) -> None:
