@@ -54,7 +54,7 @@ def draw_loss_plot(records: Sequence[dict[str, Any]], title: str = "shmt train")
     records (see `metrics`)."""
     canvas = np.full((HEIGHT, WIDTH, 3), 255, np.uint8)
     train_x, train_y = _series(records, "train", "loss")
-    smooth = moving_average(train_y, max(1, train_y.size // 50))
+    smooth = moving_average(train_y, max(1, round(train_y.size**0.5)))
     val_x, val_y = _series(records, "val", "loss")
     ema_x, ema_y = _series(records, "val", "loss_ema")
     all_y = np.concatenate([train_y, val_y, ema_y])
