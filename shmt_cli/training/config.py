@@ -12,7 +12,7 @@ Two kinds of settings:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grid_steps: int = 20
     workers: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.data:
