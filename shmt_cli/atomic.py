@@ -67,7 +67,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
     """Call `write(handle)` on a binary handle of a temporary file, then publish it as `path`."""
-    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+    with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
         write(handle)
 
 

@@ -21,8 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shmt_cli.decompose import FaceParts
-from shmt_cli.engines.base import PairJob
-from shmt_cli.engines.select import EngineUnavailable
+from shmt_cli.engines.base import EngineUnavailable, PairJob
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt import weights as W
 from shmt_cli.engines.shmt.engine import PairBatch, ShmtEngine, ShmtSettings, latent_noise, to_uint8_images
@@ -115,12 +114,16 @@ def golden_batch(mix_engine: ShmtEngine, golden_jobs: list[PairJob], inputs: dic
 # Golden parity
 
 
+# float32 convolution noise across CPUs; see tests/test_shmt_vq.py.
+LATENT_ATOL = 2e-5
+
+
 def test_prepared_latents_match_official_encoder(golden_jobs: list[PairJob], golden_io: dict) -> None:
     io = golden_io["h4"]
     z_bg = torch.cat([job.source.z_bg for job in golden_jobs])
     z_ref = torch.cat([job.reference.z_ref for job in golden_jobs])
-    assert _record("z_bg", (z_bg - io["enc.z_bg"]).abs().max().item()) <= 1e-5
-    assert _record("z_ref", (z_ref - io["enc.z_ref_LF"]).abs().max().item()) <= 1e-5
+    assert _record("z_bg", (z_bg - io["enc.z_bg"]).abs().max().item()) <= LATENT_ATOL
+    assert _record("z_ref", (z_ref - io["enc.z_ref_LF"]).abs().max().item()) <= LATENT_ATOL
 
 
 @pytest.mark.parametrize("level", ["h4", "h0"])

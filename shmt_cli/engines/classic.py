@@ -108,7 +108,9 @@ class ClassicParams:
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+            raise ValueError(
+                f"--level {self.level!r} is not a classic level (choose from {', '.join(LEVELS)})"
+            )
         regions = frozenset(self.regions)
         unknown = (regions | set(self.strengths)) - set(REGIONS)
         if unknown:
@@ -480,30 +482,3 @@ def transfer_prepared(
     result_window = result[window]
     result_window[painted] = lab_to_rgb(result_lab[painted])
     return result
-
-
-def transfer_classic(
-    src_rgb: np.ndarray,
-    src_labels: np.ndarray,
-    src_landmarks: np.ndarray,
-    ref_rgb: np.ndarray,
-    ref_labels: np.ndarray,
-    ref_landmarks: np.ndarray,
-    params: ClassicParams | None = None,
-) -> np.ndarray:
-    """Classic makeup transfer on aligned crops of equal size (256x256 in the pipeline).
-
-    Images (H, W, 3) uint8 RGB, labels (H, W) uint8 CelebAMask-HQ ids, landmarks (68, 2) float (x, y).
-    Returns the source wearing the reference's makeup, (H, W, 3) uint8 RGB. For many sources per
-    reference, call `prepare_reference` once and `transfer_prepared` per source.
-    """
-    source = prepare_source(src_rgb, src_labels, src_landmarks)
-    reference = prepare_reference(ref_rgb, ref_labels, ref_landmarks)
-    return transfer_prepared(source, reference, params)
-
-
-def transfer_many(
-    sources: Iterable[PreparedSource], reference: PreparedReference, params: ClassicParams | None = None
-) -> list[np.ndarray]:
-    """`transfer_prepared` for each source against one prepared reference."""
-    return [transfer_prepared(source, reference, params) for source in sources]

@@ -36,7 +36,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from shmt_cli.face.labels import (
+from shmt_cli.face.labels import (  # noqa: F401 (BACKGROUND, NUM_CLASSES: used as parsing.X)
+    BACKGROUND,
     HAIR,
     L_BROW,
     L_EAR,
@@ -52,6 +53,7 @@ from shmt_cli.face.labels import (
     SKIN,
     U_LIP,
 )
+from shmt_cli.face.labels import NUM_LABELS as NUM_CLASSES  # noqa: F401 (parsing_net reads it here)
 
 # --- Global shape parameters. Lengths are in interocular distances (iod) in the face frame (u along
 # the eye line, v perpendicular and pointing down). They were fitted once by coordinate search on the

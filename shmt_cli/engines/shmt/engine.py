@@ -35,8 +35,7 @@ from safetensors import safe_open
 
 from shmt_cli.checkpoint import CheckpointError
 from shmt_cli.decompose import FaceParts
-from shmt_cli.engines.base import Engine, PairJob
-from shmt_cli.engines.select import EngineUnavailable
+from shmt_cli.engines.base import Engine, EngineUnavailable, PairJob
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt import weights as W
 from shmt_cli.engines.shmt.config import variant_config
@@ -256,7 +255,7 @@ def _unavailable(directory: Path, what: str) -> EngineUnavailable:
 # The engine
 
 
-class ShmtEngine(Engine):
+class ShmtEngine(Engine[SourceState, ReferenceState]):
     """SHMT latent-diffusion makeup transfer (see the module docstring)."""
 
     name = "shmt"
