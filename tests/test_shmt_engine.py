@@ -205,6 +205,12 @@ def _perturb(path: Path, prefix: str, seed: int) -> None:
         if key.startswith(prefix) and value.is_floating_point() and value.ndim:
             tensors[key] = value + 0.05 * torch.randn(value.shape, generator=generator)
     save_file(tensors, path)
+    # A deliberate edit: record the new file in the manifest, as a re-import would.
+    entries = W.read_manifest(path.parent)
+    entries[path.name] = replace(
+        entries[path.name], sha256=W.sha256_file(path), bytes=path.stat().st_size, stamp=W.file_stamp(path)
+    )
+    W._write_manifest(path.parent, entries)
 
 
 def test_mix_uses_ema_for_h4_and_raw_weights_for_h0(
