@@ -26,7 +26,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from shmt_cli import __version__
-from shmt_cli.imageio import InputError, remove_stale_temp_files
+from shmt_cli.atomic import remove_stale_temp_files
+from shmt_cli.imageio import InputError
 from shmt_cli.inputs import InputFile, Shard, UsageError, collect_inputs, display_path
 from shmt_cli.lock import LockBusy, OutputLock, OutputNotWritable
 from shmt_cli.manifest import Manifest

@@ -205,21 +205,6 @@ def decompose(
     run_batch(job)
 
 
-def parse_strengths(text: str | None) -> dict[str, float]:
-    """`0.5` (every region) or `lips=1,skin=0.5` → per-region strengths."""
-    from shmt_cli.engines.classic import REGIONS
-
-    if not text:
-        return {}
-    try:
-        if "=" not in text:
-            return dict.fromkeys(REGIONS, float(text))
-        pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
-        return {name.strip(): float(value) for name, value in pairs}
-    except ValueError:
-        raise UsageError(f"--strength takes a number or region=number pairs, got {text!r}") from None
-
-
 @app.command()
 def transfer(
     output: OutDir,
@@ -278,40 +263,29 @@ def transfer(
     log: LogFile = None,
 ) -> None:
     """Put the makeup of each reference onto each source; results keep the source photo's size."""
-    from shmt_cli.engines.select import EngineRequest, EngineUnavailable, create_engine
-    from shmt_cli.pipelines.transfer import PAIR_MODES, TransferSettings, run_transfer
+    from shmt_cli.pipelines import transfer as tr
 
     def job() -> tuple[BatchRunner, Summary]:
         options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
-        if pairs in PAIR_MODES and (sources is None or references is None):
-            raise UsageError("give a source and a reference (file or folder), or --pairs FILE.csv")
-        wanted = frozenset(r.strip() for r in regions.split(",") if r.strip())
-        if not wanted:
-            # An empty list would "transfer" nothing and write copies of the sources with exit 0.
-            raise UsageError(f"--regions names no region (got {regions!r}), e.g. lips,eyes,skin,brows")
-        request = EngineRequest(
-            engine=engine,
-            level=level or "",
-            mix=mix,
-            steps=steps,
-            ida=ida,
-            ema_both=ema_both,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            compile=compile_model,
-            weights_dir=weights_dir,
-            regions=wanted,
-            strengths=parse_strengths(strength),
-        )
-        try:
-            chosen, note = create_engine(request)
-        except (EngineUnavailable, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+        tr.check_pair_inputs(sources, references, pairs)
+        engine_options = {
+            "level": level,
+            "mix": mix,
+            "steps": steps,
+            "ida": ida,
+            "ema_both": ema_both,
+            "batch_size": batch_size,
+            "device": device,
+            "dtype": dtype,
+            "compile": compile_model,
+            "regions": tr.parse_regions(regions),
+            "strengths": tr.parse_strengths(strength),
+        }
+        chosen, note = tr.open_engine(engine, engine_options, weights_dir)
         if not quiet:
             make_console().print(note)
-        settings = TransferSettings(pairs=pairs, seed=seed, crop=crop, grid=grid)
-        return run_transfer([sources or ""], [references or ""], output, chosen, settings, options)
+        settings = tr.TransferSettings(pairs=pairs, seed=seed, crop=crop, grid=grid)
+        return tr.run_transfer([sources or ""], [references or ""], output, chosen, settings, options)
 
     run_batch(job)
 
@@ -373,7 +347,8 @@ def evaluate(
         _check_report_path(plot, "--plot", PLOT_SUFFIXES)
     models = None
     if paper:
-        from shmt_cli.metrics.paper import CheckpointError, WeightsNotFoundError
+        from shmt_cli.checkpoint import CheckpointError
+        from shmt_cli.metrics.paper import WeightsNotFoundError
 
         try:
             models = ev.PaperModels.load(dino_weights, inception_weights, device)
@@ -449,7 +424,8 @@ def weights_import(
     ] = False,
 ) -> None:
     """Split official checkpoints into verified safetensors files (read with weights_only: no code runs)."""
-    from shmt_cli.engines.shmt.weights import CheckpointError, import_checkpoint
+    from shmt_cli.checkpoint import CheckpointError
+    from shmt_cli.engines.shmt.weights import import_checkpoint
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
     folder = resolve(weights_dir)
@@ -476,7 +452,8 @@ def weights_list(weights_dir: WeightsDir = None, json_out: JsonOut = False) -> N
     import json
     from dataclasses import asdict
 
-    from shmt_cli.engines.shmt.weights import CheckpointError, list_weights
+    from shmt_cli.checkpoint import CheckpointError
+    from shmt_cli.engines.shmt.weights import list_weights
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
     folder = resolve(weights_dir)

@@ -18,9 +18,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from shmt_cli import __version__
+from shmt_cli.atomic import write_bytes_atomic
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.face.render3d import render_face
-from shmt_cli.imageio import InputError, write_bytes_atomic
+from shmt_cli.imageio import InputError
 from shmt_cli.representations import IMAGE_SIZE, SourceParts, reference_parts, source_parts
 
 PARTS_FORMAT = "shmt-face-parts/1"

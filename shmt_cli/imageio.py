@@ -7,22 +7,23 @@ of animated files, and reports the declared size before decoding (decompression-
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import re
-import socket
 import stat
-import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Atomic writes live in shmt_cli.atomic; re-exported here for existing callers.
+from shmt_cli.atomic import (  # noqa: F401
+    TEMP_NAME,
+    remove_stale_temp_files,
+    temp_prefix,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -153,91 +154,6 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     return labels
 
 
-# Temporary files are `.<name, cut>.<host id>-<pid>.<random>.tmp`: the writer's host and PID in the
-# name let a later run remove what a killed writer left, without touching live writers' files.
-TEMP_NAME_KEEP = 80  # characters of the target name kept, so long names stay within NAME_MAX (255)
-TEMP_NAME = re.compile(r"^\..*\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)\.[a-z0-9_]+\.tmp$", re.DOTALL)
-STALE_TEMP_SECONDS = 24 * 3600  # a temp file this old is left over whoever wrote it
-
-
-def _host_id() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
-
-
-def temp_prefix(target: Path) -> str:
-    """The prefix of the temporary file `_atomic_write` uses for `target` (host and PID tagged)."""
-    return f".{target.name[:TEMP_NAME_KEEP]}.{_host_id()}-{os.getpid()}."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Delete temporary files left below `folder` by writers that died (killed, power cut).
-
-    A temp file is stale when this host wrote it from a PID that is no longer running, or when it
-    is older than `older_than` seconds. Files of live writers (a concurrent shard) and files not
-    named like ours are kept. Returns the paths removed.
-    """
-    host, now, removed = _host_id(), time.time(), []
-    for parent, _, files in os.walk(folder):
-        for name in files:
-            match = TEMP_NAME.match(name)
-            if match is None:
-                continue
-            path = Path(parent) / name
-            try:
-                age = now - path.lstat().st_mtime
-            except OSError:
-                continue
-            dead = match["host"] == host and not _pid_alive(int(match["pid"]))
-            if dead or age > older_than:
-                # A file we cannot delete (read-only share) must not stop the run that tidies up.
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                    removed.append(path)
-    return removed
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); outputs get the usual permissions instead.
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to `path` atomically (readers see the old file or the whole new one)."""
-    _atomic_write(Path(path), lambda handle: handle.write(data))
-
-
 def encode_image(rgb: np.ndarray, suffix: str = ".png", jpeg_quality: int = 95) -> bytes:
     """Encode an (H, W, 3) uint8 RGB or (H, W) uint8 image to PNG/JPEG/WebP bytes."""
     array = np.ascontiguousarray(rgb)
@@ -256,9 +172,3 @@ def write_image_atomic(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
     """Encode by the file's suffix (.png lossless by default) and write atomically."""
     path = Path(path)
     write_bytes_atomic(path, encode_image(rgb, path.suffix or ".png"))
-
-
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON (UTF-8, indented) atomically."""
-    text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_bytes_atomic(path, text.encode("utf-8"))

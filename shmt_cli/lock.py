@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from shmt_cli.process import pid_alive
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: only the PID check in the file guards the folder
@@ -23,16 +25,6 @@ class LockBusy(Exception):
 
 class OutputNotWritable(Exception):
     """The output folder cannot be created or written."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutputLock:
@@ -70,7 +62,7 @@ class OutputLock:
         if info.get("host") != socket.gethostname():
             return False
         pid = info.get("pid")
-        return not isinstance(pid, int) or not _pid_alive(pid)
+        return not isinstance(pid, int) or not pid_alive(pid)
 
     def _open(self) -> tuple[int, bool] | None:
         """The lock file opened read-write, and whether this call created it; None if it just vanished."""

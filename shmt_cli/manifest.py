@@ -87,7 +87,7 @@ def merge_manifests(
     Returns the merged last-record-per-key map and the path written (`manifest.jsonl`, rewritten
     atomically with one line per key).
     """
-    from shmt_cli.imageio import write_bytes_atomic
+    from shmt_cli.atomic import write_bytes_atomic
 
     paths = [manifest_path(out_dir), *(sources if sources is not None else sorted(out_dir.glob(SHARD_GLOB)))]
     merged: dict[str, dict[str, Any]] = {}

@@ -23,13 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shmt_cli.face.labels import FACE_LABELS, NECK_EARS_LABELS, NUM_LABELS
 from shmt_cli.pyramid import laplacian_pyramid
 
-NUM_LABELS = 19
-# CelebAMask-HQ ids counted as "face": skin, nose, brows, ears, lips, neck. Eyes, glasses, inner mouth,
-# hair, hat, jewellery and cloth are background for SHMT.
-FACE_LABELS = (1, 2, 6, 7, 8, 9, 11, 12, 17)
-NECK_EARS_LABELS = (8, 9, 17)
 IMAGE_SIZE = 256
 # VQ-f4 latents: the 64² grid of a 256² image.
 LATENT_FACTOR = 4

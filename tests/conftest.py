@@ -1,18 +1,26 @@
-"""Shared test fixtures: the CEO's reference material in ../shared (skipped cleanly when absent)."""
+"""Shared test fixtures: the CEO's reference material in ../shared (skipped cleanly when absent, a
+failure when $SHMT_REQUIRE_SHARED=1, as CI sets it), and random-weight SHMT models built from the
+architecture config, for tests that need weights of the right layout but not the golden values."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+#: Set to 1 (CI does) to make a missing ../shared fail the tests that need it instead of skipping them.
+REQUIRE_SHARED_ENV = "SHMT_REQUIRE_SHARED"
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"reference material not available: {path}")
+        message = f"reference material not available: {path}"
+        if os.environ.get(REQUIRE_SHARED_ENV) == "1":
+            pytest.fail(f"{message} (${REQUIRE_SHARED_ENV}=1 forbids skipping)")
+        pytest.skip(message)
     return path
 
 
@@ -86,4 +94,52 @@ def tiny_weights_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints:
     folder = tmp_path_factory.mktemp("weights")
     for name in ("h4", "h0"):
         import_checkpoint(tiny_checkpoints[name], folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_official_state_dicts() -> dict:
+    """Official-format state dicts {"h4": ..., "h0": ...} of the tiny architecture with seeded random
+    values: every key and shape the config gives (UNet, EMA shadows and bookkeeping, IDA with its dead
+    proj_convs, VQ, schedule buffers), no ../shared needed."""
+    import torch
+
+    from shmt_cli.engines.shmt import weights as W
+    from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
+
+    schedule = ldm_schedule_buffers()
+    out = {}
+    for seed, variant in enumerate(("h4", "h0")):
+        generator = torch.Generator().manual_seed(seed)
+        sd = {}
+        for key, shape in W.expected_shapes(variant, "tiny").items():
+            if key in schedule:
+                sd[key] = schedule[key].clone()
+            elif key == "model_ema.num_updates":
+                sd[key] = torch.tensor(0, dtype=torch.int32)
+            elif key == "model_ema.decay":
+                sd[key] = torch.tensor(0.9999)
+            else:
+                sd[key] = torch.randn(shape, generator=generator) * 0.02
+        for key in [k for k in sd if k.startswith(W.UNET_PREFIX)]:
+            sd[W.ema_key(key[len(W.UNET_PREFIX) :])] = sd[key].clone()
+        if out:  # both variants share one VQ, as the official checkpoints do
+            sd.update({k: v for k, v in out["h4"].items() if k.startswith(W.VQ_PREFIX)})
+        out[variant] = sd
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_weights_dir(tmp_path_factory: pytest.TempPathFactory, random_official_state_dicts: dict) -> Path:
+    """A weights folder with both random tiny models imported (h4 first, as a user would)."""
+    import torch
+
+    from shmt_cli.engines.shmt.weights import import_checkpoint
+
+    folder = tmp_path_factory.mktemp("random_weights")
+    checkpoints = tmp_path_factory.mktemp("random_checkpoints")
+    for name in ("h4", "h0"):
+        path = checkpoints / f"shmt_{name}.ckpt"
+        torch.save({"state_dict": random_official_state_dicts[name], "epoch": 1, "global_step": 10}, path)
+        import_checkpoint(path, folder)
     return folder

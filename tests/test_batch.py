@@ -192,12 +192,12 @@ def test_disk_full_stops_the_run_without_partial_files(
 ) -> None:
     import errno
 
-    from shmt_cli import imageio
+    from shmt_cli import atomic
     from shmt_cli.batch import CannotRun
 
     def process(item: WorkItem) -> list[Path]:
         target = tmp_path / f"{item.key}.png"
-        imageio.write_bytes_atomic(target, b"data")
+        atomic.write_bytes_atomic(target, b"data")
         return [target]
 
     real_fdopen = os.fdopen
@@ -217,7 +217,7 @@ def test_disk_full_stops_the_run_without_partial_files(
 
         return Full()
 
-    monkeypatch.setattr(imageio.os, "fdopen", full_disk)
+    monkeypatch.setattr(atomic.os, "fdopen", full_disk)
     with pytest.raises(CannotRun, match="No space left"):
         BatchRunner("test", tmp_path, {}, RunOptions()).run(_items(["a", "b"]), process)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("manifest.jsonl",)]

@@ -16,8 +16,6 @@ from shmt_cli.engines.classic import (
     prepare_source,
     region_masks,
     specular_highlights,
-    transfer_classic,
-    transfer_many,
     transfer_prepared,
 )
 from shmt_cli.face.detect import default_detector
@@ -29,6 +27,26 @@ PROTECTED_LABELS = (0, 3, 4, 5, 10, 13, 14, 15, 16, 18)
 LIP_LAB = (45.0, 62.0, 35.0)
 SHADOW_LAB = (55.0, 5.0, -40.0)
 PATTERN_PERIOD = 4.0
+
+
+def transfer_classic(
+    src_rgb: np.ndarray,
+    src_labels: np.ndarray,
+    src_landmarks: np.ndarray,
+    ref_rgb: np.ndarray,
+    ref_labels: np.ndarray,
+    ref_landmarks: np.ndarray,
+    params: ClassicParams | None = None,
+) -> np.ndarray:
+    """One pair, prepared and transferred (test helper)."""
+    source = prepare_source(src_rgb, src_labels, src_landmarks)
+    reference = prepare_reference(ref_rgb, ref_labels, ref_landmarks)
+    return transfer_prepared(source, reference, params)
+
+
+def transfer_many(sources, reference, params: ClassicParams | None = None) -> list[np.ndarray]:
+    """`transfer_prepared` for each prepared source against one prepared reference (test helper)."""
+    return [transfer_prepared(source, reference, params) for source in sources]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from shmt_cli.cli import app
 from shmt_cli.decompose import load_parts
-from shmt_cli.representations import FACE_LABELS
+from shmt_cli.face.labels import FACE_LABELS
 
 runner = CliRunner()
 

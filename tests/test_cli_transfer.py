@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from shmt_cli.cli import app
-from shmt_cli.engines.select import EngineRequest, create_engine, shmt_weights_installed
+from shmt_cli.engines.registry import create_engine, shmt_weights_installed
 
 runner = CliRunner()
 
@@ -55,7 +55,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory, astronaut_rgb: np.ndarray)
 
 def test_auto_picks_classic_without_weights(tmp_path: Path) -> None:
     assert not shmt_weights_installed(tmp_path)
-    engine, note = create_engine(EngineRequest(engine="auto", weights_dir=tmp_path))
+    engine, note = create_engine("auto", {}, tmp_path)
     assert engine.name == "classic" and "no SHMT weights" in note
 
 

@@ -11,7 +11,8 @@ import pytest
 from hostile import stored_for_orientation
 from PIL import Image
 
-from shmt_cli.imageio import InputError, read_image, read_label_png, write_image_atomic, write_json_atomic
+from shmt_cli.atomic import write_json_atomic
+from shmt_cli.imageio import InputError, read_image, read_label_png, write_image_atomic
 
 
 def _gradient(height: int = 40, width: int = 60) -> np.ndarray:

@@ -21,9 +21,9 @@ from hostile import shmt_command, write_photo_set
 from PIL import Image
 from typer.testing import CliRunner
 
+from shmt_cli.atomic import TEMP_NAME, remove_stale_temp_files, temp_prefix
 from shmt_cli.cli import app
 from shmt_cli.face.align import read_sidecar
-from shmt_cli.imageio import TEMP_NAME, remove_stale_temp_files, temp_prefix
 from shmt_cli.inputs import display_path
 from shmt_cli.manifest import manifest_path, read_records
 

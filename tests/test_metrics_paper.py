@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from shmt_cli.checkpoint import CheckpointError
 from shmt_cli.metrics import dino, fid, inception, paper, vit
 
 TINY = vit.ViTConfig(patch_size=8, dim=64, depth=2, heads=4, mlp_dim=128, train_size=32)
@@ -185,24 +186,24 @@ def test_locate_weights_explains_what_is_missing(tmp_path) -> None:
 def test_wrong_files_raise_clear_errors(tmp_path) -> None:
     inception_like = tmp_path / "inception_like.pth"
     torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, inception_like)
-    with pytest.raises(paper.CheckpointError) as wrong:
+    with pytest.raises(CheckpointError) as wrong:
         vit.load_dino_vitb8(inception_like)
     message = str(wrong.value)
     assert str(inception_like) in message and "not a DINO ViT-B/8 checkpoint" in message
     assert "missing keys" in message and "unexpected key Conv2d_1a_3x3.conv.weight" in message
 
-    with pytest.raises(paper.CheckpointError, match="not a FID Inception"):
+    with pytest.raises(CheckpointError, match="not a FID Inception"):
         inception.load_fid_inception(inception_like)
 
     # DINO's full training checkpoints pickle an argparse.Namespace: refused, never unpickled.
     pickled_code = tmp_path / "dino_vitbase8_pretrain_full_checkpoint.pth"
     torch.save({"args": argparse.Namespace(arch="vit_base"), "teacher": {}}, pickled_code)
-    with pytest.raises(paper.CheckpointError, match="cannot be read as a tensor-only"):
+    with pytest.raises(CheckpointError, match="cannot be read as a tensor-only"):
         vit.load_dino_vitb8(pickled_code)
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"definitely not a checkpoint")
-    with pytest.raises(paper.CheckpointError, match=r"garbage\.pth"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pth"):
         vit.load_dino_vitb8(garbage)
 
 
@@ -211,9 +212,7 @@ def test_check_state_dict_reports_shape_mismatch() -> None:
     good = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
     paper.check_state_dict(good, expected, "x.pth", "thing", optional=["counter"])
     bad = {"a": torch.zeros(3, 2), "b": torch.zeros(4), "counter": torch.zeros(())}
-    with pytest.raises(
-        paper.CheckpointError, match=r"x.pth is not a thing checkpoint: shape mismatch: a has"
-    ):
+    with pytest.raises(CheckpointError, match=r"x.pth is not a thing checkpoint: shape mismatch: a has"):
         paper.check_state_dict(bad, expected, "x.pth", "thing", optional=["counter"])
 
 
@@ -377,7 +376,7 @@ def test_fid_inception_end_to_end_from_a_pytorch_fid_layout_file(tmp_path, photo
     torchvision_like["AuxLogits.fc.weight"] = torch.zeros(1000, 768)
     wrong = tmp_path / "inception_v3_google.pth"
     torch.save(torchvision_like, wrong)
-    with pytest.raises(paper.CheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:
         inception.load_fid_inception(wrong)
     message = str(error.value)
     assert "inception_v3_google.pth is not a FID Inception" in message

@@ -11,11 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shmt_cli.face.labels import FACE_LABELS, NECK_EARS_LABELS, NUM_LABELS
 from shmt_cli.pyramid import laplacian_pyramid
 from shmt_cli.representations import (
-    FACE_LABELS,
-    NECK_EARS_LABELS,
-    NUM_LABELS,
     background,
     band_to_64,
     content_tensor,
@@ -370,3 +368,11 @@ def test_reference_parts(astronaut_rgb):
     assert torch.all(parts.makeup[(~mask).expand(-1, 3, -1, -1)] == -1)
     assert torch.equal(parts.makeup64, unshuffle4(parts.makeup))
     assert parts.onehot64.shape == (2, 19, 64, 64)
+
+
+def test_label_groups_name_celebamask_ids() -> None:
+    from shmt_cli.face.labels import EYES_MOUTH_LABELS, Label
+
+    assert NUM_LABELS == 19 and [int(k) for k in Label] == list(range(19))
+    assert FACE_LABELS == (1, 2, 6, 7, 8, 9, 11, 12, 17)  # spec §1.2, M_face
+    assert NECK_EARS_LABELS == (8, 9, 17) and EYES_MOUTH_LABELS == (4, 5, 10)

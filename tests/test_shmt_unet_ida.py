@@ -19,6 +19,7 @@ from shmt_cli.engines.shmt.config import (
 )
 from shmt_cli.engines.shmt.ida import (
     IGNORED_IDA_KEYS,
+    PreparedReference,
     ShmtIda,
     blend_warps,
     correspondence_warp,
@@ -26,6 +27,7 @@ from shmt_cli.engines.shmt.ida import (
     load_official_ida,
     normalized_positions,
 )
+from shmt_cli.engines.shmt.model import DenoiserInputs, ShmtDenoiser
 from shmt_cli.engines.shmt.unet import AttentionBlock, ShmtUNet, ema_key, load_official_unet
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -275,7 +277,8 @@ def golden_case(request: pytest.FixtureRequest, golden_dir: Path, tiny_h4_weight
     io = safetensors_torch.load_file(golden_dir / f"tiny_h{level}_io.safetensors")
 
     config = variant_config(level, "tiny")
-    unet, ida = ShmtUNet(config.unet).eval(), ShmtIda(config.ida).eval()
+    denoiser = ShmtDenoiser(config).eval()
+    unet, ida = denoiser.unet, denoiser.ida
     unet_report = load_official_unet(unet, state)
     ida_report = load_official_ida(ida, state)
 
@@ -290,12 +293,16 @@ def golden_case(request: pytest.FixtureRequest, golden_dir: Path, tiny_h4_weight
         "onehot_src": _onehot(inputs["u8.source_seg"]),
         "onehot_ref": _onehot(inputs["u8.ref_seg"]),
     }
+    denoiser_inputs = DenoiserInputs(z_bg=io["enc.z_bg"], **ida_args)
     z_t, t = inputs["noise.unet_x_noisy"], inputs["noise.unet_t"]
     with torch.no_grad():
-        full, proportion = ida.forward_official(z_t, t, **ida_args)
-        # The public inference entry point, end to end on one variant (the small-input test checks
-        # that it always equals forward_official's first 51 channels).
-        released = ida.warp_released(**ida_args) if level == 4 else None
+        out = denoiser(z_t, t, denoiser_inputs, "release", official_outputs=True)
+        full = torch.cat([out.warped, out.coords], dim=1)
+        # The inference split (prepare once, then epsilon per step), end to end on one variant.
+        released = None
+        if level == 4:
+            prepared = denoiser.prepare(denoiser_inputs, "release")
+            released = (denoiser.warped(prepared), denoiser.epsilon(z_t, t, prepared))
     return {
         "level": level,
         "state": state,
@@ -308,7 +315,8 @@ def golden_case(request: pytest.FixtureRequest, golden_dir: Path, tiny_h4_weight
         "z_t": z_t,
         "t": t,
         "full": full,
-        "proportion": proportion,
+        "eps": out.eps,
+        "proportion": out.w,
         "released": released,
     }
 
@@ -336,9 +344,18 @@ def test_golden_ida_warp_and_proportion(golden_case: dict) -> None:
     assert full.shape == golden.shape == (2, 55, 64, 64)
     assert (full - golden).abs().max().item() <= WARP_ATOL
     torch.testing.assert_close(golden_case["proportion"], golden_case["io"]["unet.corr_proportion"])
-    # The released form is exactly the first 51 channels of the official inference output.
+    # The inference split gives exactly the forward's warp, and its ε up to the rounding of the
+    # channels_last input buffer (~1e-5).
     if golden_case["released"] is not None:
-        assert torch.equal(golden_case["released"], full[:, :51])
+        warped, eps = golden_case["released"]
+        assert torch.equal(warped, full[:, :51])
+        torch.testing.assert_close(eps, golden_case["eps"], atol=1e-4, rtol=0)
+
+
+def test_golden_denoiser_eps_from_our_warp(golden_case: dict) -> None:
+    # ε from the raw inputs through our IDA and the UNet input assembly (spec §2.2).
+    error = (golden_case["eps"] - golden_case["io"]["unet.e_t"]).abs().max().item()
+    assert error <= EPS_ATOL
 
 
 def test_golden_unet_eps(golden_case: dict) -> None:
@@ -400,31 +417,83 @@ def _small_ida_inputs(level: int = 4, side: int = 8) -> dict[str, torch.Tensor]:
     }
 
 
-def test_ida_entry_points_agree_and_ignore_autocast_by_default() -> None:
-    torch.manual_seed(3)
-    ida = ShmtIda(variant_config(4, "tiny").ida).eval()
+def _expand(reference: PreparedReference, batch: int) -> PreparedReference:
+    """A batch-1 prepared reference broadcast to `batch` sources, without copying."""
+    assert reference.values.shape[0] == 1
+    return PreparedReference(
+        values=reference.values.expand(batch, -1, -1),
+        features=reference.features.expand(batch, -1, -1),
+        labels=reference.labels.expand(batch, -1),
+    )
+
+
+def _tiny_denoiser(level: int, seed: int) -> ShmtDenoiser:
+    torch.manual_seed(seed)
+    denoiser = ShmtDenoiser(variant_config(level, "tiny")).eval()
+    for module in denoiser.unet.modules():  # give the zero-initialised output convs a signal
+        if isinstance(module, torch.nn.Conv2d):
+            module.weight.data.normal_(0, 0.05)
+    return denoiser
+
+
+def test_denoiser_forms_agree_and_ida_ignores_autocast_by_default() -> None:
+    denoiser = _tiny_denoiser(4, seed=3)
+    ida = denoiser.ida
     args = _small_ida_inputs()
+    inputs = DenoiserInputs(z_bg=torch.randn(2, 3, 8, 8), **args)
     z_t, t = torch.randn(2, 3, 8, 8), torch.tensor([900, 20])
+    mask = args["mask64"]
     with torch.no_grad():
-        released = ida.warp_released(**args)
-        full, w = ida.forward_official(z_t, t, **args)
-        train_full, _ = ida.forward_official(z_t, t, **args, training_form=True)
-        paper = ida.warp_paper(z_t, t, **args)
-        a0, a1 = ida.warps(z_t, **args)
+        released = denoiser(z_t, t, inputs, "release")
+        official = denoiser(z_t, t, inputs, "release", official_outputs=True)
+        train = denoiser(z_t, t, inputs, "train")
+        reference = ida.prepare_reference(args["z_ref"], args["ref_pixels"], args["onehot_ref"])
+        a0 = ida.latent_warp_prepared(z_t, mask, args["onehot_src"], reference)
+        a1 = ida.content_warp_prepared(args["content"], args["onehot_src"], reference)
+        unet_in = torch.cat([z_t, inputs.z_bg, args["content"], train.warped], dim=1)
+        train_eps = denoiser.unet(unet_in, t)
+        prepared_release = denoiser.prepare(inputs, "release")
+        prepared_train = denoiser.prepare(inputs, "train")
+        split_release = denoiser.epsilon(z_t, t, prepared_release)
+        split_train = denoiser.epsilon(z_t, t, prepared_train)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            released_autocast = ida.warp_released(**args)
+            released_autocast = denoiser(z_t, t, inputs, "release").warped
         ida.autocast_encoders = True
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            released_bf16 = ida.warp_released(**args)
-    assert released.shape == (2, 51, 8, 8) and full.shape == (2, 55, 8, 8) and w.shape == (2, 1)
-    assert torch.equal(full[:, :51], released)
-    assert torch.equal(full[:, 51:53], a0[:, 51:]) and torch.equal(full[:, 53:], a1[:, 51:])
-    assert torch.equal(released, a1[:, :51] * args["mask64"])
-    assert torch.equal(paper, train_full[:, :51])
-    assert torch.equal(paper, blend_warps(a0, a1, w, args["mask64"]))
-    torch.testing.assert_close(ida.proportion(torch.tensor(900)), w[:1])  # one timestep for the batch
-    assert torch.equal(released_autocast, released)
-    assert not torch.equal(released_bf16, released)  # the opt-in bf16 path really runs in bf16
+            released_bf16 = denoiser(z_t, t, inputs, "release").warped
+    assert released.eps.shape == (2, 3, 8, 8) and released.warped.shape == (2, 51, 8, 8)
+    assert released.w is None and released.coords is None
+    assert train.w.shape == (2, 1) and train.coords.shape == (2, 4, 8, 8)
+    assert torch.equal(official.eps, released.eps) and torch.equal(official.w, train.w)
+    assert torch.equal(released.warped, a1[:, :51] * mask)
+    assert torch.equal(train.warped, blend_warps(a0, a1, train.w, mask))
+    assert torch.equal(train.coords, torch.cat([a0[:, 51:], a1[:, 51:]], dim=1))
+    assert torch.equal(train.eps, train_eps)
+    assert (train.eps - released.eps).abs().max().item() > 1e-3  # the forms really differ
+    torch.testing.assert_close(split_release, released.eps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(split_train, train.eps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ida.proportion(torch.tensor(900)), train.w[:1])  # one timestep for the batch
+    assert torch.equal(released_autocast, released.warped)
+    assert not torch.equal(released_bf16, released.warped)  # the opt-in bf16 path really runs in bf16
+    with pytest.raises(ValueError):
+        denoiser(z_t, t, inputs, "paper")  # type: ignore[arg-type]
+
+
+def test_denoiser_trains() -> None:
+    denoiser = _tiny_denoiser(4, seed=6).train()
+    args = _small_ida_inputs()
+    inputs = DenoiserInputs(z_bg=torch.randn(2, 3, 8, 8), **args)
+    out = denoiser(torch.randn(2, 3, 8, 8), torch.tensor([500, 10]), inputs, "train")
+    out.eps.square().mean().backward()
+    for part in (
+        denoiser.unet.input_blocks[0],
+        denoiser.ida.sd_enc,
+        denoiser.ida.source_enc,
+        denoiser.ida.ref_enc,
+    ):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert denoiser.ida.proportion_prediction[0].weight.grad.abs().sum() > 0
 
 
 def test_prepared_reference_is_reused_across_sources() -> None:
@@ -432,21 +501,19 @@ def test_prepared_reference_is_reused_across_sources() -> None:
     ida = ShmtIda(variant_config(0, "tiny").ida).eval()
     args = _small_ida_inputs(level=0)
     one_ref = {k: args[k][:1].expand_as(args[k]) for k in ("z_ref", "ref_pixels", "onehot_ref")}
+    z_t = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        expected = ida.warp_released(**(args | one_ref))
-        prepared = ida.prepare_reference(args["z_ref"][:1], args["ref_pixels"][:1], args["onehot_ref"][:1])
-        got = ida.warp_prepared(args["content"], args["mask64"], args["onehot_src"], prepared.expand(2))
-        z_t = torch.randn(2, 3, 8, 8)
-        a0, a1 = ida.warps(z_t, **(args | one_ref))
-        prepared_a0 = ida.latent_warp_prepared(z_t, args["mask64"], args["onehot_src"], prepared.expand(2))
-        prepared_a1 = ida.content_warp_prepared(args["content"], args["onehot_src"], prepared.expand(2))
+        per_pair = ida.prepare_reference(one_ref["z_ref"], one_ref["ref_pixels"], one_ref["onehot_ref"])
+        a0 = ida.latent_warp_prepared(z_t, args["mask64"], args["onehot_src"], per_pair)
+        a1 = ida.content_warp_prepared(args["content"], args["onehot_src"], per_pair)
+        prepared = _expand(
+            ida.prepare_reference(args["z_ref"][:1], args["ref_pixels"][:1], args["onehot_ref"][:1]), 2
+        )
+        prepared_a0 = ida.latent_warp_prepared(z_t, args["mask64"], args["onehot_src"], prepared)
+        prepared_a1 = ida.content_warp_prepared(args["content"], args["onehot_src"], prepared)
     # Batch-1 and batch-2 convolutions round differently; the ×100 softmax amplifies that a little.
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(prepared_a0, a0, atol=1e-4, rtol=0)
     torch.testing.assert_close(prepared_a1, a1, atol=1e-4, rtol=0)
-    assert torch.equal(got, prepared_a1[:, :51] * args["mask64"])
-    with pytest.raises(ValueError):
-        prepared.expand(2).expand(4)
 
 
 def test_unet_accepts_one_timestep_for_the_batch() -> None:

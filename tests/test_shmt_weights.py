@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shmt_cli.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from shmt_cli.engines.shmt import weights as W
 
 
@@ -25,9 +26,9 @@ def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_state_dicts(tiny_official_state_dicts: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """Official-style tiny state dicts (float32) with the EMA shadows (see tests/conftest.py)."""
-    return tiny_official_state_dicts
+def tiny_state_dicts(random_official_state_dicts: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """Official-style tiny state dicts with random values and the EMA shadows (see tests/conftest.py)."""
+    return random_official_state_dicts
 
 
 def _save_lightning(path: Path, sd: dict[str, torch.Tensor], epoch: int = 700) -> Path:
@@ -50,8 +51,8 @@ def test_expected_full_layout_equals_official_state_dict(golden_dir: Path, varia
     assert W.expected_shapes(variant, "full") == official
 
 
-def test_expected_tiny_layout_equals_golden(tiny_state_dicts) -> None:
-    for variant, sd in tiny_state_dicts.items():
+def test_expected_tiny_layout_equals_golden(tiny_official_state_dicts) -> None:
+    for variant, sd in tiny_official_state_dicts.items():
         assert W.expected_shapes(variant, "tiny") == {k: tuple(v.shape) for k, v in sd.items()}
 
 
@@ -84,31 +85,31 @@ def test_code_carrying_pickle_is_refused_and_never_run(tmp_path: Path, writer: s
     else:
         with path.open("wb") as handle:
             pickle.dump(payload, handle)
-    with pytest.raises(W.UnsafeCheckpointError, match=r"evil\.ckpt"):
-        W.read_checkpoint(path)
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.ckpt"):
+        read_checkpoint(path)
     assert not marker.exists()
 
 
 def test_read_lightning_bare_and_legacy_format(tmp_path: Path) -> None:
     sd = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
-    lightning = W.read_checkpoint(_save_lightning(tmp_path / "l.ckpt", sd, epoch=3))
+    lightning = read_checkpoint(_save_lightning(tmp_path / "l.ckpt", sd, epoch=3))
     assert lightning.epoch == 3 and lightning.global_step == 123456
     assert torch.equal(lightning.state_dict["a"], sd["a"])
     torch.save(sd, tmp_path / "bare.pt")
-    assert set(W.read_checkpoint(tmp_path / "bare.pt").state_dict) == {"a", "b"}
+    assert set(read_checkpoint(tmp_path / "bare.pt").state_dict) == {"a", "b"}
     torch.save({"state_dict": sd}, tmp_path / "old.ckpt", _use_new_zipfile_serialization=False)
-    assert torch.equal(W.read_checkpoint(tmp_path / "old.ckpt").state_dict["b"], sd["b"])
+    assert torch.equal(read_checkpoint(tmp_path / "old.ckpt").state_dict["b"], sd["b"])
 
 
 def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(W.CheckpointError, match=r"junk\.ckpt"):
-        W.read_checkpoint(tmp_path / "junk.ckpt")
-    with pytest.raises(W.CheckpointError, match="no such"):
-        W.read_checkpoint(tmp_path / "absent.ckpt")
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt"):
+        read_checkpoint(tmp_path / "junk.ckpt")
+    with pytest.raises(CheckpointError, match="no such"):
+        read_checkpoint(tmp_path / "absent.ckpt")
     torch.save({"state_dict": {"x": 1}}, tmp_path / "nontensor.ckpt")
-    with pytest.raises(W.CheckpointError, match="not tensors"):
-        W.read_checkpoint(tmp_path / "nontensor.ckpt")
+    with pytest.raises(CheckpointError, match="not tensors"):
+        read_checkpoint(tmp_path / "nontensor.ckpt")
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -145,6 +146,24 @@ def test_import_splits_verifies_and_accounts_for_every_key(
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_imported_files_honour_the_umask(tmp_path: Path, h4_ckpt: Path) -> None:
+    # Weights in a shared folder must be readable by the machine's other users (umask 022 -> 0644),
+    # not private as mkstemp creates them.
+    previous = os.umask(0o022)
+    try:
+        import shmt_cli.atomic as atomic
+
+        saved, atomic._UMASK = atomic._UMASK, 0o022
+        try:
+            W.import_checkpoint(h4_ckpt, tmp_path / "w")
+        finally:
+            atomic._UMASK = saved
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "w").iterdir()}
+    assert modes == {"shmt_h4.safetensors": 0o644, W.VQ_FILE: 0o644, W.MANIFEST_NAME: 0o644}
+
+
 def test_second_variant_shares_the_vq_and_vq_loads(tmp_path: Path, h4_ckpt: Path, tiny_state_dicts) -> None:
     out = tmp_path / "w"
     W.import_checkpoint(h4_ckpt, out)
@@ -170,7 +189,7 @@ def test_different_vq_is_refused_unless_replaced(tmp_path: Path, h4_ckpt: Path, 
     other = dict(tiny_state_dicts["h4"])
     other["first_stage_model.quant_conv.bias"] = other["first_stage_model.quant_conv.bias"] + 1
     ckpt = _save_lightning(tmp_path / "other.ckpt", other)
-    with pytest.raises(W.CheckpointError, match="differs"):
+    with pytest.raises(CheckpointError, match="differs"):
         W.import_checkpoint(ckpt, out)
     assert (out / "shmt_h4.safetensors").stat().st_mtime_ns == before
     assert all(r.ok for r in W.verify_weights(out))
@@ -186,7 +205,7 @@ def test_standalone_vq_checkpoint(tmp_path: Path, tiny_state_dicts) -> None:
     without_vq = {k: v for k, v in sd.items() if not k.startswith(W.VQ_PREFIX)}
     raw_only = {k: v for k, v in without_vq.items() if not k.startswith(W.EMA_PREFIX)}
     ckpt = _save_lightning(tmp_path / "novq.ckpt", raw_only)
-    with pytest.raises(W.CheckpointError, match="--vq"):
+    with pytest.raises(CheckpointError, match="--vq"):
         W.import_checkpoint(ckpt, tmp_path / "w")
     vq_sd = {k.removeprefix(W.VQ_PREFIX): v for k, v in sd.items() if k.startswith(W.VQ_PREFIX)}
     vq_sd["loss.discriminator.main.0.weight"] = torch.zeros(8, 3, 4, 4)
@@ -221,7 +240,7 @@ def test_bad_checkpoints_are_refused_before_writing(tmp_path: Path, tiny_state_d
         sd[W.FIRST_CONV] = torch.zeros(48, 106, 3, 3)
         match = "width 48"
     ckpt = _save_lightning(tmp_path / f"{damage}.ckpt", sd)
-    with pytest.raises(W.CheckpointError, match=match):
+    with pytest.raises(CheckpointError, match=match):
         W.import_checkpoint(ckpt, tmp_path / "w")
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
@@ -238,7 +257,7 @@ def test_dead_proj_convs_may_be_absent(tmp_path: Path, tiny_state_dicts) -> None
 def test_variant_is_read_from_the_first_conv(tiny_state_dicts) -> None:
     assert W.detect_variant(tiny_state_dicts["h0"]) == "h0"
     assert W.detect_variant(tiny_state_dicts["h4"]) == "h4"
-    with pytest.raises(W.CheckpointError, match="input channels"):
+    with pytest.raises(CheckpointError, match="input channels"):
         W.detect_variant({W.FIRST_CONV: torch.zeros(32, 100, 3, 3)})
 
 
@@ -257,7 +276,7 @@ def test_verify_detects_tampering_missing_and_unlisted_files(tmp_path: Path, h4_
     assert any("sha256" in p for p in results["shmt_h4.safetensors"].problems)
     assert results[W.VQ_FILE].ok
     assert results["stray.safetensors"].problems == ["not listed in the manifest"]
-    with pytest.raises(W.CheckpointError, match="manifest"):
+    with pytest.raises(CheckpointError, match="manifest"):
         W.load_weights(out, "shmt_h4.safetensors", verify=True)
     (out / W.VQ_FILE).unlink()
     results = {r.file: r for r in W.verify_weights(out)}

@@ -45,9 +45,8 @@ from shmt_cli.engines.base import PairJob
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.config import variant_config
 from shmt_cli.engines.shmt.engine import ShmtEngine, ShmtModel, ShmtSettings
-from shmt_cli.engines.shmt.ida import ShmtIda
+from shmt_cli.engines.shmt.model import ShmtDenoiser
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
-from shmt_cli.engines.shmt.unet import ShmtUNet
 
 STEPS = 50
 #: The fast sampler's step count in the s/pair figures.
@@ -162,7 +161,8 @@ def main() -> None:
 
     config = variant_config(4, args.size)
     torch.manual_seed(0)
-    unet, ida = ShmtUNet(config.unet), ShmtIda(config.ida)
+    denoiser = ShmtDenoiser(config)
+    unet, ida = denoiser.unet, denoiser.ida
     vq = vqmod.build_vq(vqmod.VQ_CONFIGS[args.size])
     perturb_random_init(unet, 1)
     perturb_random_init(vq, 2)
@@ -172,8 +172,8 @@ def main() -> None:
         module.eval().requires_grad_(False)
     unet.to(memory_format=torch.channels_last)
     unet_bf16 = copy.deepcopy(unet).to(torch.bfloat16)
-    fp32_model = ShmtModel("h4", unet, ida, ema=True, run_unet=unet)
-    bf16_model = ShmtModel("h4", unet_bf16, ida, ema=True, run_unet=unet_bf16)
+    fp32_model = ShmtModel("h4", denoiser, ema=True)
+    bf16_model = ShmtModel("h4", denoiser.with_unet(unet_bf16), ema=True)
 
     def engine(batch: int, dtype: str, model: ShmtModel) -> ShmtEngine:
         settings = ShmtSettings(level="h4", steps=STEPS, batch_size=batch, device="cpu", dtype=dtype)
@@ -216,22 +216,22 @@ def main() -> None:
     for batch in batches:
         jobs = [PairJob(source, reference, seed=i) for i in range(batch)]
         ida_s = None
-        shared: dict = {}  # the conditioning of the first dtype: same IDA module for every dtype
+        shared: dict = {}  # the precompute of the first dtype: same IDA module for every dtype
         for name, model in dtypes:
             eng = engine(batch, "fp32" if name == "fp32" else "bf16", model)
             pair_batch = eng.collate(jobs)
             with torch.inference_mode():
                 if ida_s is None:
-                    # A fresh batch per call: the conditioning is cached on its batch.
-                    ida_s = timed(lambda eng=eng, jobs=jobs: eng.conditioning(eng.collate(jobs), "h4"), 2)
-                    eng.conditioning(pair_batch, "h4")
+                    # A fresh batch per call: the precompute is cached on its batch.
+                    ida_s = timed(lambda eng=eng, jobs=jobs: eng.prepared(eng.collate(jobs), "h4"), 2)
+                    eng.prepared(pair_batch, "h4")
                 else:
-                    pair_batch.conditioning.update(shared)
+                    pair_batch.prepared.update({k: (model.denoiser, p) for k, (_, p) in shared.items()})
                 t = torch.full((batch,), 981, dtype=torch.long)
                 x = pair_batch.x_T
                 eng.epsilon(pair_batch, "h4", x, t)  # warm-up
                 step_s = timed(lambda eng=eng, pb=pair_batch, x=x, t=t: eng.epsilon(pb, "h4", x, t), k)
-            shared.update(pair_batch.conditioning)
+            shared.update(pair_batch.prepared)
             rows.append((batch, name, ida_s, step_s))
             achieved = flops[batch] / step_s / 1e9
             fraction = achieved / calibration["fp32" if name == "fp32" else "bf16"]

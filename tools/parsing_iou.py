@@ -1,12 +1,15 @@
 """Quality table of the built-in face parser against the official parser's maps.
 
-Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--size=N] [--fit-nose]
+Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--size=N] [--method=net|rules] [--fit-nose]
 
 FACES_DIR defaults to ../shared/faces (folders */images with the photos and */seg with 512x512 label
 PNGs of the official FaceParsing.PyTorch parser). Each photo is parsed as it is (unaligned, at its own
 size); the reference map is resized to the photo's size with nearest and both are compared there.
 Prints per-image IoUs, the per-class mean over the photos (also pooled over all pixels, and per photo
 folder), and the mean of the class means, plus the parse time per photo.
+
+--method picks the parser (parse_face's method; default rules). The shipped network (--method=net)
+was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
 
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
 at another scale.
@@ -78,13 +81,16 @@ def evaluate(
     verbose: bool = True,
     size: int | None = None,
     details: list[tuple[str, str, int, int]] | None = None,
+    parse=None,
 ) -> tuple[dict[str, list[float]], float]:
     """Per-region lists of IoUs over the photos and the mean parse CPU time in seconds.
 
     size: when given, photos are resized to size x size (area filter) before parsing.
     details: when given, gets one (folder, region, intersection, union) pixel count per photo and
     scored region (folder is the photo set, e.g. makeup / non_makeup).
+    parse: parser (rgb, landmarks) -> labels; parse_face with its default method when None.
     """
+    parse = parse_face if parse is None else parse
     detector = default_detector()
     scores: dict[str, list[float]] = {name: [] for name in REGIONS}
     seconds = []
@@ -98,7 +104,7 @@ def evaluate(
             continue
         # CPU time, not wall time: the figure should not depend on what else the machine runs.
         start = time.process_time()
-        pred = parse_face(rgb, faces[0].landmarks)
+        pred = parse(rgb, faces[0].landmarks)
         seconds.append(time.process_time() - start)
         ref = load_label_map(seg_path, rgb.shape[:2])
         row = region_ious(pred, ref)
@@ -223,9 +229,18 @@ def main(argv: list[str]) -> int:
         fit_nose(pairs)
         return 0
     sizes = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--size=")]
+    methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
+    method = methods[0] if methods else "rules"
+    import torch
+
+    torch.set_num_threads(1)  # per-face CPU time on one core
     details: list[tuple[str, str, int, int]] = []
     scores, seconds = evaluate(
-        pairs, verbose="--quiet" not in argv, size=sizes[0] if sizes else None, details=details
+        pairs,
+        verbose="--quiet" not in argv,
+        size=sizes[0] if sizes else None,
+        details=details,
+        parse=lambda rgb, lm: parse_face(rgb, lm, method=method),
     )
     means = {name: float(np.mean(values)) for name, values in scores.items() if values}
     folders = sorted({folder for folder, _, _, _ in details})

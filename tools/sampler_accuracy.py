@@ -35,9 +35,10 @@ from shmt_cli.engines.base import PairJob
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.config import variant_config
 from shmt_cli.engines.shmt.engine import ShmtEngine, ShmtModel, ShmtSettings, latent_noise, to_uint8_images
-from shmt_cli.engines.shmt.ida import ShmtIda, load_official_ida
+from shmt_cli.engines.shmt.ida import load_official_ida
+from shmt_cli.engines.shmt.model import ShmtDenoiser
 from shmt_cli.engines.shmt.sampler import ODE_START, EpsFn, ddim_update, ldm_schedule_buffers, sample_ode
-from shmt_cli.engines.shmt.unet import ShmtUNet, load_official_unet
+from shmt_cli.engines.shmt.unet import load_official_unet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_shmt import perturb_random_init, synthetic_face
@@ -50,12 +51,10 @@ WIDTHS = (12, 5, 9, 9, 7, 8, 6)
 def tiny_engine(golden: Path) -> tuple[ShmtEngine, PairJob]:
     """SHMT-h4 with the tiny golden weights and golden pair 0, prepared from its uint8 photos."""
     state = load_file(golden / "tiny_h4.safetensors")
-    config = variant_config(4, "tiny")
-    unet, ida = ShmtUNet(config.unet), ShmtIda(config.ida)
-    load_official_unet(unet, state, prefer_ema=False)
-    load_official_ida(ida, state)
-    vq = vqmod.load_vq(state)
-    engine = _engine(unet, ida, vq)
+    denoiser = ShmtDenoiser(variant_config(4, "tiny"))
+    load_official_unet(denoiser.unet, state, prefer_ema=False)
+    load_official_ida(denoiser.ida, state)
+    engine = _engine(denoiser, vqmod.load_vq(state))
     inputs = load_file(golden / "tiny_inputs.safetensors")
 
     def hwc(chw: torch.Tensor) -> np.ndarray:
@@ -78,26 +77,25 @@ def tiny_engine(golden: Path) -> tuple[ShmtEngine, PairJob]:
 
 def full_engine() -> tuple[ShmtEngine, PairJob]:
     """Full-size SHMT-h4 with random weights (bench_shmt's recipe) and two synthetic faces."""
-    config = variant_config(4, "full")
     torch.manual_seed(0)
-    unet, ida = ShmtUNet(config.unet), ShmtIda(config.ida)
+    denoiser = ShmtDenoiser(variant_config(4, "full"))
     vq = vqmod.build_vq(vqmod.VQ_CONFIGS["full"])
-    perturb_random_init(unet, 1)
+    perturb_random_init(denoiser.unet, 1)
     perturb_random_init(vq, 2)
     with torch.no_grad():
         vq.quantize.embedding.weight.normal_(0.0, 1.0)
-    engine = _engine(unet, ida, vq)
+    engine = _engine(denoiser, vq)
     return engine, PairJob(
         engine.prepare_source(synthetic_face(1)), engine.prepare_reference(synthetic_face(2)), seed=0
     )
 
 
-def _engine(unet: ShmtUNet, ida: ShmtIda, vq: torch.nn.Module) -> ShmtEngine:
-    for module in (unet, ida, vq):
+def _engine(denoiser: ShmtDenoiser, vq: torch.nn.Module) -> ShmtEngine:
+    for module in (denoiser, vq):
         module.eval().requires_grad_(False)
-    unet.to(memory_format=torch.channels_last)
+    denoiser.unet.to(memory_format=torch.channels_last)
     settings = ShmtSettings(level="h4", batch_size=1, device="cpu")
-    return ShmtEngine({"h4": ShmtModel("h4", unet, ida, True, unet)}, vq, settings, "h4", torch.device("cpu"))
+    return ShmtEngine({"h4": ShmtModel("h4", denoiser, ema=True)}, vq, settings, "h4", torch.device("cpu"))
 
 
 def reference_solution(eps_fn: EpsFn, x_T: torch.Tensor, progress: bool) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """The engine interface: prepare each face once, then transfer makeup for batches of pairs.
 
-The batch runner and the CLI only see this interface, so they never know which engine runs.
+The batch runner and the CLI only see this interface (and the registry that builds engines by name),
+so they never know which engine runs. `Engine[S, R]` is generic in what an engine keeps per prepared
+source face (S) and per prepared reference face (R).
 """
 
 from __future__ import annotations
@@ -8,23 +10,30 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from shmt_cli.decompose import FaceParts
 
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+class EngineUnavailable(Exception):
+    """The chosen engine cannot run here (e.g. no SHMT weights installed, no CUDA device)."""
+
 
 @dataclass(frozen=True)
-class PairJob:
+class PairJob(Generic[S, R]):
     """One pair for an engine: prepared source, prepared reference, and the pair's own noise seed."""
 
-    source: Any
-    reference: Any
+    source: S
+    reference: R
     seed: int
 
 
-class Engine(ABC):
+class Engine(ABC, Generic[S, R]):
     """A makeup-transfer engine working on aligned 256x256 faces."""
 
     name: str = "engine"
@@ -38,13 +47,21 @@ class Engine(ABC):
         """The parameters that change results (recorded in the manifest, hashed for resume)."""
 
     @abstractmethod
-    def prepare_source(self, face: FaceParts) -> Any:
+    def prepare_source(self, face: FaceParts) -> S:
         """Per-source work, done once per source face."""
 
     @abstractmethod
-    def prepare_reference(self, face: FaceParts) -> Any:
+    def prepare_reference(self, face: FaceParts) -> R:
         """Per-reference work, done once per reference face."""
 
+    def prepare_sources(self, faces: Sequence[FaceParts]) -> list[S]:
+        """`prepare_source` for several faces (engines that batch the work override this)."""
+        return [self.prepare_source(face) for face in faces]
+
+    def prepare_references(self, faces: Sequence[FaceParts]) -> list[R]:
+        """`prepare_reference` for several faces (engines that batch the work override this)."""
+        return [self.prepare_reference(face) for face in faces]
+
     @abstractmethod
-    def transfer_batch(self, jobs: Sequence[PairJob]) -> list[np.ndarray]:
+    def transfer_batch(self, jobs: Sequence[PairJob[S, R]]) -> list[np.ndarray]:
         """Results for a batch of pairs: one (256, 256, 3) uint8 RGB crop per job, in order."""

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from shmt_cli.color import lab_to_rgb, rgb_to_lab
+from shmt_cli.face.labels import FACE_LABELS, L_BROW, L_EAR, L_LIP, NECK, NOSE, R_BROW, R_EAR, SKIN, U_LIP
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
 from shmt_cli.pyramid import laplacian_pyramid, reconstruct_pyramid
 
@@ -40,12 +41,6 @@ REGIONS: tuple[str, ...] = ("skin", "eyes", "brows", "lips")
 """Region names, in the order they are painted (later regions cover earlier ones)."""
 LEVELS: tuple[str, ...] = ("h0", "h1", "h2", "h3", "h4")
 
-# CelebAMask-HQ parsing ids (spec §1.2).
-SKIN, NOSE, GLASSES, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = 1, 2, 3, 4, 5, 6, 7, 8, 9
-MOUTH, U_LIP, L_LIP, HAIR, NECK = 10, 11, 12, 13, 17
-# The only source pixels the engine may change: SHMT's face mask M_face (spec §1.2). Eyes, inner
-# mouth, glasses, hair, hat, jewellery, cloth and background are all outside it.
-PAINTABLE_LABELS = (SKIN, NOSE, L_BROW, R_BROW, L_EAR, R_EAR, U_LIP, L_LIP, NECK)
 
 # Weight of each source label inside each region (rows follow REGIONS; eyes come from landmarks).
 # Ears and the neck take some of the foundation so its edge at the jaw does not show (not all of it: a
@@ -113,7 +108,9 @@ class ClassicParams:
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {self.level!r}")
+            raise ValueError(
+                f"--level {self.level!r} is not a classic level (choose from {', '.join(LEVELS)})"
+            )
         regions = frozenset(self.regions)
         unknown = (regions | set(self.strengths)) - set(REGIONS)
         if unknown:
@@ -190,7 +187,7 @@ def region_masks(labels: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndar
 
 def paintable_mask(labels: np.ndarray) -> np.ndarray:
     """(H, W) bool: source pixels the engine may change (SHMT's face mask)."""
-    return np.isin(labels, PAINTABLE_LABELS)
+    return np.isin(labels, FACE_LABELS)
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -485,30 +482,3 @@ def transfer_prepared(
     result_window = result[window]
     result_window[painted] = lab_to_rgb(result_lab[painted])
     return result
-
-
-def transfer_classic(
-    src_rgb: np.ndarray,
-    src_labels: np.ndarray,
-    src_landmarks: np.ndarray,
-    ref_rgb: np.ndarray,
-    ref_labels: np.ndarray,
-    ref_landmarks: np.ndarray,
-    params: ClassicParams | None = None,
-) -> np.ndarray:
-    """Classic makeup transfer on aligned crops of equal size (256x256 in the pipeline).
-
-    Images (H, W, 3) uint8 RGB, labels (H, W) uint8 CelebAMask-HQ ids, landmarks (68, 2) float (x, y).
-    Returns the source wearing the reference's makeup, (H, W, 3) uint8 RGB. For many sources per
-    reference, call `prepare_reference` once and `transfer_prepared` per source.
-    """
-    source = prepare_source(src_rgb, src_labels, src_landmarks)
-    reference = prepare_reference(ref_rgb, ref_labels, ref_landmarks)
-    return transfer_prepared(source, reference, params)
-
-
-def transfer_many(
-    sources: Iterable[PreparedSource], reference: PreparedReference, params: ClassicParams | None = None
-) -> list[np.ndarray]:
-    """`transfer_prepared` for each source against one prepared reference."""
-    return [transfer_prepared(source, reference, params) for source in sources]

@@ -36,11 +36,24 @@ import cv2
 import numpy as np
 from PIL import Image
 
-NUM_CLASSES = 19
-
-BACKGROUND, SKIN, NOSE, GLASSES = 0, 1, 2, 3
-L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR = 4, 5, 6, 7, 8, 9
-MOUTH, U_LIP, L_LIP, HAIR, HAT, EARRING, NECKLACE, NECK, CLOTH = 10, 11, 12, 13, 14, 15, 16, 17, 18
+from shmt_cli.face.labels import (  # noqa: F401 (BACKGROUND, NUM_CLASSES: used as parsing.X)
+    BACKGROUND,
+    HAIR,
+    L_BROW,
+    L_EAR,
+    L_EYE,
+    L_LIP,
+    MOUTH,
+    NECK,
+    NOSE,
+    NUM_LABELS,
+    R_BROW,
+    R_EAR,
+    R_EYE,
+    SKIN,
+    U_LIP,
+)
+from shmt_cli.face.labels import NUM_LABELS as NUM_CLASSES  # noqa: F401 (parsing_net reads it here)
 
 # --- Global shape parameters. Lengths are in interocular distances (iod) in the face frame (u along
 # the eye line, v perpendicular and pointing down). They were fitted once by coordinate search on the
@@ -849,16 +862,34 @@ def _hair_region(lab: np.ndarray, face: np.ndarray, frame: _Frame) -> np.ndarray
 # public API
 
 
-def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+PARSE_METHODS = ("net", "rules")
+
+
+def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") -> np.ndarray:
     """19-class CelebAMask-HQ label map (H, W) uint8 of the face whose 68 landmarks are given.
 
     rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
+    method: "rules" (default) the rule-based parser (GrabCut skin region); "net" the fast landmark
+    prior refined by the shipped network (shmt_cli/face/parsing_net.py), experimental: faster, but
+    its 3-fold held-out skin region is below the rules' (tools/parsing_train.py --kfold 3).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (68, 2):
         raise ValueError(f"parse_face expects (68, 2) landmarks, got {lm.shape}")
+    if method not in PARSE_METHODS:
+        raise ValueError(f"unknown parse method {method!r}; expected one of {PARSE_METHODS}")
+    if method == "net":
+        # Imported here: torch is only needed when the network runs.
+        from shmt_cli.face import parsing_net
+
+        return parsing_net.refine_parse(rgb, lm)
+    return _parse_rules(rgb, lm, grow_skin=True)
+
+
+def _parse_rules(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool) -> np.ndarray:
+    """The rule-based parser on the whole image (see _parse_roi for grow_skin)."""
     height, width = rgb.shape[:2]
     labels = np.zeros((height, width), np.uint8)
     # Everything happens inside the region where face and hair may be, so the cost does not grow with
@@ -880,25 +911,52 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         small_size = (max(2, round(roi_w * factor)), max(2, round(roi_h * factor)))
         small = cv2.resize(roi, small_size, interpolation=cv2.INTER_AREA)
         scaled_lm = (roi_lm + 0.5) * np.array([small_size[0] / roi_w, small_size[1] / roi_h]) - 0.5
-        small_labels = _parse_roi(small, scaled_lm)
+        small_labels = _parse_roi(small, scaled_lm, grow_skin)
         labels[top:bottom, left:right] = cv2.resize(
             small_labels, (roi_w, roi_h), interpolation=cv2.INTER_NEAREST
         )
     else:
-        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm)
+        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm, grow_skin)
     return labels
 
 
-def _parse_roi(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """parse_face on an image cropped around the face (landmarks in the crop's pixels)."""
+def landmark_face_prior(shape: tuple[int, int], frame: _Frame) -> np.ndarray:
+    """Boolean (H, W) region where the face may be from the landmarks alone: jaw-and-brow interior,
+    head (forehead to a typical hairline) and neck polygons of the face frame."""
+    lm = frame.lm
+    jaw = _catmull_rom(lm[0:17], closed=False)
+    interior = _fill(shape, np.concatenate([jaw, lm[26:16:-1]]))
+    head = _fill(shape, frame.to_image(np.array(HEAD_PRIOR)))
+    neck = _fill(shape, frame.to_image(np.array(NECK_PRIOR)))
+    return interior | head | neck
+
+
+def parse_prior(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Fast rule-based label map (H, W) uint8 without the image-driven skin region and hair.
+
+    Parts (nose, eyes, brows, lips, inner mouth) are drawn as in `parse_face` with method "rules"; the
+    face is the landmark prior region (`landmark_face_prior`), split into neck and ears by geometry.
+    This is the prior the learned refinement (shmt_cli/face/parsing_net.py) takes as input.
+    """
+    return _parse_rules(rgb, np.asarray(landmarks, dtype=np.float64), grow_skin=False)
+
+
+def _parse_roi(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool = True) -> np.ndarray:
+    """The rule-based parser on an image cropped around the face (landmarks in the crop's pixels).
+
+    grow_skin: GrabCut skin region and hair (slow); otherwise the landmark prior region, no hair.
+    """
     shape = rgb.shape[:2]
     frame = _Frame(lm)
     iod = frame.iod
 
     labels = np.zeros(shape, np.uint8)
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    face = _skin_region(rgb, frame)
-    labels[_hair_region(lab, face, frame)] = HAIR
+    if grow_skin:
+        face = _skin_region(rgb, frame)
+        labels[_hair_region(lab, face, frame)] = HAIR
+    else:
+        face = landmark_face_prior(shape, frame)
     labels[face] = SKIN
 
     # Neck: face pixels below the jaw line. Ears: face pixels beside the jaw, between brow and jaw.
@@ -936,7 +994,7 @@ _BISENET_TO_CELEBAMASK = np.array(
 _MT_TO_CELEBAMASK = np.array([0, 1, 6, 7, 4, 5, 2, 11, 10, 12, 13, 8, 9, 17], np.uint8)
 
 LABEL_ORDERS: dict[str, np.ndarray] = {
-    "celebamask": np.arange(NUM_CLASSES, dtype=np.uint8),
+    "celebamask": np.arange(NUM_LABELS, dtype=np.uint8),
     "bisenet": _BISENET_TO_CELEBAMASK,
     "mt": _MT_TO_CELEBAMASK,
 }

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shmt_cli.checkpoint import CheckpointError, CheckpointNotFound, read_checkpoint
+
 #: (N, H, W, 3) uint8 RGB array, or a sequence of (H, W, 3) uint8 RGB arrays.
 ImageBatch = np.ndarray | Sequence[np.ndarray]
 
@@ -38,10 +40,6 @@ FID_INCEPTION_ALT_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth",)
 
 class WeightsNotFoundError(FileNotFoundError):
     """A metric needs a weight file that is not there."""
-
-
-class CheckpointError(ValueError):
-    """A weight file exists but is not the checkpoint the metric needs."""
 
 
 def locate_weights(
@@ -92,36 +90,12 @@ def locate_fid_inception_weights(
 
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """Read a flat ``{name: tensor}`` checkpoint on the CPU without executing pickled code.
-
-    ``.safetensors`` files go through safetensors; anything else through ``torch.load`` with
-    ``weights_only=True``. A ``{"state_dict": {...}}`` wrapper is unwrapped. Raises CheckpointError
-    naming the file when it cannot be read or does not hold tensors.
-    """
-    path = Path(path)
+    """The flat ``{name: tensor}`` state dict of the `what` weights at `path` (see shmt_cli.checkpoint);
+    WeightsNotFoundError when the file is missing, CheckpointError naming it when unusable."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded: object = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch's unpickler raises many kinds (KeyError, ...) on a corrupt file
-        if isinstance(error, FileNotFoundError):
-            raise WeightsNotFoundError(f"{what} weights file not found: {path}") from error
-        raise CheckpointError(
-            f"{path} is not a {what} checkpoint: it cannot be read as a tensor-only state dict "
-            f"({type(error).__name__}: {error})"
-        ) from error
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise CheckpointError(
-            f"{path} is not a {what} checkpoint: it does not hold a flat name -> tensor dict"
-        )
-    return dict(loaded)
+        return read_checkpoint(path, what).state_dict
+    except CheckpointNotFound as error:
+        raise WeightsNotFoundError(f"{what} weights file not found: {path}") from error
 
 
 def check_state_dict(

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shmt_cli.metrics.paper import CheckpointError, check_state_dict, read_state_dict
+from shmt_cli.checkpoint import CheckpointError
+from shmt_cli.metrics.paper import check_state_dict, read_state_dict
 
 DINO_VITB8_WHAT = "DINO ViT-B/8"
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from shmt_cli.color import rgb_to_lab
 from shmt_cli.engines.classic import eye_shadow_mask
+from shmt_cli.face.labels import FACE_LABELS
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
-from shmt_cli.representations import FACE_LABELS
 
 # Same-person threshold of dlib's face-recognition model (its documented operating point).
 SAME_PERSON_DISTANCE = 0.6

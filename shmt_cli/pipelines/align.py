@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from shmt_cli.atomic import write_json_atomic
 from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
 from shmt_cli.face.align import AlignedFace, crop_face
 from shmt_cli.face.detect import FaceDetector, default_detector
-from shmt_cli.imageio import InputError, read_image, write_image_atomic, write_json_atomic
+from shmt_cli.imageio import InputError, read_image, write_image_atomic
 from shmt_cli.inputs import collect_inputs, display_path, output_file
 from shmt_cli.pipelines import refuse_output_as_input
 

@@ -288,7 +288,7 @@ def write_csv(path: Path, evaluations: Sequence[FolderEvaluation]) -> None:
     for evaluation in evaluations:
         for (source, reference), row in sorted(evaluation.rows.items()):
             writer.writerow([str(evaluation.folder), source, reference, *[_fmt(row.get(n)) for n in names]])
-    from shmt_cli.imageio import write_bytes_atomic
+    from shmt_cli.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
 

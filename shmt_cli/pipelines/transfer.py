@@ -11,7 +11,7 @@ import csv
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,29 +19,26 @@ from typing import Any
 import cv2
 import numpy as np
 
+from shmt_cli.atomic import write_bytes_atomic, write_json_atomic
 from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
 from shmt_cli.decompose import FaceParts, analyse_face, load_parts, save_parts
-from shmt_cli.engines.base import Engine, PairJob
+from shmt_cli.engines.base import Engine, EngineUnavailable, PairJob
+from shmt_cli.engines.classic import REGIONS
+from shmt_cli.engines.registry import create_engine
 from shmt_cli.face.align import AlignedFace, crop_face, paste_back
 from shmt_cli.face.detect import default_detector
-from shmt_cli.imageio import (
-    IMAGE_EXTENSIONS,
-    InputError,
-    encode_image,
-    read_image,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from shmt_cli.face.labels import EYES_MOUTH_LABELS, FACE_LABELS
+from shmt_cli.imageio import IMAGE_EXTENSIONS, InputError, encode_image, read_image
 from shmt_cli.inputs import InputFile, UsageError, collect_inputs, display_path, output_file
 from shmt_cli.pipelines import refuse_output_as_input
 from shmt_cli.pipelines.faces import has_sidecar, read_aligned_face
-from shmt_cli.representations import FACE_LABELS, IMAGE_SIZE
+from shmt_cli.representations import IMAGE_SIZE
 
 PAIR_MODES = ("all", "zip")
 FACE_CACHE_SIZE = 256
 FACES_DIR = "faces"
 # The face interior the engines may change: face-mask labels plus eyes and inner mouth.
-PASTE_LABELS = (*FACE_LABELS, 4, 5, 10)
+PASTE_LABELS = (*FACE_LABELS, *EYES_MOUTH_LABELS)
 
 
 @dataclass(frozen=True)
@@ -202,6 +199,45 @@ def _analyse(image: np.ndarray, landmarks: np.ndarray, need_render: bool, source
     if not need_render:
         parts.render_from = "none"
     return parts
+
+
+def parse_regions(text: str | None) -> frozenset[str] | None:
+    """`lips,eyes` -> the regions to paint (None: the engine's default, all); UsageError when the text
+    names none (nothing would change)."""
+    if text is None:
+        return None
+    wanted = frozenset(r.strip() for r in text.split(",") if r.strip())
+    if not wanted:
+        raise UsageError(f"--regions names no region (got {text!r}), e.g. {','.join(REGIONS)}")
+    return wanted
+
+
+def parse_strengths(text: str | None) -> dict[str, float]:
+    """`0.5` (every region) or `lips=1,skin=0.5` -> per-region strengths."""
+    if not text:
+        return {}
+    try:
+        if "=" not in text:
+            return dict.fromkeys(REGIONS, float(text))
+        pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise UsageError(f"--strength takes a number or region=number pairs, got {text!r}") from None
+
+
+def check_pair_inputs(sources: str | None, references: str | None, pairs: str) -> None:
+    """UsageError unless there is a source and a reference, or a pairs CSV names them."""
+    if pairs in PAIR_MODES and (sources is None or references is None):
+        raise UsageError("give a source and a reference (file or folder), or --pairs FILE.csv")
+
+
+def open_engine(name: str, options: Mapping[str, Any], weights_dir: Path | None) -> tuple[Engine, str]:
+    """The engine for the command line's choice and options (see engines.registry), and the line
+    saying which one runs; UsageError when it cannot be built as asked."""
+    try:
+        return create_engine(name, options, weights_dir)
+    except (EngineUnavailable, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def paste_mask(labels: np.ndarray) -> np.ndarray:

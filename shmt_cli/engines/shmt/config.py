@@ -15,12 +15,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from shmt_cli.face.labels import NUM_LABELS
+
 # Channels of the SHMT inputs at 64x64 (spec §2.2): latent z, background latent, the
 # unshuffled 3D render and the warped reference [z_ref (3), unshuffled makeup pixels (48)].
 LATENT_CHANNELS = 3
 RENDER_CHANNELS = 48
 WARPED_REF_CHANNELS = LATENT_CHANNELS + 48
-PARSING_CLASSES = 19
 # Texture-detail channels per Laplacian level once mapped to 64x64 (spec §1.7).
 DETAIL_CHANNELS = {0: 16, 1: 4, 2: 1, 3: 1, 4: 1}
 
@@ -83,9 +84,9 @@ def _variant(level: int, model_channels: int, num_head_channels: int) -> Variant
     content = DETAIL_CHANNELS[level] + RENDER_CHANNELS
     unet_in = 2 * LATENT_CHANNELS + content + WARPED_REF_CHANNELS
     ida_in = (
-        LATENT_CHANNELS + PARSING_CLASSES,
-        content + PARSING_CLASSES,
-        WARPED_REF_CHANNELS + PARSING_CLASSES,
+        LATENT_CHANNELS + NUM_LABELS,
+        content + NUM_LABELS,
+        WARPED_REF_CHANNELS + NUM_LABELS,
     )
     return VariantConfig(
         level=level,

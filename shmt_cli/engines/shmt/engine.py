@@ -33,25 +33,26 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from shmt_cli.checkpoint import CheckpointError
 from shmt_cli.decompose import FaceParts
-from shmt_cli.engines.base import Engine, PairJob
-from shmt_cli.engines.select import EngineUnavailable
+from shmt_cli.engines.base import Engine, EngineUnavailable, PairJob
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt import weights as W
-from shmt_cli.engines.shmt.config import LATENT_CHANNELS, WARPED_REF_CHANNELS, variant_config
-from shmt_cli.engines.shmt.ida import PreparedReference, ShmtIda, blend_warps, load_official_ida
+from shmt_cli.engines.shmt.config import variant_config
+from shmt_cli.engines.shmt.ida import PreparedReference, load_official_ida
+from shmt_cli.engines.shmt.model import IdaForm, PreparedPair, ShmtDenoiser
 from shmt_cli.engines.shmt.sampler import DdimResult, ddim_sample, two_model_chooser
-from shmt_cli.engines.shmt.unet import ShmtUNet, load_official_unet
+from shmt_cli.engines.shmt.unet import load_official_unet
 from shmt_cli.representations import IMAGE_SIZE, reference_parts, source_parts
 
 LEVELS = ("h0", "h4", "mix")
 IDA_FORMS = ("released", "paper")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LEVEL_NUMBER = {"h0": 0, "h4": 4}
+#: The denoiser's name of each user-facing IDA form.
+DENOISER_FORM: dict[str, IdaForm] = {"released": "release", "paper": "train"}
 #: The official two-model blend: model 1 (EMA weights) = SHMT-h4, model 2 (raw weights) = SHMT-h0.
 MODEL1, MODEL2 = "h4", "h0"
-#: Upper bound of one correlation energy buffer (B, 4096, chunk) float32.
-ENERGY_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,12 @@ class PairBatch:
     content: dict[str, torch.Tensor]
     references: dict[str, PreparedReference]
     x_T: torch.Tensor
-    #: Conditioning per (variant, IDA form), filled on first use; `dataclasses.replace(batch, x_T=...)`
-    #: shares it, so sampling the same pairs again (other noise or step count) skips the IDA.
-    conditioning: dict[tuple[str, str], Conditioning] = field(default_factory=dict, repr=False)
+    #: The denoisers' per-pair precompute per (variant, IDA form), filled on first use;
+    #: `dataclasses.replace(batch, x_T=...)` shares it, so sampling the same pairs again (other noise or
+    #: step count) skips the IDA.
+    prepared: dict[tuple[str, str], tuple[ShmtDenoiser, PreparedPair]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def size(self) -> int:
@@ -176,13 +180,12 @@ class SampleResult:
 
 @dataclass
 class ShmtModel:
-    """One SHMT variant on the device: its UNet (and the callable that runs it, maybe compiled) and IDA."""
+    """One SHMT variant on the device: its denoiser (UNet maybe compiled) and whether the UNet is EMA."""
 
     variant: str
-    unet: ShmtUNet
-    ida: ShmtIda
+    denoiser: ShmtDenoiser
     ema: bool
-    run_unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    compiled: bool = False
 
 
 def latent_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -230,17 +233,15 @@ def load_model(
     tensors, took_ema = _read_model_tensors(path, use_ema)
     config = variant_config(LEVEL_NUMBER[variant], size)  # type: ignore[arg-type]
     with torch.device("meta"):
-        unet, ida = ShmtUNet(config.unet), ShmtIda(config.ida)
-    load_official_unet(unet, tensors, prefer_ema=took_ema, assign=True)
-    load_official_ida(ida, tensors, assign=True)
-    for module in (unet, ida):
-        module.eval().requires_grad_(False)
-    unet.to(device=device, dtype=unet_dtype, memory_format=torch.channels_last)
-    ida.to(device)
-    run_unet: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = unet
+        denoiser = ShmtDenoiser(config)
+    load_official_unet(denoiser.unet, tensors, prefer_ema=took_ema, assign=True)
+    load_official_ida(denoiser.ida, tensors, assign=True)
+    denoiser.eval().requires_grad_(False)
+    denoiser.unet.to(device=device, dtype=unet_dtype, memory_format=torch.channels_last)
+    denoiser.ida.to(device)
     if compile_unet:
-        run_unet = torch.compile(unet, dynamic=False)  # type: ignore[assignment]
-    return ShmtModel(variant=variant, unet=unet, ida=ida, ema=took_ema, run_unet=run_unet)
+        denoiser.use_unet_runner(torch.compile(denoiser.unet, dynamic=False))  # type: ignore[arg-type]
+    return ShmtModel(variant=variant, denoiser=denoiser, ema=took_ema, compiled=compile_unet)
 
 
 def _unavailable(directory: Path, what: str) -> EngineUnavailable:
@@ -254,58 +255,7 @@ def _unavailable(directory: Path, what: str) -> EngineUnavailable:
 # The engine
 
 
-class Conditioning:
-    """The UNet input of one model for one padded batch, built once and reused at every step.
-
-    Buffer channels: [z_t (3) | z_bg (3) | C (64 | 49) | Â (51)], channels_last, float32. Everything but
-    z_t (and Â in the paper form) is written here, once; A1 (the content-driven warp) is kept for the
-    paper form's per-step blend.
-    """
-
-    def __init__(self, ida: ShmtIda, variant: str, batch: PairBatch, form: str) -> None:
-        self.ida, self.variant, self.batch, self.form = ida, variant, batch, form
-        reference, content = batch.references[variant], batch.content[variant]
-        self.chunk = _query_chunk(batch.size, reference.features.shape[2])
-        self.content_warp = ida.content_warp_prepared(content, batch.onehot64, reference, self.chunk)
-        b, c, height, width = content.shape
-        in_channels = 2 * LATENT_CHANNELS + c + WARPED_REF_CHANNELS
-        self.buffer = torch.empty((b, in_channels, height, width), device=content.device).contiguous(
-            memory_format=torch.channels_last
-        )
-        self.buffer[:, LATENT_CHANNELS : 2 * LATENT_CHANNELS] = batch.z_bg
-        self.buffer[:, 2 * LATENT_CHANNELS : 2 * LATENT_CHANNELS + c] = content
-        self.warp_slot = self.buffer[:, 2 * LATENT_CHANNELS + c :]
-        if form == "released":
-            self.warp_slot.copy_(self.warped(None, None))
-
-    def warped(self, z_t: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
-        """Â (B, 51, 64, 64) float32: A1 ⊙ M64 (released) or (w·A0 + (1−w)·A1) ⊙ M64 (paper, needs z_t, t)."""
-        mask = self.batch.mask64
-        if self.form == "released":
-            return self.content_warp[:, :WARPED_REF_CHANNELS] * mask
-        if z_t is None or t is None:
-            raise ValueError("the paper IDA form needs the noisy latent and the timestep")
-        reference = self.batch.references[self.variant]
-        latent_warp = self.ida.latent_warp_prepared(z_t, mask, self.batch.onehot64, reference, self.chunk)
-        return blend_warps(latent_warp, self.content_warp, self.ida.proportion(t), mask)
-
-    def unet_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The (B, C_in, 64, 64) UNet input for x_t (B, 3, 64, 64) at t (B,): the reused buffer."""
-        self.buffer[:, :LATENT_CHANNELS].copy_(x_t)
-        if self.form == "paper":
-            self.warp_slot.copy_(self.warped(x_t, t))
-        return self.buffer
-
-
-def _query_chunk(batch: int, positions: int) -> int | None:
-    """Query positions per correlation chunk keeping the (B, M, chunk) energy under ENERGY_BYTES."""
-    per_query = batch * positions * 4
-    if per_query * positions <= ENERGY_BYTES:
-        return None
-    return max(256, ENERGY_BYTES // per_query)
-
-
-class ShmtEngine(Engine):
+class ShmtEngine(Engine[SourceState, ReferenceState]):
     """SHMT latent-diffusion makeup transfer (see the module docstring)."""
 
     name = "shmt"
@@ -330,7 +280,7 @@ class ShmtEngine(Engine):
         self.device = device
         self.batch_size = settings.batch_size
         #: Pad every batch to `batch_size` rows: on when a model is compiled (one graph shape).
-        self.pad_batches = any(model.run_unet is not model.unet for model in self.models.values())
+        self.pad_batches = any(model.compiled for model in self.models.values())
         self.autocast = None if settings.dtype == "fp32" else DTYPES[settings.dtype]
         self.weight_hashes = dict(weight_hashes or {})
         self._choose_model = two_model_chooser(settings.mix)
@@ -347,7 +297,7 @@ class ShmtEngine(Engine):
         folder = W.weights_dir(directory)
         try:
             manifest = W.read_manifest(folder)
-        except W.CheckpointError as err:
+        except CheckpointError as err:
             raise EngineUnavailable(str(err)) from None
         installed = {
             e.variant: e
@@ -432,7 +382,7 @@ class ShmtEngine(Engine):
         makeup64, onehot64 = parts.makeup64.contiguous(), parts.onehot64.contiguous()
         prepared = {}
         for variant, model in self.models.items():
-            side = model.ida.prepare_reference(
+            side = model.denoiser.prepare_reference(
                 z_ref.to(self.device), makeup64.to(self.device), onehot64.to(self.device)
             )
             prepared[variant] = PreparedReference(
@@ -495,25 +445,28 @@ class ShmtEngine(Engine):
         )
 
     @torch.inference_mode()
-    def conditioning(self, batch: PairBatch, variant: str) -> Conditioning:
-        """Model `variant`'s UNet conditioning for `batch` in this engine's IDA form (cached on the batch)."""
-        key, ida = (variant, self.config.ida), self.models[variant].ida
-        cached = batch.conditioning.get(key)
-        if cached is None or cached.ida is not ida:
-            cached = batch.conditioning[key] = Conditioning(ida, variant, batch, self.config.ida)
-        return cached
+    def prepared(self, batch: PairBatch, variant: str) -> PreparedPair:
+        """Model `variant`'s per-pair precompute for `batch` in this engine's IDA form (cached on it)."""
+        form = DENOISER_FORM[self.config.ida]
+        denoiser = self.models[variant].denoiser
+        owner, prepared = batch.prepared.get((variant, form), (None, None))
+        if owner is not denoiser or prepared is None:
+            prepared = denoiser.prepare_pair(
+                batch.z_bg,
+                batch.content[variant],
+                batch.mask64,
+                batch.onehot64,
+                batch.references[variant],
+                form,
+            )
+            batch.prepared[(variant, form)] = (denoiser, prepared)
+        return prepared
 
     @torch.inference_mode()
     def epsilon(self, batch: PairBatch, variant: str, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε-prediction (B, 3, 64, 64) float32 of model `variant` for x_t (B, 3, 64, 64) at t (B,) int64."""
-        unet_input = self.conditioning(batch, variant).unet_input(x_t, t)
-        model = self.models[variant]
-        # Autocast only for float32 weights: a UNet loaded in bf16 already runs in it.
-        weights_fp32 = model.unet.time_embed[0].weight.dtype == torch.float32
-        amp_dtype, enabled = self.autocast or torch.float32, self.autocast is not None and weights_fp32
-        with torch.autocast(unet_input.device.type, dtype=amp_dtype, enabled=enabled):
-            eps = model.run_unet(unet_input, t)
-        return eps.float()
+        denoiser = self.models[variant].denoiser
+        return denoiser.epsilon(x_t, t, self.prepared(batch, variant), self.autocast)
 
     def model_for_step(self, t: int) -> str:
         """The variant that runs step t: the level itself, or the official two-model switch for mix."""
@@ -546,10 +499,10 @@ class ShmtEngine(Engine):
         decode: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> SampleResult:
-        """`sample` for an already collated batch (its conditioning is built on first use, then reused)."""
+        """`sample` for an already collated batch (its per-pair precompute is built on first use)."""
 
         def eps_fn(variant: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-            # The conditioning is built on first use: a mix whose share idles one model skips its IDA.
+            # Pairs are prepared on first use: a mix whose share idles one model skips its IDA.
             return lambda x_t, t: self.epsilon(batch, variant, x_t, t)
 
         ddim: DdimResult = ddim_sample(

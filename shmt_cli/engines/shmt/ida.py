@@ -170,16 +170,6 @@ class PreparedReference:
     features: torch.Tensor
     labels: torch.Tensor
 
-    def expand(self, batch: int) -> PreparedReference:
-        """The same single reference (batch 1) broadcast to `batch` sources, without copying."""
-        if self.values.shape[0] != 1:
-            raise ValueError("only a batch-1 reference can be expanded")
-        return PreparedReference(
-            values=self.values.expand(batch, -1, -1),
-            features=self.features.expand(batch, -1, -1),
-            labels=self.labels.expand(batch, -1),
-        )
-
 
 def blend_warps(
     warp_latent: torch.Tensor, warp_content: torch.Tensor, w: torch.Tensor, mask64: torch.Tensor
@@ -298,104 +288,6 @@ class ShmtIda(nn.Module):
         """
         parsing = parsing_at(onehot_src, z_t)
         return self._warp_from(self.sd_enc, z_t.float() * mask64.float(), parsing, reference, query_chunk)
-
-    def warp_prepared(
-        self,
-        content: torch.Tensor,
-        mask64: torch.Tensor,
-        onehot_src: torch.Tensor,
-        reference: PreparedReference,
-        query_chunk: int | None = None,
-    ) -> torch.Tensor:
-        """Released inference form with a prepared reference: A1[:, :51] ⊙ M64 -> (B, 51, H, W) float32."""
-        warped = self.content_warp_prepared(content, onehot_src, reference, query_chunk)
-        return warped[:, :WARPED_REF_CHANNELS] * mask64.float()
-
-    def warp_released(
-        self,
-        content: torch.Tensor,
-        z_ref: torch.Tensor,
-        ref_pixels: torch.Tensor,
-        mask64: torch.Tensor,
-        onehot_src: torch.Tensor,
-        onehot_ref: torch.Tensor,
-        query_chunk: int | None = None,
-    ) -> torch.Tensor:
-        """Official inference form Â = A1[:, :51] ⊙ M64 -> (B, 51, H, W) float32.
-
-        Independent of z_t and t, so it is computed once per pair, not once per DDIM step.
-        """
-        reference = self.prepare_reference(z_ref, ref_pixels, onehot_ref)
-        return self.warp_prepared(content, mask64, onehot_src, reference, query_chunk)
-
-    def warps(
-        self,
-        z_t: torch.Tensor,
-        content: torch.Tensor,
-        z_ref: torch.Tensor,
-        ref_pixels: torch.Tensor,
-        mask64: torch.Tensor,
-        onehot_src: torch.Tensor,
-        onehot_ref: torch.Tensor,
-        query_chunk: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both unmasked warps (B, 53, H, W) float32: A0 driven by the noisy latent z_t ⊙ M64 and
-        A1 driven by the content. Channels 51:53 are the warped (x, y) coordinates."""
-        reference = self.prepare_reference(z_ref, ref_pixels, onehot_ref)
-        warp_latent = self.latent_warp_prepared(z_t, mask64, onehot_src, reference, query_chunk)
-        warp_content = self.content_warp_prepared(content, onehot_src, reference, query_chunk)
-        return warp_latent, warp_content
-
-    def warp_paper(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        content: torch.Tensor,
-        z_ref: torch.Tensor,
-        ref_pixels: torch.Tensor,
-        mask64: torch.Tensor,
-        onehot_src: torch.Tensor,
-        onehot_ref: torch.Tensor,
-        query_chunk: int | None = None,
-    ) -> torch.Tensor:
-        """Training form Â = (w·A0 + (1−w)·A1)[:, :51] ⊙ M64 -> (B, 51, H, W) float32, where A0 is
-        driven by the noisy latent z_t (B, 3, H, W), A1 by the content and w = `proportion(t)`."""
-        warp_latent, warp_content = self.warps(
-            z_t, content, z_ref, ref_pixels, mask64, onehot_src, onehot_ref, query_chunk
-        )
-        return blend_warps(warp_latent, warp_content, self.proportion(t), mask64)
-
-    def forward_official(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        content: torch.Tensor,
-        z_ref: torch.Tensor,
-        ref_pixels: torch.Tensor,
-        mask64: torch.Tensor,
-        onehot_src: torch.Tensor,
-        onehot_ref: torch.Tensor,
-        training_form: bool = False,
-        query_chunk: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full official output (B, 55, H, W) = cat[Â, A0 coordinates, A1 coordinates] and w (B, 1).
-
-        Â is the inference form (`forward_test`) unless `training_form` (`forward`). For parity checks.
-        """
-        warp_latent, warp_content = self.warps(
-            z_t, content, z_ref, ref_pixels, mask64, onehot_src, onehot_ref, query_chunk
-        )
-        w = self.proportion(t)
-        c = WARPED_REF_CHANNELS
-        if training_form:
-            warped = blend_warps(warp_latent, warp_content, w, mask64)
-        else:
-            warped = warp_content[:, :c] * mask64.float()
-        return torch.cat([warped, warp_latent[:, c:], warp_content[:, c:]], dim=1), w
-
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
-        """Same as `warp_released`."""
-        return self.warp_released(*args, **kwargs)
 
 
 def load_official_ida(

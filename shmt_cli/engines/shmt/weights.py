@@ -19,18 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-import tempfile
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from shmt_cli.atomic import atomic_path, write_json_atomic
+from shmt_cli.checkpoint import CheckpointError, read_checkpoint
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
 from shmt_cli.engines.shmt.unet import ema_key
@@ -59,14 +58,6 @@ SIZE_BY_MODEL_CHANNELS: dict[int, SizeClass] = {224: "full", 32: "tiny"}
 MODEL_CHANNELS: dict[SizeClass, int] = {"full": 224, "tiny": 32}
 
 WEIGHTS_ENV = "SHMT_WEIGHTS"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weights folder that cannot be used; the message names the file."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file needs arbitrary-code unpickling; it was not loaded."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,54 +210,6 @@ def expected_shapes(variant: Variant, size: SizeClass) -> dict[str, tuple[int, .
 # Reading checkpoints
 
 
-@dataclass
-class Checkpoint:
-    """A state dict read from ``path``; ``epoch`` / ``global_step`` when it was a Lightning dict."""
-
-    path: Path
-    state_dict: dict[str, torch.Tensor]
-    epoch: int | None = None
-    global_step: int | None = None
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a Lightning checkpoint (``{"state_dict": ...}``) or a bare state dict, safely.
-
-    Uses ``torch.load(map_location="cpu", weights_only=True)``, memory-mapped for zip-format files.
-    Raises ``UnsafeCheckpointError`` when the file holds objects that only a full unpickler could
-    rebuild (such a file is never executed), ``CheckpointError`` for anything else unusable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"{path}: refused, the file contains pickled objects other than tensors and plain "
-            "containers, which could run arbitrary code when loaded. If you trust it, re-save only "
-            "its 'state_dict' with torch.save in a separate session and import that."
-        ) from err
-    except Exception as err:  # corrupt zip, truncated file, not a torch file, ...
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({err})") from err
-
-    epoch = global_step = None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        epoch, global_step = obj.get("epoch"), obj.get("global_step")
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: neither a Lightning checkpoint with 'state_dict' nor a state dict")
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: state dict entries that are not tensors: {not_tensors[:5]}")
-    return Checkpoint(
-        path=path,
-        state_dict=dict(obj),
-        epoch=epoch if isinstance(epoch, int) else None,
-        global_step=global_step if isinstance(global_step, int) else None,
-    )
-
-
 def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> Variant:
     """h0 / h4 from the input channels of the UNet's first conv (121 / 106)."""
     first = state_dict.get(FIRST_CONV)
@@ -346,32 +289,11 @@ def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> str:
-    """Write atomically (temp file in the same folder, then ``os.replace``); return the sha256."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    """Write atomically with the usual file permissions (see `shmt_cli.atomic`); return the sha256."""
+    with atomic_path(target) as tmp:
         save_file(_unshared(tensors), str(tmp), metadata=metadata)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
         digest = sha256_file(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return digest
-
-
-def _write_json(data: Any, target: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, WeightsEntry]:
@@ -388,7 +310,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, WeightsEntry]:
 
 def _write_manifest(directory: Path, entries: Mapping[str, WeightsEntry]) -> None:
     data = {"format": MANIFEST_FORMAT, "files": {name: asdict(e) for name, e in sorted(entries.items())}}
-    _write_json(data, directory / MANIFEST_NAME)
+    write_json_atomic(directory / MANIFEST_NAME, data, sort_keys=True)
 
 
 def _check_shapes(
@@ -424,7 +346,7 @@ def import_checkpoint(
     ``replace_vq``. Every checkpoint key is written or listed in ``ImportReport.ignored``;
     unknown keys, missing keys and wrong shapes raise ``CheckpointError`` before anything is written.
     """
-    checkpoint = read_checkpoint(ckpt)
+    checkpoint = read_checkpoint(ckpt, "SHMT")
     sd = checkpoint.state_dict
     source = checkpoint.path
     variant, size = detect_variant(sd), detect_size(sd)
@@ -466,7 +388,7 @@ def import_checkpoint(
 
     # VQ first: it may be refused, and then nothing is written.
     if vq_ckpt is not None:
-        vq_source = read_checkpoint(vq_ckpt)
+        vq_source = read_checkpoint(vq_ckpt, "VQ-f4")
         vq_input: Mapping[str, torch.Tensor] = vq_source.state_dict
         vq_name = vq_source.path.name
         for key in vq_keys:

@@ -1,0 +1,392 @@
+"""Train the face-parsing refinement network (shmt_cli/face/parsing_net.py) and measure it by k-fold.
+
+Data: the dev photos of ../shared/faces (*/images) with the official parser's maps (*/seg, the
+FaceParsing.PyTorch BiSeNet that SHMT uses, CelebAMask-HQ ids); landmarks from the project's dlib
+detector. Objective: class-weighted cross-entropy between the network's 19-class logits on the
+canonical crop and the official map warped into the crop (pixels outside the photo ignored), with
+heavy augmentation that imitates makeup and landmark errors: lips recoloured (any colour, black and
+blue included), eye shadow and liner, foundation tints, face-paint blobs and strokes, coloured brows,
+global colour, contrast, blur and noise, random similarity warps and mirroring, and per-part shifts of
+the landmark prior so that the network learns to follow the image where dlib is off.
+
+    python tools/parsing_train.py --out shmt_cli/face/parsing_net.safetensors [--steps N]
+    python tools/parsing_train.py --kfold 3 [--steps N] [--rules] \
+        [--save-fold 0:tests/data/parsing_net_fold0.safetensors]
+
+--kfold K trains K networks, each on all photos but one stratified fold (makeup and non_makeup dealt
+round-robin in sorted order), parses the held-out photos at their own size through the production code
+path (parsing_net.refine_parse) and prints per-photo IoUs and per-class tables for makeup and
+non_makeup photos, next to the rule-based parser on the same photos. Training is deterministic (fixed
+seeds, single-process data generation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.nn import functional as F
+
+from shmt_cli.face import parsing, parsing_net
+from shmt_cli.face.detect import default_detector
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import parsing_iou
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+S = parsing_net.CROP_SIZE
+IGNORE = 255
+
+# Cross-entropy weights per CelebAMask id: small parts weigh more so that they are not eaten by skin.
+CLASS_WEIGHTS = np.ones(parsing.NUM_CLASSES, np.float32)
+for _ids, _w in (
+    ((parsing.NOSE,), 2.0),
+    ((parsing.L_EYE, parsing.R_EYE), 4.0),
+    ((parsing.L_BROW, parsing.R_BROW), 4.0),
+    ((parsing.MOUTH,), 4.0),
+    ((parsing.U_LIP, parsing.L_LIP), 3.0),
+    ((parsing.L_EAR, parsing.R_EAR), 2.0),
+):
+    CLASS_WEIGHTS[list(_ids)] = _w
+
+# Prior channel groups shifted together by the landmark-error augmentation (indices into PRIOR_CLASSES).
+_PRIOR_GROUPS = ((1,), (2,), (3,), (4,), (5,), (6, 7, 8))
+
+
+@dataclass
+class Item:
+    name: str  # folder/file, e.g. makeup/10037.jpg
+    rgb: np.ndarray  # (H, W, 3) uint8
+    landmarks: np.ndarray  # (68, 2)
+    ref: np.ndarray  # (512, 512) uint8 official map of the photo
+    affine: np.ndarray  # (2, 3) photo -> canonical crop
+    prior: np.ndarray  # (S, S) uint8 rule prior in the canonical crop
+
+
+def load_items(faces_dir: Path) -> list[Item]:
+    """Every dev photo with a reference map and a detected face."""
+    detector = default_detector()
+    items = []
+    for image_path, seg_path in parsing_iou.photo_pairs(faces_dir):
+        rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        faces = detector.detect(rgb)
+        if not faces:
+            print(f"{image_path.name}: no face found", file=sys.stderr)
+            continue
+        lm = faces[0].landmarks
+        affine, _, prior, _ = parsing_net.prepare_crop(rgb, lm)
+        ref = parsing.load_label_map(seg_path, 512)
+        name = f"{image_path.parent.parent.name}/{image_path.name}"
+        items.append(Item(name, rgb, lm, ref, affine, prior))
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------------
+# augmentation
+
+
+def _similarity(rng: np.random.Generator, flip: bool) -> np.ndarray:
+    """3x3 random similarity of the crop about its centre (and a mirror when flip)."""
+    angle = np.deg2rad(rng.uniform(-10, 10))
+    scale = float(np.exp(rng.uniform(-0.12, 0.12)))
+    shift = rng.uniform(-0.06, 0.06, 2) * S
+    c = (S - 1) / 2
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    m = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    if flip:
+        m = m @ np.diag([-1.0, 1.0, 1.0])
+    to_c = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1.0]])
+    from_c = np.array([[1, 0, c + shift[0]], [0, 1, c + shift[1]], [0, 0, 1.0]])
+    return from_c @ m @ to_c
+
+
+def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(sigma, 0.3))
+
+
+def _random_ab(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-70, 70, 2).astype(np.float32)
+
+
+def _paint(lab: np.ndarray, alpha: np.ndarray, lightness: float, ab: np.ndarray, keep_texture: float) -> None:
+    """Blend a colour (Lab) into lab (in place) with per-pixel alpha (S, S) in [0, 1]."""
+    a = alpha[..., None]
+    target = np.empty_like(lab)
+    mean_l = float((lab[..., 0] * alpha).sum() / max(alpha.sum(), 1e-3))
+    target[..., 0] = lightness + keep_texture * (lab[..., 0] - mean_l)
+    target[..., 1:] = ab
+    lab[:] = lab * (1 - a) + target * a
+
+
+def augment_makeup(rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Crop (S, S, 3) uint8 with simulated makeup painted where the target map puts lips, eyes, skin."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    ppu = S / (parsing_net.CROP_U[1] - parsing_net.CROP_U[0])
+    skin = target == parsing.SKIN
+    lips = np.isin(target, (parsing.U_LIP, parsing.L_LIP))
+    eyes = np.isin(target, (parsing.L_EYE, parsing.R_EYE))
+    brows = np.isin(target, (parsing.L_BROW, parsing.R_BROW))
+    if rng.random() < 0.5 and skin.any():  # foundation: skin tint and smoothing
+        alpha = _soft(skin, 2.0) * rng.uniform(0.3, 0.9)
+        mean = lab[skin].mean(axis=0)
+        ab = mean[1:] + rng.normal(0, 12, 2).astype(np.float32)
+        _paint(lab, alpha, float(mean[0] + rng.normal(0, 10)), ab, rng.uniform(0.3, 1.0))
+    if rng.random() < 0.35 and skin.any():  # face paint: blobs and strokes on the skin
+        for _ in range(rng.integers(1, 5)):
+            shape = np.zeros((S, S), np.uint8)
+            ys, xs = np.nonzero(skin)
+            k = rng.integers(len(xs))
+            centre = (int(xs[k]), int(ys[k]))
+            if rng.random() < 0.5:
+                axes = (int(rng.uniform(0.05, 0.4) * ppu), int(rng.uniform(0.05, 0.4) * ppu))
+                cv2.ellipse(shape, centre, axes, rng.uniform(0, 180), 0, 360, 1, -1)
+            else:
+                end = (centre[0] + int(rng.normal(0, 0.4) * ppu), centre[1] + int(rng.normal(0, 0.4) * ppu))
+                cv2.line(shape, centre, end, 1, max(1, int(rng.uniform(0.02, 0.12) * ppu)))
+            alpha = _soft(shape.astype(bool) & skin, 1.0) * rng.uniform(0.5, 1.0)
+            _paint(lab, alpha, rng.uniform(10, 95), _random_ab(rng), rng.uniform(0.0, 0.5))
+    if rng.random() < 0.6 and lips.any():  # lipstick of any colour, glitter sometimes
+        alpha = _soft(lips, 0.8) * rng.uniform(0.6, 1.0)
+        _paint(lab, alpha, rng.uniform(8, 85), _random_ab(rng) * rng.uniform(0.0, 1.0), rng.uniform(0.3, 1.2))
+        if rng.random() < 0.2:
+            sparkle = (rng.random((S, S)) < 0.08) & lips
+            lab[sparkle, 0] = np.minimum(lab[sparkle, 0] + 40, 100)
+    if rng.random() < 0.5 and eyes.any():  # eye shadow around the eyes
+        radius = max(1, int(rng.uniform(0.06, 0.3) * ppu))
+        ring = cv2.dilate(eyes.astype(np.uint8), parsing._disk(radius)).astype(bool) & ~eyes
+        if rng.random() < 0.5:
+            ring &= np.arange(S)[:, None] < np.nonzero(eyes)[0].mean() + 0.03 * ppu
+        alpha = _soft(ring, radius / 3) * rng.uniform(0.3, 0.95)
+        _paint(lab, alpha, rng.uniform(10, 80), _random_ab(rng), rng.uniform(0.2, 1.0))
+    if rng.random() < 0.35 and eyes.any():  # black liner hugging the eyes
+        width = max(1, int(rng.uniform(0.01, 0.05) * ppu))
+        ring = cv2.dilate(eyes.astype(np.uint8), parsing._disk(width)).astype(bool) & ~eyes
+        _paint(
+            lab, _soft(ring, 0.6) * rng.uniform(0.6, 1.0), rng.uniform(3, 20), np.zeros(2, np.float32), 0.2
+        )
+    if rng.random() < 0.25 and brows.any():  # coloured or lightened brows
+        _paint(lab, _soft(brows, 0.8) * rng.uniform(0.3, 0.9), rng.uniform(10, 80), _random_ab(rng), 0.5)
+    if rng.random() < 0.3:  # global hue rotation of the a*b* plane
+        angle = np.deg2rad(rng.uniform(-25, 25))
+        a, b = lab[..., 1].copy(), lab[..., 2].copy()
+        lab[..., 1], lab[..., 2] = (
+            a * np.cos(angle) - b * np.sin(angle),
+            a * np.sin(angle) + b * np.cos(angle),
+        )
+    lab[..., 1:] *= rng.uniform(0.6, 1.3)  # saturation
+    out = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    out = (out - 0.5) * rng.uniform(0.7, 1.3) + 0.5 + rng.uniform(-0.12, 0.12)  # contrast, brightness
+    out = np.clip(out, 0, 1) ** rng.uniform(0.7, 1.4)
+    if rng.random() < 0.2:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.2))
+    out = out + rng.normal(0, rng.uniform(0, 0.03), out.shape).astype(np.float32)
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def jitter_prior(onehot: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Prior channels (C, S, S) with parts shifted, scaled or dropped at random (landmark errors)."""
+    out = onehot.copy()
+    ppu = S / (parsing_net.CROP_U[1] - parsing_net.CROP_U[0])
+    for group in _PRIOR_GROUPS:
+        r = rng.random()
+        if r < 0.03:
+            out[list(group)] = 0.0
+        elif r < 0.6:
+            shift = rng.normal(0, 0.04, 2) * ppu
+            scale = float(np.exp(rng.normal(0, 0.08)))
+            ys, xs = np.nonzero(onehot[list(group)].max(axis=0))
+            if len(xs) == 0:
+                continue
+            c = np.array([xs.mean(), ys.mean()])
+            m = np.array(
+                [[scale, 0, (1 - scale) * c[0] + shift[0]], [0, scale, (1 - scale) * c[1] + shift[1]]]
+            )
+            for ch in group:
+                out[ch] = cv2.warpAffine(onehot[ch], m, (S, S), flags=cv2.INTER_NEAREST)
+    if rng.random() < 0.3:  # the face region too, a little
+        m = np.array([[1, 0, rng.normal(0, 0.05) * ppu], [0, 1, rng.normal(0, 0.05) * ppu]])
+        out[0] = cv2.warpAffine(onehot[0], m, (S, S), flags=cv2.INTER_NEAREST)
+    return out
+
+
+def training_sample(item: Item, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(input (C, S, S) float32, target (S, S) int64 with IGNORE outside the photo) of one augmented photo."""
+    flip = bool(rng.random() < 0.5)
+    t = _similarity(rng, flip)
+    full = t @ np.vstack([item.affine, [0, 0, 1.0]])
+    crop = parsing_net.warp_to_crop(item.rgb, full[:2])
+    height, width = item.rgb.shape[:2]
+    # Reference pixel r (512 grid) -> photo pixel x = (r + 0.5) * size / 512 - 0.5.
+    ref_to_photo = np.array(
+        [[width / 512, 0, 0.5 * width / 512 - 0.5], [0, height / 512, 0.5 * height / 512 - 0.5], [0, 0, 1.0]]
+    )
+    target = parsing_net.warp_to_crop(item.ref, (full @ ref_to_photo)[:2], nearest=True)
+    valid = parsing_net.warp_to_crop(np.ones((height, width), np.uint8), full[:2], nearest=True)
+    prior = cv2.warpAffine(item.prior, t[:2], (S, S), flags=cv2.INTER_NEAREST)
+    if flip:
+        table = parsing_net.flip_table()
+        target, prior = table[target], table[prior]
+    crop = augment_makeup(crop, target, rng)
+    x = parsing_net.network_input(crop, prior)
+    first, n_prior = parsing_net.PRIOR_START, len(parsing_net.PRIOR_CLASSES)
+    x[first : first + n_prior] = jitter_prior(x[first : first + n_prior], rng)
+    y = target.astype(np.int64)
+    y[valid == 0] = IGNORE
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training and evaluation
+
+
+def train(
+    items: list[Item], steps: int, seed: int, batch: int = 6, log: bool = True
+) -> parsing_net.ParsingNet:
+    """A ParsingNet trained on the items (Adam, cosine learning rate), in eval mode."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = parsing_net.ParsingNet()
+    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    weights = torch.from_numpy(CLASS_WEIGHTS)
+    start = time.time()
+    net.train()
+    running = 0.0
+    for step in range(steps):
+        samples = [training_sample(items[i], rng) for i in rng.integers(len(items), size=batch)]
+        x = torch.from_numpy(np.stack([s[0] for s in samples]))
+        y = torch.from_numpy(np.stack([s[1] for s in samples]))
+        loss = F.cross_entropy(net(x), y, weight=weights, ignore_index=IGNORE)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
+        if log and (step % 50 == 0 or step == steps - 1):
+            print(f"  step {step:5d}  loss {running:.4f}  {time.time() - start:.0f}s", flush=True)
+    return net.eval()
+
+
+def save_net(net: parsing_net.ParsingNet, path: Path) -> None:
+    """Weights as float16 safetensors (half the size; the network runs in float32)."""
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+    # BatchNorm's batch counter is an integer: keep it as it is.
+    state.update({k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"source": "tools/parsing_train.py", "data": "SHMT examples dev set"})
+    tmp.replace(path)
+
+
+def folds(items: list[Item], k: int) -> list[int]:
+    """Fold index per item: makeup and non_makeup photos dealt round-robin in sorted order."""
+    out = [0] * len(items)
+    for kind in ("makeup", "non_makeup"):
+        members = sorted(i for i, it in enumerate(items) if it.name.split("/")[0] == kind)
+        for j, i in enumerate(members):
+            out[i] = j % k
+    return out
+
+
+def score(items: list[Item], predict) -> list[tuple[str, dict[str, float], dict[str, tuple[int, int]]]]:
+    """(name, IoU per region, (intersection, union) per region) per item for a predict(item) -> labels."""
+    rows = []
+    for item in items:
+        pred = predict(item)
+        height, width = item.rgb.shape[:2]
+        ref = cv2.resize(item.ref, (width, height), interpolation=cv2.INTER_NEAREST)
+        ious = parsing_iou.region_ious(pred, ref)
+        counts = {}
+        for name in ious:
+            p, r = np.isin(pred, parsing_iou.REGIONS[name]), np.isin(ref, parsing_iou.REGIONS[name])
+            counts[name] = (int((p & r).sum()), int((p | r).sum()))
+        rows.append((item.name, ious, counts))
+    return rows
+
+
+def print_table(title: str, rows_by_method: dict[str, list]) -> None:
+    """Per-class mean IoU for makeup / non_makeup photos (mouth: mean and pooled over open mouths)."""
+    print(f"\n{title}")
+    regions = list(parsing_iou.REGIONS)
+    print(f"{'method':<10} {'photos':<11}" + "".join(f" {r:>7}" for r in regions) + "  mouth(pooled)")
+    for method, rows in rows_by_method.items():
+        for kind in ("makeup", "non_makeup", "all"):
+            chosen = [r for r in rows if kind == "all" or r[0].split("/")[0] == kind]
+            cells = ""
+            for region in regions:
+                values = [r[1][region] for r in chosen if region in r[1]]
+                cells += f" {np.mean(values):7.3f}" if values else f" {'-':>7}"
+            counts = [r[2]["mouth"] for r in chosen if "mouth" in r[2]]
+            pooled = sum(c[0] for c in counts) / max(1, sum(c[1] for c in counts))
+            print(f"{method:<10} {kind + f' ({len(chosen)})':<11}{cells}  {pooled:.3f} ({len(counts)} open)")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--faces", type=Path, default=FACES)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=20241211)
+    parser.add_argument("--out", type=Path, help="train on all photos and write the weights here")
+    parser.add_argument("--kfold", type=int, default=0, help="k-fold evaluation with K folds")
+    parser.add_argument("--save-fold", default="", help="F:PATH writes fold F's network (held-out F) to PATH")
+    parser.add_argument("--rules", action="store_true", help="also score the rule-based parser (slow)")
+    parser.add_argument(
+        "--fold-dir",
+        type=Path,
+        help="write every fold's network here (fold<F>.safetensors), or, with"
+        " --reuse, read them instead of training (to re-score another inference setting)",
+    )
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--no-mirror", action="store_true", help="score without the mirrored pass")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the machine is shared; more threads only contend
+    items = load_items(args.faces)
+    print(f"{len(items)} photos")
+    if args.kfold:
+        fold_of = folds(items, args.kfold)
+        save_fold, save_path = ([*args.save_fold.split(":", 1), ""])[:2] if args.save_fold else ("-1", "")
+        results: dict[str, list] = {"net": [], "prior": []}
+        if args.rules:
+            results["rules"] = []
+        mirror = not args.no_mirror
+        for fold in range(args.kfold):
+            train_items = [it for it, f in zip(items, fold_of, strict=True) if f != fold]
+            held = [it for it, f in zip(items, fold_of, strict=True) if f == fold]
+            print(f"fold {fold}: train {len(train_items)}, held out {[it.name for it in held]}", flush=True)
+            fold_path = args.fold_dir / f"fold{fold}.safetensors" if args.fold_dir else None
+            if args.reuse and fold_path is not None:
+                net = parsing_net.load_net(fold_path)
+            else:
+                net = train(train_items, args.steps, args.seed + fold)
+                if fold_path is not None:
+                    save_net(net, fold_path)
+            if str(fold) == save_fold:
+                save_net(net, Path(save_path))
+            rows = score(
+                held, lambda it, net=net: parsing_net.refine_parse(it.rgb, it.landmarks, net, mirror=mirror)
+            )
+            results["net"] += rows
+            results["prior"] += score(held, lambda it: parsing.parse_prior(it.rgb, it.landmarks))
+            if args.rules:
+                results["rules"] += score(
+                    held, lambda it: parsing.parse_face(it.rgb, it.landmarks, method="rules")
+                )
+            for name, ious, _ in rows:
+                print(f"  {name:<24} " + "  ".join(f"{k} {v:.3f}" for k, v in ious.items()), flush=True)
+        print_table(f"{args.kfold}-fold held-out IoU ({args.steps} steps per fold)", results)
+    if args.out:
+        net = train(items, args.steps, args.seed)
+        save_net(net, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
