@@ -158,6 +158,9 @@ Produced = "list[Path] | tuple[list[Path], dict[str, Any]]"
 Outcome = Any  # Produced, or the exception that failed the item
 ProcessFn = Callable[[WorkItem], Any]
 BatchFn = Callable[[list[WorkItem]], Sequence[Outcome]]
+#: Takes every pending item at once and yields (index into that list, outcome, seconds) in any order,
+#: as results come back: how an executor that spreads the items over other processes reports them.
+StreamFn = Callable[[list[WorkItem]], Iterable[tuple[int, Outcome, float]]]
 
 
 def _one_by_one(process: ProcessFn) -> BatchFn:
@@ -219,18 +222,22 @@ class BatchRunner:
         *,
         process_batch: BatchFn | None = None,
         batch_size: int = 1,
+        process_stream: StreamFn | None = None,
     ) -> Summary:
         """Process every item of this shard, holding the output folder's lock.
 
         Either `process(item)` per item, or `process_batch(items)` on up to `batch_size` items at a
         time, returning one outcome per item (its output paths, optionally with extra manifest fields,
         or the exception that failed it). `done_outputs(item)` names files whose presence means the
-        item is done when the manifest has no record of it (e.g. outputs of an older run). Raises
+        item is done when the manifest has no record of it (e.g. outputs of an older run). Or
+        `process_stream(pending)`, given every item still to do at once (see StreamFn). Raises
         CannotRun when the folder is locked or cannot be written.
         """
-        if process_batch is None:
+        if process_stream is not None:
+            process_batch = None
+        elif process_batch is None:
             if process is None:
-                raise TypeError("run needs process or process_batch")
+                raise TypeError("run needs process, process_batch or process_stream")
             process_batch = _one_by_one(process)
             batch_size = 1
         lock_name = ".shmt.lock" if self.shard_label is None else f".shmt.shard-{self.shard_label}.lock"
@@ -240,16 +247,17 @@ class BatchRunner:
         except (LockBusy, OutputNotWritable) as exc:
             raise CannotRun(str(exc)) from None
         try:
-            return self._run_locked(items, process_batch, max(1, batch_size), done_outputs)
+            return self._run_locked(items, process_batch, max(1, batch_size), done_outputs, process_stream)
         finally:
             lock.release()
 
     def _run_locked(
         self,
         items: Sequence[WorkItem],
-        process_batch: BatchFn,
+        process_batch: BatchFn | None,
         batch_size: int,
         done_outputs: Callable[[WorkItem], Iterable[Path]] | None,
+        process_stream: StreamFn | None = None,
     ) -> Summary:
         shard = self.options.shard
         mine = [item for item in items if shard.takes(str(item.out_stem))]
@@ -274,7 +282,7 @@ class BatchRunner:
         pending: list[WorkItem] = []
 
         def flush() -> None:
-            if not pending:
+            if not pending or process_batch is None:
                 return
             progress.update(task, current=escape(pending[-1].key[-50:]))
             batch_start = time.perf_counter()
@@ -311,12 +319,32 @@ class BatchRunner:
                     progress.advance(task)
                     continue
                 pending.append(item)
-                if len(pending) >= batch_size:
+                if process_stream is None and len(pending) >= batch_size:
                     flush()
+            if process_stream is not None:
+                self._record_stream(pending, process_stream, summary, lambda: progress.advance(task))
             flush()
         summary.seconds = time.perf_counter() - started
         self._log(f"summary done={summary.done} skipped={summary.skipped} failed={summary.failed}")
         return summary
+
+    def _record_stream(
+        self, pending: list[WorkItem], stream: StreamFn, summary: Summary, advance: Callable[[], None]
+    ) -> None:
+        """Record the outcomes `stream` yields for `pending`; an item it never reports fails."""
+        reported: set[int] = set()
+        for index, outcome, seconds in stream(list(pending)):
+            if index in reported or not 0 <= index < len(pending):
+                continue  # a retried task may report an item twice: the first report stands
+            reported.add(index)
+            self._record(self._outcome_result(pending[index], outcome, seconds), summary)
+            advance()
+        for index, item in enumerate(pending):
+            if index not in reported:
+                missing = RuntimeError("the executor returned no result for this item")
+                self._record(self._outcome_result(item, missing, 0.0), summary)
+                advance()
+        pending.clear()
 
     def _skip_reason(
         self,
@@ -352,21 +380,7 @@ class BatchRunner:
             produced, extra = outcome if isinstance(outcome, tuple) else (outcome, {})
             outputs = [self._relative(p) for p in produced]
             return ItemResult(item.key, "ok", inputs=inputs, outputs=outputs, seconds=seconds, extra=extra)
-        exc = outcome
-        if isinstance(exc, InputError):
-            message = str(exc)
-        elif isinstance(exc, MemoryError):
-            message = "out of memory"
-        elif isinstance(exc, OSError):
-            if exc.errno in _FATAL_ERRNOS and _is_below(exc.filename, self.out_dir):
-                raise CannotRun(f"cannot write to {display_path(self.out_dir)}: {exc.strerror}") from None
-            where = f": {display_path(exc.filename)}" if exc.filename else ""
-            message = f"{exc.strerror or type(exc).__name__}{where}"
-        else:
-            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-            message = f"internal error {type(exc).__name__}: {exc}{where}"
-        reason = message.splitlines()[0] if message else "failed"
+        reason = failure_reason(outcome, self.out_dir)
         return ItemResult(item.key, "failed", inputs=inputs, reason=reason, seconds=seconds)
 
     def _relative(self, path: Path) -> str:
@@ -413,6 +427,12 @@ class BatchRunner:
             summary.failed += 1
             summary.failures.append((result.key, result.reason))
             self.console.print(f"[red]error[/red] {escape(result.key)}: {escape(result.reason)}")
+        note = result.extra.get("note")
+        if note:
+            # E.g. "source: 4 faces found, 1 processed": the item is done, but not all that was there.
+            if not self.options.quiet:
+                self.console.print(f"[yellow]note[/yellow] {escape(result.key)}: {escape(str(note))}")
+            self._log(f"note {result.key} {note}")
         self._log(f"{result.status} {result.key} {result.reason}".rstrip())
         if self.options.json_lines:
             fields = {k: v for k, v in asdict(result).items() if k not in ("extra", "input_stamps")}
@@ -434,7 +454,9 @@ class BatchRunner:
         if self.options.json_lines:
             sys.stdout.write(json.dumps(summary.to_json(), ensure_ascii=True) + "\n")
             sys.stdout.flush()
-        if self.options.quiet and not summary.exit_code:
+        # --quiet: each failure was printed once as it happened; only items that failed in an earlier
+        # run (not printed now) get the summary line that explains the exit code.
+        if self.options.quiet and not summary.failed_before:
             return
         colour = "red" if summary.exit_code else "green"
         before = f" ({summary.failed_before} failed before; --retry-failed)" if summary.failed_before else ""
@@ -442,6 +464,8 @@ class BatchRunner:
             f"[{colour}]{self.command}[/{colour}]: {summary.done} done, {summary.skipped} skipped{before}, "
             f"{summary.failed} failed in {summary.seconds:.1f} s → {escape(display_path(self.out_dir))}"
         )
+        if self.options.quiet:
+            return
         for key, reason in summary.failures:
             self.console.print(f"  [red]failed[/red] {escape(key)}: {escape(reason)}")
 
@@ -457,3 +481,24 @@ def _is_below(filename: str | bytes | None, folder: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def failure_reason(exc: BaseException, out_dir: Path) -> str:
+    """The one-line manifest reason for an item that failed with `exc`.
+
+    Raises CannotRun when `exc` means the output folder itself cannot be written (disk full, read-only).
+    """
+    if isinstance(exc, InputError):
+        message = str(exc)
+    elif isinstance(exc, MemoryError):
+        message = "out of memory"
+    elif isinstance(exc, OSError):
+        if exc.errno in _FATAL_ERRNOS and _is_below(exc.filename, out_dir):
+            raise CannotRun(f"cannot write to {display_path(out_dir)}: {exc.strerror}") from None
+        where = f": {display_path(exc.filename)}" if exc.filename else ""
+        message = f"{exc.strerror or type(exc).__name__}{where}"
+    else:
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+        message = f"internal error {type(exc).__name__}: {exc}{where}"
+    return message.splitlines()[0] if message else "failed"

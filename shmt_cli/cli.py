@@ -6,9 +6,11 @@ Exit codes: 0 all done; 1 some inputs failed; 2 usage error; 3 the run could not
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -42,7 +44,18 @@ T = TypeVar("T")
 Inputs = Annotated[
     list[str] | None, typer.Argument(help="Photos and/or folders (searched recursively).", show_default=False)
 ]
-OutDir = Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if missing).")]
+
+
+def _output_folder(text: str) -> Path:
+    # Path("") is Path("."): an empty -o (an unset shell variable) would write into the current folder.
+    if not text.strip():
+        raise typer.BadParameter("the output folder is empty (an unset variable?); give a folder")
+    return Path(text)
+
+
+OutDir = Annotated[
+    Path, typer.Option("--output", "-o", parser=_output_folder, help="Output folder (created if missing).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo items whose outputs already exist.")]
 RetryFailed = Annotated[
     bool, typer.Option("--retry-failed", help="Retry items that failed in an earlier run.")
@@ -70,9 +83,17 @@ WaitLock = Annotated[
 LogFile = Annotated[Path | None, typer.Option("--log", help="Append a line per item and the summary here.")]
 
 
+class Stopped(BaseException):
+    """SIGTERM arrived (BaseException, like KeyboardInterrupt: no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Unwind like Ctrl-C: the lock is released and half-written temp files are removed on the way out.
-    raise SystemExit(128 + signum)
+    raise Stopped(signum)
 
 
 def _version(value: bool) -> None:
@@ -88,6 +109,9 @@ def main(
     ] = False,
 ) -> None:
     """shmt: makeup transfer for folders of photos."""
+    # Torch's warnings (pickle protocol of a checkpoint, deprecations) speak to developers, name no input
+    # and break the one-line-per-problem output; what matters to users is reported by us.
+    warnings.filterwarnings("ignore", module=r"torch(\.|$)")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
@@ -107,6 +131,10 @@ def run_options(
     log: Path | None,
 ) -> RunOptions:
     """The shared batch options from the command line."""
+    if wait_lock < 0:
+        raise UsageError(f"--wait-lock takes seconds >= 0 (0: do not wait), got {wait_lock:g}")
+    if log is not None:
+        check_log_file(log)
     return RunOptions(
         overwrite=overwrite,
         retry_failed=retry_failed,
@@ -116,6 +144,17 @@ def run_options(
         wait_lock=wait_lock,
         log_file=log,
     )
+
+
+def check_log_file(log: Path) -> None:
+    """UsageError unless --log can be appended to (checked before the run, not mid-batch)."""
+    if log.is_dir():
+        raise UsageError(f"--log {log}: is a folder, give a file name")
+    try:
+        with open(log, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--log {log}: cannot write ({exc.strerror or exc})") from None
 
 
 def all_inputs(inputs: list[str] | None, files_from: str | None, options: RunOptions) -> list[str]:
@@ -130,6 +169,13 @@ def run_batch(job: Callable[[], tuple[BatchRunner, Summary]]) -> None:
     """Run a batch job, print its report and exit with its code (usage and fatal errors mapped)."""
     try:
         runner, summary = job()
+    except KeyboardInterrupt:
+        raise _error_exit("interrupted (Ctrl-C); finished items are kept, run again to resume", 130) from None
+    except Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        raise _error_exit(
+            f"stopped by {name}; finished items are kept, run again to resume", 128 + stop.signum
+        ) from None
     except UsageError as exc:
         raise _error_exit(str(exc), EXIT_USAGE) from None
     except CannotRun as exc:
@@ -254,23 +300,78 @@ def transfer(
     ] = None,
     crop: Annotated[bool, typer.Option("--crop", help="Also write the 256x256 result crop.")] = False,
     grid: Annotated[bool, typer.Option("--grid", help="Also write the official 3-panel strip.")] = False,
+    all_faces: Annotated[
+        bool,
+        typer.Option("--all-faces", help="Make up every face of a group photo (all pasted into one output)."),
+    ] = False,
+    out_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="Output format: same (the source's; JPEG stays JPEG), png, jpg or webp."
+        ),
+    ] = "same",
+    quality: Annotated[
+        int | None, typer.Option("--quality", min=1, max=100, help="jpg/webp quality (default 92/90).")
+    ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="Keep the prepared faces under out/faces/ (for `evaluate`)."),
+    ] = True,
     weights_dir: Annotated[
         Path | None, typer.Option("--weights-dir", help="Where imported weights are.")
+    ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this process) or ray (a Ray cluster; shmt[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", metavar="ADDR", help="ray: cluster to join (default $RAY_ADDRESS, else local)."
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option("--gpus-per-worker", metavar="F", help="ray: GPUs per engine worker (e.g. 1, 0.5)."),
+    ] = 0.0,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", metavar="N", help="ray: engine workers (default: all GPUs/CPUs)."),
     ] = None,
     overwrite: Overwrite = False,
     retry_failed: RetryFailed = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
     shard: ShardOpt = None,
+    files_from: Annotated[
+        str | None,
+        typer.Option(
+            "--files-from",
+            metavar="FILE",
+            help="Source photos, one per line ('-': stdin); a single positional argument is the references.",
+        ),
+    ] = None,
     wait_lock: WaitLock = 0.0,
     log: LogFile = None,
 ) -> None:
     """Put the makeup of each reference onto each source; results keep the source photo's size."""
+
+    from shmt_cli.executors import ExecutorOptions, check_executor_options, engine_by_name, make_executor
     from shmt_cli.pipelines import transfer as tr
 
     def job() -> tuple[BatchRunner, Summary]:
         options = run_options(overwrite, retry_failed, json_out, quiet, shard, wait_lock, log)
-        tr.check_pair_inputs(sources, references, pairs)
+        source_list = [sources] if sources is not None else []
+        reference_list = [references] if references is not None else []
+        if files_from is not None:
+            if files_from == "-" and pairs == "-":
+                raise UsageError("--files-from - and --pairs - cannot both read stdin")
+            if references is None:  # `--files-from LIST REFS`: the positional argument is the references
+                reference_list, source_list = source_list, []
+            source_list += all_inputs(None, files_from, options)
+            if not source_list:
+                raise UsageError(f"--files-from {files_from} lists no source photo")
+        tr.check_pair_inputs(source_list, reference_list, pairs)
+        tr.check_output_format(out_format)
         engine_options = {
             "level": level,
             "mix": mix,
@@ -285,11 +386,26 @@ def transfer(
             "regions": tr.parse_regions(regions),
             "strengths": tr.parse_strengths(strength),
         }
+        where = ExecutorOptions(executor, ray_address, gpus_per_worker, workers)
+        check_executor_options(where)  # before the weights load
         chosen, note = tr.open_engine(engine, engine_options, weights_dir)
+        # Workers build the engine chosen here (not `auto` again, which could choose differently there).
+        runs_on = make_executor(
+            where, functools.partial(engine_by_name, chosen.name, engine_options, weights_dir)
+        )
         if not quiet:
             make_console().print(note)
-        settings = tr.TransferSettings(pairs=pairs, seed=seed, crop=crop, grid=grid)
-        return tr.run_transfer([sources or ""], [references or ""], output, chosen, settings, options)
+        settings = tr.TransferSettings(
+            pairs=pairs,
+            seed=seed,
+            crop=crop,
+            grid=grid,
+            all_faces=all_faces,
+            format=out_format,
+            quality=quality,
+            keep_faces=cache,
+        )
+        return tr.run_transfer(source_list, reference_list, output, chosen, settings, options, runs_on)
 
     run_batch(job)
 
@@ -344,6 +460,9 @@ def evaluate(
     from shmt_cli.pipelines import evaluate as ev
 
     console = make_console()
+    for folder in results:
+        if not folder.is_dir():
+            raise _error_exit(f"{folder}: no such results folder", EXIT_USAGE)
     # Refuse a bad --csv/--plot before the metrics are computed, not with a traceback after.
     if csv_out:
         _check_report_path(csv_out, "--csv", ())
@@ -404,6 +523,113 @@ def evaluate(
     raise typer.Exit(1 if failures else 0)
 
 
+@app.command()
+def train(
+    output: OutDir,
+    data: Annotated[
+        list[str] | None,
+        typer.Argument(help="Folders of photos and/or `shmt decompose` outputs.", show_default=False),
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Fine-tune these weights (a weights folder or RUN/weights).")
+    ] = None,
+    weights_dir: Annotated[
+        Path | None, typer.Option("--weights-dir", help="From scratch: the folder with the imported VQ-f4.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="JSON file of training settings (options override it).")
+    ] = None,
+    variant: Annotated[str | None, typer.Option("--variant", help="h0 or h4 (default h4).")] = None,
+    size: Annotated[str | None, typer.Option("--size", help="From scratch: full or tiny.")] = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", help="Samples per process and step (default 1).")
+    ] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option("--grad-accum", help="Micro-batches per optimizer step (default 1).")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Learning rate (default 1e-6 × batch × processes × grad-accum)."),
+    ] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="fp32 or bf16 (autocast).")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of data order, augmentation, noise.")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Train up to this many optimizer steps.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Checkpoint every N steps (and at the end).")
+    ] = None,
+    validate_every: Annotated[
+        int | None, typer.Option("--validate-every", help="Validation loss and sample grid every K steps.")
+    ] = None,
+    validation_size: Annotated[
+        int | None, typer.Option("--validation-size", help="Fixed validation self-pairs (0: none).")
+    ] = None,
+    keep: Annotated[int | None, typer.Option("--keep", help="Checkpoints to keep (newest).")] = None,
+    grid_steps: Annotated[
+        int | None, typer.Option("--grid-steps", help="DDIM steps of the sample grids (default 20).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Data loader processes.")] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda (torchrun: one GPU each).")
+    ] = "auto",
+    force_config: Annotated[
+        bool, typer.Option("--force-config", help="Continue a run although its settings changed.")
+    ] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Write RUN/loss.png at the end.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train SHMT on your photos (self-supervised); the same command on the same RUN/ resumes it."""
+    from shmt_cli.engines.shmt.weights import CheckpointError
+    from shmt_cli.lock import LockBusy
+    from shmt_cli.pipelines.train import TrainRequest, run_train
+    from shmt_cli.training.config import ConfigMismatch
+
+    console = make_console()
+    request = TrainRequest(
+        data=list(data or []),
+        run_dir=output,
+        init=init,
+        weights_dir=weights_dir,
+        config_file=config,
+        variant=variant,
+        size=size,
+        batch=batch,
+        grad_accum=grad_accum,
+        lr=lr,
+        dtype=dtype,
+        seed=seed,
+        steps=steps,
+        checkpoint_every=checkpoint_every,
+        validate_every=validate_every,
+        validation_size=validation_size,
+        keep_checkpoints=keep,
+        grid_steps=grid_steps,
+        workers=workers,
+        device=device,
+        force_config=force_config,
+        plot=plot,
+        quiet=quiet,
+    )
+    try:
+        result, failures = run_train(request, console)
+    except (ValueError, ConfigMismatch, CheckpointError) as exc:
+        raise _error_exit(str(exc).splitlines()[0], EXIT_USAGE) from None
+    except (LockBusy, OSError) as exc:
+        raise _error_exit(str(exc).splitlines()[0], EXIT_CANNOT_RUN) from None
+    if not quiet and int(os.environ.get("RANK", "0")) == 0:
+        last = result.last
+        loss = f", loss {last['loss']:.5f}" if "loss" in last else ""
+        console.print(
+            f"trained steps {result.first_step} → {result.last_step}{loss}; "
+            f"weights: {escape(str(output / 'weights'))}"
+            + (f"; {len(failures)} inputs skipped" if failures else "")
+        )
+    raise typer.Exit(1 if failures else 0)
+
+
 weights_app = typer.Typer(
     help="Import, list and verify SHMT weights (nothing is ever downloaded).", no_args_is_help=True
 )
@@ -450,6 +676,34 @@ def weights_import(
     raise typer.Exit(1 if failed else 0)
 
 
+@weights_app.command("export")
+def weights_export(
+    target: Annotated[Path, typer.Argument(help="Checkpoint file to write (.ckpt).")],
+    official: Annotated[
+        bool, typer.Option("--official", help="Official Lightning layout (the only format so far).")
+    ] = False,
+    variant: Annotated[
+        str | None, typer.Option("--variant", help="h0 or h4 when the folder has both.")
+    ] = None,
+    weights_dir: WeightsDir = None,
+) -> None:
+    """Write weights (imported or trained, e.g. RUN/weights) as an official SHMT checkpoint."""
+    from shmt_cli.engines.shmt.export import export_official
+    from shmt_cli.engines.shmt.weights import CheckpointError
+    from shmt_cli.engines.shmt.weights import weights_dir as resolve
+
+    if not official:
+        raise _error_exit(
+            "say --official: the official Lightning checkpoint is the only export format", EXIT_USAGE
+        )
+    folder = resolve(weights_dir)
+    try:
+        count = export_official(folder, target, variant)
+    except (CheckpointError, OSError) as exc:
+        raise _error_exit(f"{folder}: {str(exc).splitlines()[0]}", EXIT_CANNOT_RUN) from None
+    make_console().print(f"wrote {escape(str(target))}: {count} tensors (official key names)")
+
+
 @weights_app.command("list")
 def weights_list(weights_dir: WeightsDir = None, json_out: JsonOut = False) -> None:
     """Show the imported weights."""
@@ -485,8 +739,14 @@ def weights_verify(weights_dir: WeightsDir = None) -> None:
     from shmt_cli.engines.shmt.weights import verify_weights
     from shmt_cli.engines.shmt.weights import weights_dir as resolve
 
-    results = verify_weights(resolve(weights_dir))
+    folder = resolve(weights_dir)
+    results = verify_weights(folder)
     console = make_console()
+    if not results:
+        console.print(
+            f"no weights installed in {escape(str(folder))}; import them with `shmt weights import`"
+        )
+        raise typer.Exit(1)
     for result in results:
         if result.ok:
             console.print(f"[green]ok[/green] {escape(result.file)}")
@@ -506,11 +766,22 @@ def manifest_merge(
     """Combine the shard manifests of a folder into manifest.jsonl and report failed or missing items."""
     from shmt_cli.manifest import merge_manifests
 
+    if expect is not None and expect < 0:
+        raise _error_exit(f"--expect takes the number of items of the job (>= 0), got {expect}", EXIT_USAGE)
+
     if not folder.is_dir():
         raise _error_exit(f"not a folder: {folder}", EXIT_USAGE)
+    from shmt_cli.lock import live_locks
+
+    console = make_console()
+    for name, info in live_locks(folder):
+        # Its records so far are merged, but it is still working: the merged manifest is not final.
+        console.print(
+            f"[yellow]note[/yellow]: {escape(name)} is held by PID {info.get('pid')} on {info.get('host')}: "
+            "that run is still going, merge again when it has finished"
+        )
     merged, path = merge_manifests(folder)
     statuses = [r.get("status") for r in merged.values()]
-    console = make_console()
     ok, failed = statuses.count("ok"), statuses.count("failed")
     console.print(f"{escape(str(path))}: {len(merged)} items, {ok} ok, {failed} failed")
     missing = (expect - len(merged)) if expect is not None else 0

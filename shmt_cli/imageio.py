@@ -7,10 +7,13 @@ of animated files, and reports the declared size before decoding (decompression-
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,7 +28,43 @@ from shmt_cli.atomic import (  # noqa: F401
     write_json_atomic,
 )
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# `.jfif`/`.jpe` are JPEG; HEIC/HEIF (iPhones) are read through the pillow-heif plugin, AVIF (Android) by
+# Pillow itself (>= 11.3) or that plugin. Formats a build cannot read are refused by name (see read_image).
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+    ".heic", ".heif", ".avif",
+)  # fmt: skip
+HEIF_EXTENSIONS = (".heic", ".heif")
+
+
+def _register_plugins() -> dict[str, bool]:
+    """Register the HEIF opener when pillow-heif is installed; which of HEIF and AVIF can be read."""
+    from PIL import features
+
+    heif = False
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        heif = True
+    except ImportError:  # optional at run time: such files are refused with a line naming the format
+        pass
+    avif = bool(features.check("avif")) if "avif" in features.get_supported_modules() else False
+    return {"heif": heif, "avif": avif}
+
+
+READABLE = _register_plugins()
+
+
+def unreadable_format(path: Path) -> str | None:
+    """Why a file of this format cannot be read by this install (None when it can)."""
+    suffix = path.suffix.lower()
+    if suffix in HEIF_EXTENSIONS and not READABLE["heif"]:
+        return f"HEIC/HEIF image ({suffix}) cannot be read: install pillow-heif"
+    if suffix == ".avif" and not READABLE["avif"]:
+        return "AVIF image cannot be read: this Pillow has no AVIF support (Pillow >= 11.3 has it)"
+    return None
+
 
 # 12000x8000 photos (96 MP) must decode; a file declaring more than this is refused before decoding.
 MAX_PIXELS = 150_000_000
@@ -37,13 +76,39 @@ class InputError(Exception):
     """A problem with one input file, reported as one line and the batch goes on."""
 
 
+@dataclass(frozen=True, eq=False)
+class PhotoInfo:
+    """What an output keeps of its input photo besides the face: format, colour profile, EXIF, alpha.
+
+    format: Pillow's name ("JPEG", "PNG", ...); icc: the ICC profile bytes; exif: the EXIF block with the
+    orientation set to 1 (the pixels are stored upright); alpha: (H, W) uint8 and the colour under it,
+    straight (not composited), (H, W, 3) uint8, both upright; None for opaque photos.
+    """
+
+    format: str
+    icc: bytes | None = None
+    exif: bytes | None = None
+    alpha: np.ndarray | None = None
+    straight_rgb: np.ndarray | None = None
+
+
 def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a photo to (H, W, 3) uint8 RGB, upright (EXIF orientation applied).
 
     Grayscale, palette, 16-bit, CMYK and alpha images are converted (alpha composited over white).
     Raises InputError with the reason for anything that is not a usable image.
     """
-    path = Path(path)
+    return _decode(Path(path), max_pixels, keep_info=False)[0]
+
+
+def read_photo(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, PhotoInfo]:
+    """read_image plus what an output of the photo should keep (see PhotoInfo)."""
+    rgb, info = _decode(Path(path), max_pixels, keep_info=True)
+    assert info is not None
+    return rgb, info
+
+
+def _decode(path: Path, max_pixels: int, keep_info: bool) -> tuple[np.ndarray, PhotoInfo | None]:
     if path.is_dir():
         try:
             os.scandir(path).close()
@@ -59,6 +124,9 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
         raise InputError(f"not a regular file ({_file_kind(info.st_mode)})")
     if info.st_size == 0:
         raise InputError("empty file (0 bytes)")
+    refused = unreadable_format(path)
+    if refused:
+        raise InputError(refused)
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89 MP on, below the 96 MP photos we accept; `max_pixels` is the guard.
@@ -79,19 +147,113 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
                 # exif_transpose copies even an upright image: skip it then (a 96 MP copy is ~0.3 GB).
                 orientation = img.getexif().get(EXIF_ORIENTATION, 1)
                 upright = ImageOps.exif_transpose(img) if orientation in range(2, 9) else img
-                return _to_rgb8(upright)
+                rgb = _to_rgb8(upright)
+                return rgb, (_photo_info(img, upright) if keep_info else None)
     except InputError:
         raise
     except PermissionError as exc:
         raise InputError("permission denied") from exc
     except UnidentifiedImageError as exc:
-        raise InputError("not a recognised image format") from exc
+        raise InputError(
+            unreadable_format(path) or _sniffed_format(path) or "not a recognised image format"
+        ) from exc
     except Image.DecompressionBombError as exc:
         raise InputError(f"image too large, possible decompression bomb ({_first_line(exc, '')})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if "decompressed data too large" in str(exc).lower():  # a text or ICC chunk inflating to GBs
             raise InputError("metadata too large, possible decompression bomb") from exc
         raise InputError(f"corrupt or truncated image ({_first_line(exc, type(exc).__name__)})") from exc
+
+
+_SIGNATURES = {
+    b"ftypheic": "HEIC",
+    b"ftypheix": "HEIC",
+    b"ftypmif1": "HEIF",
+    b"ftypmsf1": "HEIF",
+    b"ftypavif": "AVIF",
+    b"ftypavis": "AVIF",
+}
+
+
+def _sniffed_format(path: Path) -> str | None:
+    """'HEIC image cannot be read: ...' for a HEIF/AVIF file whatever its suffix, when this install cannot
+    read it (phones and converters write `.jpg` names on HEIC data)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    kind = _SIGNATURES.get(head[4:12])
+    if kind is None:
+        return None
+    hint = "install pillow-heif" if kind != "AVIF" else "this Pillow has no AVIF support"
+    return f"{kind} image cannot be read ({hint})"
+
+
+def _photo_info(original: Image.Image, upright: Image.Image) -> PhotoInfo:
+    exif = original.getexif()
+    exif_bytes = None
+    if len(exif):
+        if EXIF_ORIENTATION in exif:
+            exif[EXIF_ORIENTATION] = 1
+        exif_bytes = exif.tobytes()
+    alpha = straight = None
+    if upright.mode in ("RGBA", "LA", "PA", "RGBa", "La", "P") and (
+        upright.mode != "P" or "transparency" in upright.info
+    ):
+        rgba = upright.convert("RGBA")
+        array = np.asarray(rgba, dtype=np.uint8)
+        if (array[..., 3] < 255).any():
+            alpha, straight = array[..., 3].copy(), array[..., :3].copy()
+    return PhotoInfo(
+        format=original.format or "PNG",
+        icc=original.info.get("icc_profile") or None,
+        exif=exif_bytes,
+        alpha=alpha,
+        straight_rgb=straight,
+    )
+
+
+# Output formats: the input's by default (a JPEG stays a JPEG); formats few programs write (HEIC, AVIF,
+# TIFF, BMP, GIF) become JPEG (lossy photos) or PNG (lossless).
+OUTPUT_FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
+_SAME_FORMAT = {
+    ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg", ".heic": "jpg", ".heif": "jpg",
+    ".avif": "jpg", ".webp": "webp",
+}  # fmt: skip
+DEFAULT_QUALITY = {"jpg": 92, "webp": 90}
+
+
+def output_format(input_path: str | os.PathLike[str], requested: str = "same") -> str:
+    """'png', 'jpg' or 'webp' for an output of `input_path` (by its suffix when `requested` is 'same')."""
+    if requested != "same":
+        if requested not in OUTPUT_FORMATS:
+            raise ValueError(f"--format must be same, {', '.join(OUTPUT_FORMATS)}; got {requested!r}")
+        return requested
+    return _SAME_FORMAT.get(Path(input_path).suffix.lower(), "png")
+
+
+def encode_photo(
+    rgb: np.ndarray, fmt: str, info: PhotoInfo | None = None, quality: int | None = None
+) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB photo as 'png', 'jpg' or 'webp', keeping `info`'s ICC profile,
+    EXIF and (PNG/WebP) alpha. quality: 1..100 for jpg/webp (default 92/90); PNG is lossless."""
+    pillow_format, _ = OUTPUT_FORMATS[fmt]
+    image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    if info is not None and info.alpha is not None and fmt != "jpg":
+        image.putalpha(Image.fromarray(info.alpha, "L"))
+    options: dict[str, Any] = {}
+    if info is not None and info.icc:
+        options["icc_profile"] = info.icc
+    if info is not None and info.exif:
+        options["exif"] = info.exif
+    if fmt == "png":
+        options["compress_level"] = 3  # ~3x faster than Pillow's default 6 for a few % more bytes
+    else:
+        options["quality"] = quality or DEFAULT_QUALITY[fmt]
+    buffer = io.BytesIO()
+    image.save(buffer, format=pillow_format, **options)
+    return buffer.getvalue()
 
 
 def _file_kind(mode: int) -> str:

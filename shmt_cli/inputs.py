@@ -164,6 +164,29 @@ def collect_inputs(
     return _disambiguate(list(unique.values()))
 
 
+def require_inputs(
+    found: list[InputFile],
+    paths: Sequence[str | os.PathLike[str]],
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+) -> list[InputFile]:
+    """`found`, or a UsageError naming the folders searched when it is empty (an empty or unmounted
+    folder, or one with only formats that are not read: a cron job must not pass silently)."""
+    if found:
+        return found
+    others: dict[str, int] = {}
+    for given in paths:
+        if os.path.isdir(given):
+            for _parent, _dirs, names in os.walk(given):
+                for name in names:
+                    suffix = os.path.splitext(name)[1].lower() or "(no suffix)"
+                    others[suffix] = others.get(suffix, 0) + 1
+    where = ", ".join(display_path(p) for p in paths) or "(nothing given)"
+    seen = ", ".join(f"{count} {suffix}" for suffix, count in sorted(others.items()))
+    detail = f"; files there: {seen}" if seen else " (empty or not mounted?)"
+    return_types = ", ".join(extensions)
+    raise UsageError(f"no input images found in {where}{detail}; read: {return_types}")
+
+
 # Output names add suffixes to a stem (`_face12.json`, `_parsing_color.png`): stems longer than this
 # many bytes are cut so every output name stays within the 255 bytes file systems allow.
 MAX_STEM_BYTES = 200
@@ -183,20 +206,30 @@ def _bounded(stem: PurePosixPath) -> PurePosixPath:
     return stem.with_name(f"{''.join(kept)}~{digest}")
 
 
+def _suffix_rank(suffix: str) -> tuple[int, str]:
+    """Which of several files sharing a name keeps the plain name: the first in IMAGE_EXTENSIONS order."""
+    suffix = suffix.lower()
+    order = IMAGE_EXTENSIONS.index(suffix) if suffix in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
+    return order, suffix
+
+
 def _disambiguate(found: list[tuple[Path, PurePosixPath]]) -> list[InputFile]:
-    """Drop suffixes from relative names; names that then collide keep their suffix, then get ~N."""
+    """Drop suffixes from relative names; files sharing a name keep the plain name by a fixed suffix rank
+    (`.jpg` before `.png`, ...), the others get `_<suffix>`; then same-named files get ~N.
+
+    The rank depends on the file alone, not on what else is there, so the common case (a `p.png` export
+    appearing beside `p.jpg`) never renames the outputs of the file that was there first.
+    """
     stems = [rel.with_suffix("") if rel.suffix else rel for _, rel in found]
-    counts: dict[PurePosixPath, int] = {}
-    suffixes: dict[tuple[PurePosixPath, str], int] = {}
+    best: dict[PurePosixPath, tuple[int, str]] = {}
     for stem, (_, rel) in zip(stems, found, strict=True):
-        counts[stem] = counts.get(stem, 0) + 1
-        suffixes[stem, rel.suffix.lower()] = suffixes.get((stem, rel.suffix.lower()), 0) + 1
+        rank = _suffix_rank(rel.suffix)
+        best[stem] = min(best.get(stem, rank), rank)
     taken: set[PurePosixPath] = set()
     result = []
     for (path, rel), stem in zip(found, stems, strict=True):
         name = stem
-        # `x.jpg` beside `x.png` keeps the suffix; two `x.jpg` from different folders get ~N instead.
-        if counts[stem] > 1 and rel.suffix and suffixes[stem, rel.suffix.lower()] == 1:
+        if rel.suffix and _suffix_rank(rel.suffix) != best[stem]:
             name = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
         name = _bounded(name)
         base, n = name, 2
@@ -224,8 +257,10 @@ class Shard:
             index, count = int(index_text), int(count_text)
         except ValueError:
             raise UsageError(f"--shard takes K/N with whole numbers, e.g. 2/8; got {text!r}") from None
-        if count < 1 or not 1 <= index <= count:
-            raise UsageError(f"--shard {text}: K must be between 1 and N")
+        if count < 1:
+            raise UsageError(f"--shard {text}: N (the number of shards) must be at least 1")
+        if not 1 <= index <= count:
+            raise UsageError(f"--shard {text}: K must be between 1 and N ({count})")
         return cls(index, count)
 
     @property

@@ -160,3 +160,15 @@ class OutputLock:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def live_locks(folder: Path, pattern: str = ".shmt*.lock") -> list[tuple[str, dict]]:
+    """(lock file name, holder info) of the locks in `folder` whose holder still runs (or runs on another
+    host, where it cannot be checked): e.g. shards still writing while their manifests are merged."""
+    held = []
+    for path in sorted(folder.glob(pattern)):
+        lock = OutputLock(folder, path.name)
+        info = lock.holder()
+        if info and not lock._stale(info):
+            held.append((path.name, info))
+    return held

@@ -46,14 +46,24 @@ def band_preview(band: torch.Tensor | np.ndarray, size: int, gain: float = 4.0) 
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def contact_sheet(rows: Sequence[Sequence[np.ndarray]], cell: int = 128, gap: int = 2) -> np.ndarray:
-    """Tile pictures into a grid, one row per entry: (rows·(cell+gap), cols·(cell+gap), 3) uint8 on white."""
+def contact_sheet(
+    rows: Sequence[Sequence[np.ndarray]],
+    cell: int = 128,
+    gap: int = 2,
+    labels: Sequence[str] = (),
+) -> np.ndarray:
+    """Tile pictures into a grid, one row per entry, under a header naming each column (`labels`):
+    (header + rows·(cell+gap) + gap, cols·(cell+gap) + gap, 3) uint8 on white."""
     columns = max(len(row) for row in rows)
-    sheet = np.full((len(rows) * (cell + gap) + gap, columns * (cell + gap) + gap, 3), 255, np.uint8)
+    header = 22 if labels else 0
+    sheet = np.full((header + len(rows) * (cell + gap) + gap, columns * (cell + gap) + gap, 3), 255, np.uint8)
+    for c, label in enumerate(labels[:columns]):
+        x = gap + c * (cell + gap) + 4
+        cv2.putText(sheet, label, (x, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (40, 40, 40), 1, cv2.LINE_AA)
     for r, row in enumerate(rows):
         for c, picture in enumerate(row):
             tile = picture if picture.ndim == 3 else np.repeat(picture[:, :, None], 3, axis=2)
             tile = cv2.resize(tile, (cell, cell), interpolation=cv2.INTER_AREA)
-            y, x = gap + r * (cell + gap), gap + c * (cell + gap)
+            y, x = header + gap + r * (cell + gap), gap + c * (cell + gap)
             sheet[y : y + cell, x : x + cell] = tile
     return sheet

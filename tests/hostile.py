@@ -229,11 +229,14 @@ def build_corpus(root: Path, face: np.ndarray) -> list[str]:
 
 
 def shmt_command() -> list[str]:
-    """How to start the `shmt` command line of this interpreter's environment as a subprocess."""
-    entry = Path(sys.executable).parent / "shmt"
-    if entry.is_file() and os.access(entry, os.X_OK):
-        return [str(entry)]
-    return [sys.executable, "-m", "shmt_cli.cli"]
+    """How to start the `shmt` command line of *this checkout* as a subprocess.
+
+    Not the environment's `shmt` script: that imports whichever checkout is installed (another
+    worktree's code when several share a virtualenv), so subprocess tests would test the wrong code.
+    """
+    repo = str(Path(__file__).resolve().parents[1])
+    start = f"import sys; sys.path.insert(0, {repo!r}); from shmt_cli.cli import app; app()"
+    return [sys.executable, "-c", start]
 
 
 def readable_despite_mode_0(path: Path) -> bool:

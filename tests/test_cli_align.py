@@ -64,7 +64,7 @@ def test_align_folder_with_bad_files(photos: Path, tmp_path: Path) -> None:
     items = {Path(line["key"]).name: line for line in lines if line["type"] == "item"}
     summary = next(line for line in lines if line["type"] == "summary")
     assert (summary["done"], summary["failed"]) == (3, 3)
-    assert items["noface.png"]["reason"] == "no face found"
+    assert items["noface.png"]["reason"].startswith("no face found")
     assert "corrupt or truncated" in items["corrupt.jpg"]["reason"]
     assert items["notes.jpg"]["reason"] == "not a recognised image format"
     for name in ("astronaut", "rotated", "group/two"):

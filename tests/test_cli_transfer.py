@@ -59,6 +59,15 @@ def test_auto_picks_classic_without_weights(tmp_path: Path) -> None:
     assert engine.name == "classic" and "no SHMT weights" in note
 
 
+def test_auto_refuses_a_bad_option_of_the_engine_it_did_not_pick(tmp_path: Path) -> None:
+    # auto picks classic here, but --steps 0 would break the day SHMT weights are installed.
+    with pytest.raises(ValueError, match="--steps"):
+        create_engine("auto", {"steps": 0}, tmp_path)
+    # --level is per engine: a classic level is not checked against the shmt engine.
+    engine, _ = create_engine("auto", {"level": "h3"}, tmp_path)
+    assert engine.name == "classic" and engine.uses_seed is False
+
+
 def test_shmt_engine_without_weights_is_a_usage_error(folders: tuple[Path, Path], tmp_path: Path) -> None:
     sources, references = folders
     args = ["transfer", str(sources), str(references), "-o", str(tmp_path / "o"), "--engine", "shmt"]
@@ -96,7 +105,7 @@ def test_transfer_folders_with_paste_back(folders: tuple[Path, Path], tmp_path: 
     # Only the face region changes: the image borders and the corners are byte-identical.
     assert not changed[:, :150].any() and not changed[:, -150:].any() and not changed[:60].any()
     assert (out / "sub" / "wide__madeup_crop.png").is_file()
-    assert (out / "mirror__madeup.png").is_file()
+    assert (out / "mirror__madeup.jpg").is_file()  # a JPEG source gives a JPEG
 
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     ok = [r for r in records if r["status"] == "ok"]
@@ -121,7 +130,7 @@ def test_pairs_csv_and_zip(folders: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "csv"
     result = runner.invoke(app, ["transfer", "-o", str(out), "--pairs", str(table), "--engine", "classic"])
     assert result.exit_code == 0, result.output
-    assert (out / "custom" / "name.png").is_file()
+    assert (out / "custom" / "name.jpg").is_file()
 
     table.write_text(f"{sources / 'mirror.jpg'},{references / 'madeup.png'},../escape\n")
     result = runner.invoke(app, ["transfer", "-o", str(out), "--pairs", str(table), "--engine", "classic"])

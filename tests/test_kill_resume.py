@@ -223,5 +223,24 @@ def test_sigterm_stops_a_run_cleanly(tmp_path: Path, astronaut_rgb: np.ndarray) 
     run.wait(timeout=60)
     assert b"Traceback" not in (logs / "term.err").read_bytes()
     assert run.returncode == 128 + signal.SIGTERM  # the shell convention for "stopped by SIGTERM"
+    # One line says what happened (was: silence, or a traceback when it hit the detector).
+    said = [line for line in (logs / "term.err").read_text().splitlines() if "SIGTERM" in line]
+    assert len(said) == 1 and "run again to resume" in said[0]
     assert not (out / ".shmt.lock").exists() and not list(out.rglob("*.tmp"))
     assert 1 <= len(read_records(manifest_path(out))) < 12
+
+
+def test_ctrl_c_prints_one_line(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
+    write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(800,))
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    logs.mkdir()
+    run = _launch(["align", str(tmp_path / "photos"), "-o", str(out)], logs, "int")
+    assert _wait_for(_progress_made(run, out, 0), 90)
+    run.send_signal(signal.SIGINT)
+    run.wait(timeout=60)
+    err = (logs / "int.err").read_text()
+    assert "Traceback" not in err
+    assert run.returncode == 130
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "Ctrl-C" in said[0]
+    assert not (out / ".shmt.lock").exists()

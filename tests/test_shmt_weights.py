@@ -281,7 +281,12 @@ def test_verify_detects_tampering_missing_and_unlisted_files(tmp_path: Path, h4_
     (out / W.VQ_FILE).unlink()
     results = {r.file: r for r in W.verify_weights(out)}
     assert results[W.VQ_FILE].problems == ["file is missing"]
-    assert not W.verify_weights(tmp_path / "empty")[0].ok
+    # Nothing installed is not a damaged install (the CLI says "no weights installed")...
+    assert W.verify_weights(tmp_path / "empty") == []
+    # ...but safetensors files without a manifest are.
+    (tmp_path / "orphan").mkdir()
+    (tmp_path / "orphan" / "shmt_h4.safetensors").write_bytes(b"")
+    assert not W.verify_weights(tmp_path / "orphan")[0].ok
 
 
 def test_weights_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

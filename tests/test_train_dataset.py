@@ -57,7 +57,7 @@ def test_photos_are_prepared_once_and_a_bad_photo_is_reported_and_skipped(
     assert reported == failures
     reasons = {Path(failure.path).name: failure.reason for failure in failures}
     assert reasons.keys() == {"broken.jpg", "noface.png"}
-    assert "corrupt" in reasons["broken.jpg"] and reasons["noface.png"] == "no face found"
+    assert "corrupt" in reasons["broken.jpg"] and reasons["noface.png"].startswith("no face found")
     assert all("\n" not in f.line() and f.line().startswith(f.path) for f in failures)
     cache = run / ds.CACHE_FOLDER
     assert len(list(cache.glob("*.safetensors"))) == 3 and len(list(cache.glob("*.failed.json"))) == 2

@@ -41,6 +41,8 @@ class Engine(ABC, Generic[S, R]):
     batch_size: int = 1
     #: Whether sources need the 3D render (references never do).
     needs_render: bool = False
+    #: Whether results depend on the noise seed (else --seed is left out of the parameter hash).
+    uses_seed: bool = True
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

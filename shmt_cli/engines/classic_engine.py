@@ -26,6 +26,7 @@ class ClassicEngine(Engine[PreparedSource, PreparedReference]):
     """Classic makeup transfer with `ClassicParams` (its settings class in the registry)."""
 
     name = "classic"
+    uses_seed = False  # deterministic: no noise, so --seed stays out of the parameter hash
 
     def __init__(self, params: ClassicParams) -> None:
         self.params = params

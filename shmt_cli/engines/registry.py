@@ -67,6 +67,16 @@ def make_settings(name: str, options: Mapping[str, Any]) -> Any:
     return settings_class(**{k: v for k, v in options.items() if k in fields and v is not None})
 
 
+def _check_other_engines(chosen: str, options: Mapping[str, Any]) -> None:
+    """ValueError for a bad option value of any engine, not only the one that runs: `auto` may pick one
+    engine today and the other tomorrow, and a typo must not wait for the day it matters."""
+    # --level is checked only by the engine that runs: its values differ per engine.
+    others = {k: v for k, v in options.items() if k != "level"}
+    for name in ENGINES:
+        if name != chosen:
+            make_settings(name, others)
+
+
 def create_engine(
     name: str, options: Mapping[str, Any], weights_dir: Path | None = None
 ) -> tuple[Engine, str]:
@@ -86,6 +96,7 @@ def create_engine(
         if name == "auto" and chosen == "classic":
             raise ValueError(f"{err}; auto chose classic because no SHMT weights are installed") from None
         raise
+    _check_other_engines(chosen, options)
     if chosen == "shmt" and not shmt_weights_installed(weights_dir):
         from shmt_cli.engines.shmt.weights import weights_dir as resolve_weights_dir
 

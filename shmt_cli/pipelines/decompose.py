@@ -13,7 +13,7 @@ from shmt_cli.batch import BatchRunner, RunOptions, Summary, WorkItem
 from shmt_cli.decompose import FaceParts, analyse_face, save_parts
 from shmt_cli.face.parsing import LABEL_ORDERS, load_label_map
 from shmt_cli.imageio import InputError, read_image, write_image_atomic
-from shmt_cli.inputs import UsageError, collect_inputs, display_path, output_file
+from shmt_cli.inputs import UsageError, collect_inputs, display_path, output_file, require_inputs
 from shmt_cli.pipelines import refuse_output_as_input
 from shmt_cli.pipelines.faces import read_aligned_face
 from shmt_cli.previews import band_preview, contact_sheet, parsing_colour, parsing_overlay
@@ -22,6 +22,7 @@ from shmt_cli.representations import SourceParts, source_parts
 PREVIEW_LEVELS = (0, 1, 2, 3, 4)
 CONTACT_SHEET_ROWS = 64
 CONTACT_SHEET_NAME = "contact_sheet.png"
+CONTACT_SHEET_COLUMNS = ("photo", "parsing", "3D render", "h0 content", "h4 content")
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def run_decompose(
         if folder is not None and not folder.is_dir():
             raise UsageError(f"not a folder: {display_path(folder)}")
     refuse_output_as_input(out_dir, inputs)
-    files = collect_inputs(inputs, exclude=[out_dir], optional=options.listed_inputs)
+    files = require_inputs(collect_inputs(inputs, exclude=[out_dir], optional=options.listed_inputs), inputs)
     items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
     runner = BatchRunner("decompose", out_dir, settings.as_params(), options)
 
@@ -175,5 +176,5 @@ def write_contact_sheet(out_dir: Path, stems: list[PurePosixPath]) -> Path | Non
     if not rows:
         return None
     target = out_dir / CONTACT_SHEET_NAME
-    write_image_atomic(target, contact_sheet(rows))
+    write_image_atomic(target, contact_sheet(rows, labels=CONTACT_SHEET_COLUMNS))
     return target

@@ -302,11 +302,12 @@ def _fmt(value: float | None) -> str:
 def to_json(
     evaluations: Sequence[FolderEvaluation], pairs: Sequence[tuple[str, str]] | None
 ) -> dict[str, Any]:
-    """Per-pair rows and per-folder summaries, JSON-safe (inf as "inf", NaN as null)."""
+    """Per-pair rows and per-folder summaries, JSON-safe: every metric a number or null. null is NaN
+    (not measurable) or an infinite PSNR (nothing changed there): a string "inf" broke numeric readers."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, float):
-            return None if math.isnan(value) else ("inf" if math.isinf(value) else value)
+            return None if not math.isfinite(value) else value
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
         return value

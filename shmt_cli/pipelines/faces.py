@@ -8,7 +8,8 @@ import numpy as np
 
 from shmt_cli.decompose import to_model_size
 from shmt_cli.face.align import read_sidecar
-from shmt_cli.face.detect import default_detector
+from shmt_cli.face.rotation import rotate_image, rotate_points
+from shmt_cli.face.search import find_faces
 from shmt_cli.imageio import InputError, read_image
 from shmt_cli.inputs import display_path
 from shmt_cli.representations import IMAGE_SIZE
@@ -32,8 +33,9 @@ def has_sidecar(image_path: Path) -> bool:
 def read_aligned_face(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray, str]:
     """(image (size, size, 3) uint8 RGB, landmarks (68, 2) float64 in it, source description).
 
-    Landmarks come from the `shmt align` sidecar when there is one; otherwise the face is detected
-    (any face photo works; it is square-resized to `size` as SHMT does).
+    Landmarks come from the `shmt align` sidecar when there is one; otherwise the best plausible face
+    is detected (any face photo works; it is square-resized to `size` as SHMT does). A photo whose face
+    was only found turned by a quarter turn is turned with it, so the face is upright.
     """
     image = read_image(path)
     sidecar = sidecar_for(path)
@@ -49,9 +51,12 @@ def read_aligned_face(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, n
             )
         landmarks, source = record.landmarks_crop, record.source_path
     else:
-        faces = default_detector().detect(image)
-        if not faces:
-            raise InputError("no face found")
-        landmarks, source = faces[0].landmarks, display_path(path)
+        search = find_faces(image)
+        if not search.faces:
+            raise InputError(search.failure())
+        landmarks, source = search.faces[0].landmarks, display_path(path)
+        if search.rotation:
+            landmarks = rotate_points(landmarks, search.rotation, image.shape)
+            image = rotate_image(image, search.rotation)
     image, landmarks = to_model_size(image, landmarks, size)
     return image, landmarks, source

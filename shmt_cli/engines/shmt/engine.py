@@ -338,6 +338,7 @@ class ShmtEngine(Engine[SourceState, ReferenceState]):
             # The official blend swaps EMA weights into model 1 only; model 2 (h0) runs its raw weights.
             use_ema = not (level == "mix" and variant == MODEL2 and not settings.ema_both)
             entry = installed[variant]
+            W.check_weights_file(folder, entry.file)  # size, header, sha256 when the file changed
             models[variant] = load_model(
                 folder / entry.file, variant, entry.size, use_ema, device, compile_unet, unet_dtype
             )

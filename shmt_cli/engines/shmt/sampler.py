@@ -33,10 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: only when sampling (never for the classic engine)
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 LINEAR_START = 0.0015
@@ -117,6 +120,8 @@ def make_scheduler(steps: int) -> DDIMScheduler:
 
     Its ``timesteps`` (descending) equal ``ddim_timesteps(steps)`` reversed; this is checked.
     """
+    from diffusers import DDIMScheduler
+
     scheduler = DDIMScheduler(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,
         trained_betas=ldm_betas().astype(np.float32),
@@ -164,6 +169,8 @@ def make_dpmpp_scheduler(steps: int) -> DPMSolverMultistepScheduler:
     The last update lands on ᾱ_0 like DDIM's (``sigma_min``); below 15 steps the last two updates are
     first order (diffusers' ``lower_order_final``), for stability.
     """
+    from diffusers import DPMSolverMultistepScheduler
+
     timesteps = dpmpp_timesteps(steps)
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=NUM_TRAIN_TIMESTEPS,

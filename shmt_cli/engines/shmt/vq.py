@@ -22,11 +22,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from diffusers import VQModel
 from torch import nn
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: only when a VQ is built (not for the classic engine)
+    from diffusers import VQModel
 
 SizeClass = Literal["full", "tiny"]
 
@@ -78,6 +80,8 @@ def _use_ldm_swish(model: nn.Module) -> None:
 
 def build_vq(config: VqF4Config = VQ_F4_FULL) -> VQModel:
     """A randomly initialised diffusers ``VQModel`` with the vq-f4 layout, in eval mode."""
+    from diffusers import VQModel
+
     levels = len(config.channel_mult)
     model = VQModel(
         in_channels=3,

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -253,6 +253,9 @@ class WeightsEntry:
     ema: bool | None = None
     epoch: int | None = None
     global_step: int | None = None
+    #: [size, mtime in ns] of the file when its sha256 was last computed: loading hashes the file again
+    #: only when this changed (see check_weights_file).
+    stamp: list[int] | None = None
 
 
 @dataclass
@@ -289,7 +292,13 @@ def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> str:
-    """Write atomically with the usual file permissions (see `shmt_cli.atomic`); return the sha256."""
+    """Write atomically with the usual file permissions (see `shmt_cli.atomic`); return the sha256.
+
+    Byte-reproducible: safetensors orders the header's tensors itself but writes a metadata map of
+    several keys in hash-map order, which differs from run to run; the metadata is therefore one key
+    (``shmt``) holding sorted JSON, so the same tensors always give the same file and the same sha256.
+    """
+    metadata = {"shmt": json.dumps(metadata, sort_keys=True, separators=(",", ":"))}
     with atomic_path(target) as tmp:
         save_file(_unshared(tensors), str(tmp), metadata=metadata)
         digest = sha256_file(tmp)
@@ -437,6 +446,7 @@ def import_checkpoint(
         sha256=digest,
         tensors=len(shmt_tensors),
         bytes=(directory / shmt_file).stat().st_size,
+        stamp=file_stamp(directory / shmt_file),
         ema=has_ema,
         epoch=checkpoint.epoch,
         global_step=checkpoint.global_step,
@@ -450,9 +460,11 @@ def import_checkpoint(
         sha256=vq_digest,
         tensors=len(vq_tensors),
         bytes=(directory / VQ_FILE).stat().st_size,
+        stamp=file_stamp(directory / VQ_FILE),
     )
     if previous_vq is not None and previous_vq.sha256 == vq_digest:
-        vq_entry = previous_vq  # same tensors: keep the original provenance
+        # Same tensors: keep the original provenance (the file was rewritten: a new stamp).
+        vq_entry = replace(previous_vq, stamp=vq_entry.stamp)
     manifest[shmt_file] = shmt_entry
     manifest[VQ_FILE] = vq_entry
     _write_manifest(directory, manifest)
@@ -508,6 +520,8 @@ def verify_weights(directory: str | os.PathLike[str]) -> list[VerifyResult]:
     """
     directory = Path(directory)
     if not (directory / MANIFEST_NAME).is_file():
+        if not any(directory.glob("*.safetensors")):
+            return []  # nothing installed: the caller says so
         return [VerifyResult(MANIFEST_NAME, [f"no manifest in {directory}; run `shmt weights import`"])]
     manifest = read_manifest(directory)
     results = []
@@ -533,19 +547,63 @@ def verify_weights(directory: str | os.PathLike[str]) -> list[VerifyResult]:
     return results
 
 
-def load_weights(
-    directory: str | os.PathLike[str], file: str, *, verify: bool = False
-) -> dict[str, torch.Tensor]:
-    """The tensors of one imported file (official names), on CPU; ``verify`` checks the sha256 first."""
+def file_stamp(path: Path) -> list[int]:
+    """[size, mtime in ns] of a file."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def check_weights_file(directory: str | os.PathLike[str], file: str, *, full: bool = False) -> None:
+    """What loading can afford to check before trusting an imported file; CheckpointError on a problem.
+
+    Always (cost: one stat and reading the JSON header, well under 10 ms): the file is listed in the
+    manifest, has the recorded size, a readable safetensors header and the recorded tensor count. The
+    full sha256 (about 4-5 s per GB on this CPU) only when ``full`` or when the file's [size, mtime]
+    differs from the stamp recorded when its hash was last computed: an edited, truncated or replaced
+    file is caught at load; silent bit rot that keeps the mtime is left to `shmt weights verify`.
+    """
     directory = Path(directory)
     path = directory / file
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; import the official checkpoint with `shmt weights import`")
-    if verify:
-        entry = read_manifest(directory).get(file)
-        if entry is None or sha256_file(path) != entry.sha256:
-            raise CheckpointError(f"{path}: does not match the manifest; re-import it")
-    return load_file(str(path))
+    entry = read_manifest(directory).get(file)
+    if entry is None:
+        raise CheckpointError(f"{path}: not listed in {directory / MANIFEST_NAME}; re-import it")
+    stamp = file_stamp(path)
+    if stamp[0] != entry.bytes:
+        raise CheckpointError(
+            f"{path}: {stamp[0]} bytes, {entry.bytes} expected (truncated or replaced); re-import it"
+        )
+    try:
+        with safe_open(str(path), "pt") as handle:
+            count = len(list(handle.keys()))
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({_first_line(err)}); re-import it"
+        ) from None
+    if count != entry.tensors:
+        raise CheckpointError(
+            f"{path}: holds {count} tensors, the manifest says {entry.tensors}; re-import it"
+        )
+    if (full or entry.stamp != stamp) and sha256_file(path) != entry.sha256:
+        raise CheckpointError(
+            f"{path}: sha256 differs from the one the manifest recorded at import (changed or corrupted)"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def load_weights(
+    directory: str | os.PathLike[str], file: str, *, verify: bool = False
+) -> dict[str, torch.Tensor]:
+    """The tensors of one imported file (official names), on CPU, after check_weights_file (``verify``:
+    with the full sha256)."""
+    directory = Path(directory)
+    check_weights_file(directory, file, full=verify)
+    return load_file(str(directory / file))
 
 
 def load_vq_model(directory: str | os.PathLike[str], *, verify: bool = False):
