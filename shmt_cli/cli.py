@@ -270,7 +270,10 @@ def transfer(
     mix: Annotated[
         float, typer.Option("--mix", min=0.0, max=1.0, help="mix: share of steps for the h4 model.")
     ] = 0.5,
-    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="DDIM steps (shmt).")] = 50,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Sampler steps (shmt).")] = 50,
+    sampler: Annotated[
+        str, typer.Option("--sampler", help="shmt: ddim (official) or dpmpp (DPM-Solver++, try --steps 20).")
+    ] = "ddim",
     seed: Annotated[
         int, typer.Option("--seed", help="Base seed; each pair derives its own noise from it.")
     ] = 321,
@@ -373,6 +376,7 @@ def transfer(
             "level": level,
             "mix": mix,
             "steps": steps,
+            "sampler": sampler,
             "ida": ida,
             "ema_both": ema_both,
             "batch_size": batch_size,

@@ -191,3 +191,94 @@ def test_ddim_sample_refuses_foreign_timesteps_and_unkeyed_mapping() -> None:
         S.ddim_sample({1: lambda x, t: x}, x, 4)
     result = S.ddim_sample(lambda x, t: torch.zeros_like(x), x, [751, 501, 251, 1])
     assert result.timesteps == [751, 501, 251, 1]
+
+
+# ------------------------------------------------------------------------------------------------
+# The fast sampler (DPM-Solver++ 2M)
+
+
+def _gaussian_data_eps(mean: torch.Tensor, std: float, alphas: torch.Tensor) -> S.EpsFn:
+    """The exact ε-predictor for data ~ N(mean, std² I): ε = √(1−ᾱ)(x − √ᾱ·mean) / (ᾱ·std² + 1 − ᾱ)."""
+
+    def eps_fn(x_t: torch.Tensor, t_batch: torch.Tensor) -> torch.Tensor:
+        a = alphas[int(t_batch[0])].double()
+        return ((1 - a).sqrt() * (x_t.double() - a.sqrt() * mean) / (a * std**2 + 1 - a)).float()
+
+    return eps_fn
+
+
+def _gaussian_ode_end(
+    x_T: torch.Tensor, mean: torch.Tensor, std: float, alphas: torch.Tensor
+) -> torch.Tensor:
+    """Exact probability-flow ODE solution from x_T at t = ODE_START to ᾱ_0 for Gaussian data.
+
+    Along the ODE x_t = √ᾱ_t·mean + √(ᾱ_t·std² + 1 − ᾱ_t)·z with z constant.
+    """
+    a_T, a_0 = alphas[S.ODE_START].double(), alphas[0].double()
+    z = (x_T.double() - a_T.sqrt() * mean) / (a_T * std**2 + 1 - a_T).sqrt()
+    return (a_0.sqrt() * mean + (a_0 * std**2 + 1 - a_0).sqrt() * z).float()
+
+
+def test_dpmpp_timesteps_start_where_ddim50_starts_and_end_at_alpha0() -> None:
+    for steps in (1, 2, 10, 20, 50, 981):
+        ts = S.dpmpp_timesteps(steps)
+        assert len(ts) == len(set(ts)) == steps and ts == sorted(ts, reverse=True)
+        assert ts[0] == S.ODE_START == S.ddim_timesteps(50)[-1] and (steps == 1 or ts[-1] == 1)
+    scheduler = S.make_dpmpp_scheduler(20)
+    assert scheduler.timesteps.tolist() == S.dpmpp_timesteps(20)
+    alpha0 = S.ldm_schedule_buffers()["alphas_cumprod"][0]
+    assert scheduler.sigmas[-1].item() == pytest.approx(((1 - alpha0) / alpha0).sqrt().item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"1\.\.981"):
+        S.make_dpmpp_scheduler(982)
+    with pytest.raises(ValueError, match="sampler"):
+        S.sample_ode(lambda x, t: x, torch.zeros(1, 3, 2, 2), 4, "euler")
+
+
+def test_dpmpp20_beats_ddim50_on_the_exact_gaussian_ode(alphas: torch.Tensor) -> None:
+    """For Gaussian data the ε-predictor and the ODE solution are exact: DPM-Solver++ 2M (second order,
+    log-SNR steps) lands 20 steps closer to the solution than 50 DDIM (first order) steps."""
+    gen = torch.Generator().manual_seed(7)
+    mean = torch.randn(2, 3, 8, 8, generator=gen).double()
+    std = 0.5
+    x_T = torch.randn(2, 3, 8, 8, generator=gen)
+    eps_fn = _gaussian_data_eps(mean, std, alphas)
+    exact = _gaussian_ode_end(x_T, mean, std, alphas)
+
+    def error(sampler: str, steps: int) -> float:
+        result = S.sample_ode(eps_fn, x_T, steps, sampler)
+        assert result.timesteps[0] <= S.ODE_START and len(result.timesteps) == steps
+        return ((result.samples - exact).norm() / exact.norm()).item()
+
+    errors = {(s, n): error(s, n) for s, n in [("ddim", 50), ("dpmpp", 10), ("dpmpp", 20)]}
+    # Measured: DDIM-50 3.1e-2, DPM++-10 6.0e-3, DPM++-20 3.8e-3 (steps uniform in t instead of λ: 5.8e-2).
+    assert errors["dpmpp", 20] * 4 <= errors["ddim", 50]
+    assert errors["dpmpp", 20] < errors["dpmpp", 10] < errors["ddim", 50]
+    assert errors["dpmpp", 20] < 1e-2
+
+
+def test_sample_ode_runs_two_models_and_records_with_dpmpp() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def model(which: int) -> S.EpsFn:
+        def eps_fn(x_t: torch.Tensor, t_batch: torch.Tensor) -> torch.Tensor:
+            calls.append((which, int(t_batch[0])))
+            return 0.1 * x_t
+
+        return eps_fn
+
+    x_T = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    progress: list[int] = []
+    result = S.sample_ode(
+        {1: model(1), 2: model(2)},
+        x_T,
+        10,
+        "dpmpp",
+        choose=S.two_model_chooser(0.5),
+        record=True,
+        progress=lambda i, n: progress.append(i),
+    )
+    assert result.timesteps == S.dpmpp_timesteps(10)
+    assert calls == list(zip(result.choices, result.timesteps, strict=True))
+    assert result.choices == [2 if t >= 500 else 1 for t in result.timesteps]
+    assert len(result.x_inter) == 11 and torch.equal(result.x_inter[-1], result.samples)
+    assert progress == list(range(1, 11))

@@ -197,3 +197,27 @@ def test_decode_matches_official_unclamped_image(tiny_vq, h4_io) -> None:
     assert decoded.shape == (2, 3, 256, 256)
     assert (decoded - h4_io["ddim5.decoded"]).abs().max() < 1e-4
     assert decoded.abs().max() > 1.0  # unclamped, as the official decode_first_stage
+
+
+def test_lean_blocks_equal_diffusers_forward() -> None:
+    """The lean encoder/decoder (no /output_scale_factor pass, in-place residual) give diffusers' output.
+
+    Random weights with non-trivial GroupNorm affines, so every block contributes.
+    """
+    torch.manual_seed(3)
+    vq = V.build_vq(V.VQ_F4_TINY)
+    with torch.no_grad():
+        for module in vq.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+    image = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latent = V.run_encoder(vq.encoder, image)
+        expected_latent = vq.encoder(image)
+        decoded = V.run_decoder(vq.decoder, latent)
+        expected_decoded = vq.decoder(latent)
+    assert latent.shape == (2, 3, 16, 16) and decoded.shape == (2, 3, 64, 64)
+    assert (latent - expected_latent).abs().max() <= 1e-5 * expected_latent.abs().max()
+    assert (decoded - expected_decoded).abs().max() <= 1e-5 * expected_decoded.abs().max()
+    assert decoded.std() > 0.01  # a live decoder, not a constant image

@@ -13,20 +13,32 @@ identically zero), wraps them in `ShmtEngine` and times each part on synthetic 2
 Then the bf16 drift: the relative error of the bf16 UNet's ε against fp32 at a spread of the 50-step
 timesteps, for x_t = sqrt(ᾱ_t)·z0 + sqrt(1 − ᾱ_t)·noise.
 
-Usage: python tools/bench_shmt.py [--steps-timed K] [--batches 1,4] [--threads N] [--autocast]
+The host is shared, so absolute seconds are noisy: a calibration (an isolated 3×3 convolution at the
+UNet's widest 64² shape, GFLOP/s in fp32 and bf16) is measured in the same run, and the UNet's achieved
+GFLOP/s (FLOPs counted by torch.utils.flop_counter) is reported as a fraction of it, which is
+comparable across runs. A pair costs the same UNet steps with either sampler (the scheduler update is
+negligible): s/pair is given for 50-step DDIM and 20-step DPM-Solver++. `--json` also prints every
+figure as one JSON object (last line). Compiled timings are not measured yet (eager only).
+
+Usage: PYTHONPATH=. python tools/bench_shmt.py [--steps-timed K] [--batches 1,4] [--threads N]
+       [--autocast] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import resource
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import PairJob
@@ -37,6 +49,8 @@ from shmt_cli.engines.shmt.model import ShmtDenoiser
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
 
 STEPS = 50
+#: The fast sampler's step count in the s/pair figures.
+DPMPP_STEPS = 20
 #: The official code on this machine (golden README): s per DDIM step (0.63 s of it the IDA) and per pair.
 OFFICIAL_STEP_S, OFFICIAL_IDA_S, OFFICIAL_PAIR_S = 1.54, 0.63, 83.0
 
@@ -86,6 +100,30 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
+def conv_calibration(dtype: torch.dtype, channels: int = 224, batch: int = 1) -> float:
+    """GFLOP/s of one isolated 3×3 convolution (B, C, 64, 64) -> (B, C, 64, 64), channels_last, `dtype`."""
+    x = torch.randn(batch, channels, 64, 64).to(dtype=dtype, memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3).to(dtype=dtype, memory_format=torch.channels_last)
+    flops = 2 * batch * channels * channels * 9 * 64 * 64
+    with torch.inference_mode():
+        F.conv2d(x, weight, padding=1)
+        seconds = timed(lambda: F.conv2d(x, weight, padding=1), 5)
+    return flops / seconds / 1e9
+
+
+def unet_flops(unet: nn.Module, batch: int) -> int:
+    """FLOPs of one UNet call at `batch` (convolutions, matmuls, attention), counted by torch."""
+    x = torch.randn(batch, unet.config.in_channels, 64, 64).contiguous(memory_format=torch.channels_last)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        unet(x, torch.full((batch,), 500))
+    return int(counter.get_total_flops())
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def load() -> str:
     with open("/proc/loadavg") as handle:
         return handle.read().split()[0]
@@ -100,7 +138,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--autocast", action="store_true", help="also time bf16 autocast over fp32 weights")
     parser.add_argument("--size", default="full", choices=("full", "tiny"), help="tiny: a quick smoke run")
+    parser.add_argument("--json", action="store_true", help="also print all figures as one JSON object")
     args = parser.parse_args()
+    report: dict = {"torch": torch.__version__, "threads": 0, "size": args.size, "load_start": load()}
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -109,6 +149,15 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load {load()}"
     )
     print(f"SHMT-h4 {args.size} size, random weights, CPU")
+    report["threads"] = torch.get_num_threads()
+    calibration = {
+        name: conv_calibration(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    report["calibration_conv3x3_gflops"] = calibration
+    print(
+        f"calibration, isolated 3×3 conv 224→224 at 64²: fp32 {calibration['fp32']:.1f} GFLOP/s, "
+        f"bf16 {calibration['bf16']:.1f} GFLOP/s"
+    )
 
     config = variant_config(4, args.size)
     torch.manual_seed(0)
@@ -148,6 +197,8 @@ def main() -> None:
     with torch.inference_mode():
         side = (reference.z_ref, reference.makeup64, reference.onehot64)
         ref_encoder_s = timed(lambda: ida.prepare_reference(*side), 3)
+    report["vq_encode_s"], report["vq_decode_s"] = encode_s, decode_s
+    report["prepare_source_s"], report["prepare_reference_s"] = prep_source_s, prep_reference_s
     print(f"VQ encode, one 256² image:            {encode_s:6.2f} s")
     print(f"VQ decode, one latent (+ snapping):   {decode_s:6.2f} s")
     print(f"IDA reference encoder, one face:      {ref_encoder_s:6.2f} s")
@@ -161,6 +212,7 @@ def main() -> None:
     if args.autocast:
         dtypes.append(("bf16-autocast", fp32_model))
     rows = []
+    flops = {batch: unet_flops(unet, batch) for batch in batches}
     for batch in batches:
         jobs = [PairJob(source, reference, seed=i) for i in range(batch)]
         ida_s = None
@@ -181,21 +233,41 @@ def main() -> None:
                 step_s = timed(lambda eng=eng, pb=pair_batch, x=x, t=t: eng.epsilon(pb, "h4", x, t), k)
             shared.update(pair_batch.prepared)
             rows.append((batch, name, ida_s, step_s))
+            achieved = flops[batch] / step_s / 1e9
+            fraction = achieved / calibration["fp32" if name == "fp32" else "bf16"]
             print(
                 f"batch {batch} {name:13s} IDA {ida_s:6.2f} s per batch | UNet step {step_s:6.2f} s "
-                f"({step_s / batch:5.2f} s per pair), fastest of {k} timed steps | load {load()}"
+                f"({step_s / batch:5.2f} s per pair), fastest of {k} timed steps | "
+                f"{achieved:.1f} GFLOP/s = {fraction:.0%} of calibration | load {load()}"
             )
 
     print(f"\nPer pair, {STEPS} DDIM steps extrapolated from the timed steps (DDIM update is negligible):")
     print("  = (50·step + IDA) / batch + decode, plus prepare_source + prepare_reference when not reused")
+    report["runs"] = []
     for batch, name, ida_s, step_s in rows:
-        sampling = (STEPS * step_s + ida_s) / batch
-        pair = sampling + decode_s
-        alone = pair + prep_source_s + prep_reference_s
+        pairs = {}
+        for sampler, steps in (("ddim", STEPS), ("dpmpp", DPMPP_STEPS)):
+            pairs[sampler] = (steps * step_s + ida_s) / batch + decode_s
+        alone = pairs["ddim"] + prep_source_s + prep_reference_s
+        achieved = flops[batch] / step_s / 1e9
+        report["runs"].append(
+            {
+                "batch": batch,
+                "dtype": name,
+                "compiled": False,
+                "s_per_step": step_s,
+                "ida_s_per_batch": ida_s,
+                "s_per_pair_ddim50": pairs["ddim"],
+                "s_per_pair_dpmpp20": pairs["dpmpp"],
+                "unet_gflop_per_step": flops[batch] / 1e9,
+                "unet_gflops": achieved,
+                "fraction_of_calibration": achieved / calibration["fp32" if name == "fp32" else "bf16"],
+            }
+        )
         print(
-            f"  batch {batch} {name:13s} {pair:6.1f} s per pair ({alone:6.1f} s "
-            f"with both faces prepared just for it); official ≈ {OFFICIAL_PAIR_S:.0f} s, "
-            f"{OFFICIAL_STEP_S} s/step of which IDA {OFFICIAL_IDA_S} s"
+            f"  batch {batch} {name:13s} DDIM-50 {pairs['ddim']:6.1f} s per pair ({alone:6.1f} s "
+            f"with both faces prepared just for it), DPM++-20 {pairs['dpmpp']:6.1f} s; official ≈ "
+            f"{OFFICIAL_PAIR_S:.0f} s, {OFFICIAL_STEP_S} s/step of which IDA {OFFICIAL_IDA_S} s"
         )
 
     # -- bf16 drift ------------------------------------------------------------------------------
@@ -205,6 +277,7 @@ def main() -> None:
     pair_batch = eng32.collate([PairJob(source, reference, seed=0)])
     generator = torch.Generator().manual_seed(3)
     z0 = source.z_bg
+    drift = []
     with torch.inference_mode():
         for t_value in (981, 781, 581, 381, 181, 21):
             a = alphas[t_value]
@@ -214,8 +287,16 @@ def main() -> None:
             e16 = eng16.epsilon(pair_batch, "h4", x_t, t)
             rel_l2 = ((e16 - e32).norm() / e32.norm()).item()
             rel_max = ((e16 - e32).abs().max() / e32.abs().max()).item()
+            drift.append(rel_l2)
             print(f"  t={t_value:4d}: |Δε|₂/|ε|₂ = {rel_l2:.2e}, max|Δε|/max|ε| = {rel_max:.2e}")
+    report["bf16_drift_rel_l2"] = {"per_t": drift, "mean": sum(drift) / len(drift)}
+    report["peak_rss_mib"] = peak_rss_mib()
+    report["load_end"] = load()
+    print(f"bf16 drift, mean over t: {report['bf16_drift_rel_l2']['mean']:.2e} (relative L2 of ε)")
+    print(f"peak RSS of this whole run (fp32 and bf16 models together): {report['peak_rss_mib']:.0f} MiB")
     print(f"load at the end {load()}")
+    if args.json:
+        print(json.dumps(report))
 
 
 if __name__ == "__main__":

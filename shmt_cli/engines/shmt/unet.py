@@ -3,9 +3,10 @@ ones after stripping ``model.diffusion_model.``.
 
 Runs in float32, under bf16/fp16 autocast, or with bf16 weights (``module.to(torch.bfloat16)``,
 which spares autocast's per-call weight casts), with contiguous or ``torch.channels_last`` tensors.
-GroupNorm and the attention weights are always computed in float32, as in the official code;
-attention uses `scaled_dot_product_attention` (the official q·d^-1/4, k·d^-1/4 scaling is the
-usual 1/sqrt(d)).
+GroupNorm statistics and the attention logits/softmax are always float32, as in the official code,
+but a half-precision UNet makes no float32 copies for them: GroupNorm uses torch's mixed-precision
+kernel and attention the fused `scaled_dot_product_attention` kernel on half q, k, v (it accumulates
+in float32; the official q·d^-1/4, k·d^-1/4 scaling is the usual 1/sqrt(d)).
 """
 
 from __future__ import annotations
@@ -37,22 +38,28 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 whatever the input dtype or autocast state; returns the input dtype
-    and memory format.
+    """GroupNorm with float32 statistics whatever the input dtype or autocast state; returns the input
+    dtype and memory format.
 
-    The statistics are computed on a contiguous copy: torch's CPU kernel for channels_last tensors loses
-    precision on maps with a large mean (error ~3e-3 at mean 5, std 0.5; 1e-6 contiguous).
+    float32 input: the statistics are computed on a contiguous copy, because torch's CPU kernel for
+    channels_last tensors takes the variance in one pass (E[x²] − E[x]²) and loses precision on maps
+    with a large mean (error ~4e-4 at mean 5, std 0.5; 1e-6 contiguous). That is the parity path.
+
+    bf16/fp16 input: torch's mixed-precision kernel (half input, float32 affine) accumulates in float32
+    and writes the half output directly, in the input's layout: no float32 copy, no layout round trip
+    (the previous float → contiguous → channels_last → bf16 path made 4 copies per call, 61 calls per
+    step). Its one-pass variance error is below the bf16 rounding of the output (max error 2.0e-2 vs
+    1.6e-2 at mean/std = 10, equal at mean 0), and the ε drift vs float32 is measured by
+    tools/bench_shmt.py.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = F.group_norm(
-                x.float().contiguous(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
-            )
-        if channels_last:
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out.to(x.dtype)
+            if x.dtype != torch.float32:
+                return F.group_norm(x, self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+            channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 class ResBlock(nn.Module):
@@ -94,6 +101,10 @@ class AttentionBlock(nn.Module):
     tokens, which are a free view of a channels_last tensor.
     """
 
+    #: Run the attention core on bf16/fp16 q, k, v (True) or on float32 copies, as the official code
+    #: does (False). See tools/bench_shmt.py for the ε drift of each choice.
+    half_core = True
+
     def __init__(self, channels: int, num_head_channels: int) -> None:
         super().__init__()
         if channels % num_head_channels:
@@ -109,11 +120,13 @@ class AttentionBlock(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
         qkv = F.linear(tokens, self.qkv.weight[:, :, 0], self.qkv.bias)  # (B, N, 3C)
         q, k, v = qkv.view(b, n, self.num_heads, 3, c // self.num_heads).permute(3, 0, 2, 1, 4).unbind(0)
-        # Attention weights in float32 as in the official code; on CPU this is also faster than the
-        # bf16 kernel, and q/k/v are small next to the convolutions.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            attended = F.scaled_dot_product_attention(q.float(), k.float(), v.float())  # (B, heads, N, d)
-        attended = attended.to(qkv.dtype).transpose(1, 2).reshape(b, n, c)
+            if self.half_core or qkv.dtype == torch.float32:
+                # The fused kernel keeps the logits and the softmax in float32 for half inputs.
+                attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+            else:
+                attended = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(qkv.dtype)
+        attended = attended.transpose(1, 2).reshape(b, n, c)
         h = F.linear(attended, self.proj_out.weight[:, :, 0], self.proj_out.bias)  # (B, N, C)
         # (B, N, C) -> (B, C, H, W) as a channels_last view, no copy.
         return x + h.transpose(1, 2).reshape(b, c, height, width)

@@ -320,13 +320,56 @@ def load_vq(state_dict: Mapping[str, torch.Tensor], config: VqF4Config | None = 
 # The three operations SHMT uses
 
 
+def _resnet(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``ResnetBlock2D`` (no time embedding, eval) without its ``/ output_scale_factor`` pass
+    (the factor is 1.0 here, checked) and with the residual added in place: one full-size pass and
+    buffer fewer per block, bit-identical output (x + h == h + x, and /1.0 is exact)."""
+    if block.output_scale_factor != 1.0:
+        raise ValueError("the lean VQ path assumes output_scale_factor 1.0")
+    act = block.nonlinearity
+    h = block.conv1(act(block.norm1(x)))
+    h = block.conv2(act(block.norm2(h)))  # dropout is the identity in eval mode
+    h += x if block.conv_shortcut is None else block.conv_shortcut(x)
+    return h
+
+
+def _mid_block(mid: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = _resnet(mid.resnets[0], x)
+    for attention, block in zip(mid.attentions, mid.resnets[1:], strict=True):
+        x = _resnet(block, attention(x))
+    return x
+
+
+def run_encoder(encoder: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``Encoder.forward`` with the lean resnet blocks (same output, see `_resnet`)."""
+    x = encoder.conv_in(image)
+    for down in encoder.down_blocks:
+        for block in down.resnets:
+            x = _resnet(block, x)
+        for sampler in down.downsamplers or ():
+            x = sampler(x)
+    x = _mid_block(encoder.mid_block, x)
+    return encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(x)))
+
+
+def run_decoder(decoder: nn.Module, latent: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``Decoder.forward`` (no latent embeddings) with the lean resnet blocks."""
+    x = _mid_block(decoder.mid_block, decoder.conv_in(latent))
+    for up in decoder.up_blocks:
+        for block in up.resnets:
+            x = _resnet(block, x)
+        for sampler in up.upsamplers or ():
+            x = sampler(x)
+    return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
+
+
 @torch.no_grad()
 def encode(vq: VQModel, image: torch.Tensor) -> torch.Tensor:
     """Image (B, 3, H, W) float in [-1, 1] -> unquantised latent (B, 3, H/4, W/4) float.
 
     ``quant_conv(encoder(x))``, scale factor 1 (SHMT never rescales its latents).
     """
-    return vq.quant_conv(vq.encoder(image))
+    return vq.quant_conv(run_encoder(vq.encoder, image))
 
 
 def _nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -361,7 +404,7 @@ def quantize(vq: VQModel, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def decode_with_indices(vq: VQModel, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``decode`` that also returns the codebook indices (B, h, w) int64 it snapped to."""
     z_q, indices = quantize(vq, latent)
-    return vq.decoder(vq.post_quant_conv(z_q)), indices
+    return run_decoder(vq.decoder, vq.post_quant_conv(z_q)), indices
 
 
 @torch.no_grad()
