@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from train_helpers import golden_batch
 
-from shmt_cli.representations import one_hot, to_unit_range
 from shmt_cli.training import objective as O
 from shmt_cli.training.augment import draw_detail_scale
 from shmt_cli.training.ema import UnetEma
@@ -40,21 +40,6 @@ def train_dir(golden_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"reference material not available: {path}")
     return path
-
-
-def golden_batch(train_dir: Path) -> dict[str, torch.Tensor]:
-    """The official training batch rebuilt from its stored uint8 tensors (README "Model tests")."""
-    u8 = load_file(train_dir / "train_batch.safetensors")
-    return {
-        "image_GT": to_unit_range(u8["batch.u8.image_GT_rgb"]),
-        "source_depth": to_unit_range(u8["batch.u8.source_depth_bgr"]),
-        "source_bg": to_unit_range(u8["batch.u8.source_bg_rgb"]),
-        "source_face_gray": to_unit_range(u8["batch.u8.source_face_gray"]),
-        "ref_face": to_unit_range(u8["batch.u8.ref_face_rgb"]),
-        "source_seg_onehot": one_hot(u8["batch.u8.source_seg"]),
-        "ref_seg_onehot": one_hot(u8["batch.u8.ref_seg"]),
-        "source_face_seg": u8["batch.source_face_seg"],
-    }
 
 
 def official_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -306,10 +291,10 @@ def test_ema_end_to_end(step: StepRun) -> None:
 CURVE_ENTRIES_IN_SUITE = 1  # entry 1 here (entry 0 is test_losses); all 21 in tools/train_golden_curve.py
 
 
+# h4 only in the suite (an iteration costs ~40 s on this CPU); tools/train_golden_curve.py runs both.
+@pytest.mark.parametrize("step", ["h4"], indirect=True)
 def test_loss_curve_first_entries(step: StepRun) -> None:
     """Same batch, t, ε and jitter at every iteration, as the golden curve (README "20-step curve")."""
-    if step.variant != "h4":
-        pytest.skip("the suite checks the curve on h4; tools/train_golden_curve.py runs both variants")
     io = step.io
     for k in range(1, 1 + CURVE_ENTRIES_IN_SUITE):
         terms = accumulate_gradients(step.model, step.start.vq, [step.micro], 4, step.schedule)

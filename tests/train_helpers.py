@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from shmt_cli.engines.shmt import weights as W
@@ -112,3 +113,18 @@ class SyntheticValidationSet(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         return {**synthetic_sample(self.seed, 0, position), "index": position}
+
+
+def golden_batch(train_dir: Path) -> dict[str, torch.Tensor]:
+    """The official training batch rebuilt from its stored uint8 tensors (README "Model tests")."""
+    u8 = load_file(train_dir / "train_batch.safetensors")
+    return {
+        "image_GT": to_unit_range(u8["batch.u8.image_GT_rgb"]),
+        "source_depth": to_unit_range(u8["batch.u8.source_depth_bgr"]),
+        "source_bg": to_unit_range(u8["batch.u8.source_bg_rgb"]),
+        "source_face_gray": to_unit_range(u8["batch.u8.source_face_gray"]),
+        "ref_face": to_unit_range(u8["batch.u8.ref_face_rgb"]),
+        "source_seg_onehot": one_hot(u8["batch.u8.source_seg"]),
+        "ref_seg_onehot": one_hot(u8["batch.u8.ref_seg"]),
+        "source_face_seg": u8["batch.source_face_seg"],
+    }

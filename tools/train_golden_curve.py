@@ -22,9 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from train_helpers import golden_batch
 
 from shmt_cli.engines.shmt import weights as W
-from shmt_cli.representations import one_hot, to_unit_range
 from shmt_cli.training.ema import UnetEma
 from shmt_cli.training.objective import Schedule
 from shmt_cli.training.optim import make_optimizer
@@ -47,20 +49,6 @@ def import_tiny(golden: Path, folder: Path) -> None:
         path = folder / f"tiny_{name}.ckpt"
         torch.save({"state_dict": state}, path)
         W.import_checkpoint(path, folder)
-
-
-def golden_batch(train_dir: Path) -> dict[str, torch.Tensor]:
-    u8 = load_file(train_dir / "train_batch.safetensors")
-    return {
-        "image_GT": to_unit_range(u8["batch.u8.image_GT_rgb"]),
-        "source_depth": to_unit_range(u8["batch.u8.source_depth_bgr"]),
-        "source_bg": to_unit_range(u8["batch.u8.source_bg_rgb"]),
-        "source_face_gray": to_unit_range(u8["batch.u8.source_face_gray"]),
-        "ref_face": to_unit_range(u8["batch.u8.ref_face_rgb"]),
-        "source_seg_onehot": one_hot(u8["batch.u8.source_seg"]),
-        "ref_seg_onehot": one_hot(u8["batch.u8.ref_seg"]),
-        "source_face_seg": u8["batch.source_face_seg"],
-    }
 
 
 def run_curve(golden: Path, weights: Path, variant: str) -> bool:
