@@ -646,9 +646,9 @@ def _write_pair(
         **src_photo.search,
         **{f"reference_{key}": value for key, value in ref_photo.search.items() if key != "faces_processed"},
     }
-    note = "; ".join(
-        n for n in (faces_note("source", src_photo.search), faces_note("reference", ref_photo.search)) if n
-    )
+    notes = (faces_note("source", src_photo.search), faces_note("reference", ref_photo.search))
+    # The face searches, then what the engine did differently for this source (classic: a gray photo).
+    note = "; ".join(n for n in (*notes, getattr(src.state, "note", "")) if n)
     if note:
         extra["note"] = note
     return written, extra
