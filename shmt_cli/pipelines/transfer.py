@@ -521,7 +521,13 @@ def run_transfer(
     params = {**settings.as_params(digest, uses_seed), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
     items = [
-        WorkItem(key=p.key, inputs=(p.source.path, p.reference.path), out_stem=p.out_stem, payload=p)
+        WorkItem(
+            key=p.key,
+            inputs=(p.source.path, p.reference.path),
+            out_stem=p.out_stem,
+            payload=p,
+            input_names=(p.source.rel, p.reference.rel),
+        )
         for p in pairs
     ]
 
