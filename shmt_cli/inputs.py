@@ -250,7 +250,7 @@ def _disambiguate(
             result.append(InputFile(path=path, rel=kept[index]))
             continue
         name = stem
-        if rel.suffix and (_suffix_rank(rel.suffix) != best[stem] or _bounded(stem) in taken):
+        if rel.suffix and (_suffix_rank(rel.suffix) != best[stem] or _bounded(stem) in kept.values()):
             name = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
         name = _bounded(name)
         base, n = name, 2
