@@ -42,6 +42,7 @@ from shmt_cli.engines.classic_regions import (
     eye_shadow_mask,
     face_width,
     nose_area,
+    outlier_keep,
     paintable_mask,
     reference_regions,
     region_masks,
@@ -75,7 +76,7 @@ LEVELS: tuple[str, ...] = ("h0", "h1", "h2", "h3", "h4")
 # feather = Gaussian sigma softening the region's border; fill = sigma of the normalised convolution
 # that fills the region where the warped reference lacks it; tone = sigma of the local lightness
 # shift (0: one shift for the whole region).
-_FEATHER = {"skin": 0.02, "eyes": 0.035, "brows": 0.012, "lips": 0.014}
+_FEATHER = {"skin": 0.02, "eyes": 0.035, "brows": 0.012, "lips": 0.01}
 _FILL = {"skin": 0.06, "eyes": 0.06, "brows": 0.03, "lips": 0.03}  # skin and eyes share one fill
 _TONE = {"skin": 0.0, "eyes": 0.06, "brows": 0.0, "lips": 0.0}
 # How far inside its parsing border a reference region starts to be trusted, and over what distance
@@ -219,32 +220,32 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
     width = face_width(np.asarray(landmarks, dtype=np.float64))
     # Exactly black pixels are the padding of a rotated or letterboxed photo, whatever the parser says.
     padding = ~rgb.any(axis=2)
-    # Per channel: the region as parsed (where the reference's texture may show) and the pixels of
-    # the region's own colour (the only ones whose lightness and colour are read; the others are
-    # filled in from them).
+    # Per channel: the region as parsed, and the pixels of another colour in it (hair or flowers
+    # called skin, teeth called lips), which give neither colour nor lightness: both are filled in
+    # from the pixels around. Only a thin margin around them is dropped (not the wide trust ramp of
+    # a parsing border), so scattered specks do not cost the region its makeup.
     regions = reference_regions(lab, labels, np.asarray(landmarks, dtype=np.float64), padding)
     parsed = [regions[name][0] for name in _REFERENCE_CHANNELS]
-    trusted = [regions[name][1] for name in _REFERENCE_CHANNELS]
+    keep = [outlier_keep(*regions[name], width) for name in _REFERENCE_CHANNELS]
     # Colour is not read from specular highlights: they are the photo's lighting, not foundation.
-    colour_sources = [mask & ~specular_highlights(lab, mask) for mask in trusted]
+    colour_sources = [mask & ~specular_highlights(lab, mask) for mask in parsed]
     colour_validity = [
-        soft_inner(mask, *(width * np.array(_COLOUR_TRUST[name])))
-        for name, mask in zip(_REFERENCE_CHANNELS, colour_sources, strict=True)
+        soft_inner(mask, *(width * np.array(_COLOUR_TRUST[name]))) * kept
+        for name, mask, kept in zip(_REFERENCE_CHANNELS, colour_sources, keep, strict=True)
     ]
-    texture_validity, lightness_validity = (
-        [
-            soft_inner(mask, *(width * np.array(_TEXTURE_TRUST[name])))
-            for name, mask in zip(_REFERENCE_CHANNELS, masks, strict=True)
-        ]
-        for masks in (parsed, trusted)
-    )
+    texture_validity = [
+        soft_inner(mask, *(width * np.array(_TEXTURE_TRUST[name])))
+        for name, mask in zip(_REFERENCE_CHANNELS, parsed, strict=True)
+    ]
+    lightness_validity = [valid * kept for valid, kept in zip(texture_validity, keep, strict=True)]
     stack = np.concatenate(
         [lab, np.stack(colour_validity + texture_validity + lightness_validity, axis=-1)], axis=-1
     )
     stack = stack.astype(np.float32)
     means: dict[str, np.ndarray | None] = {}
     for name in REGIONS:
-        inside = colour_sources[_REFERENCE_CHANNEL_OF[name]]
+        channel = _REFERENCE_CHANNEL_OF[name]
+        inside = colour_sources[channel] & regions[_REFERENCE_CHANNELS[channel]][1]
         if name == "eyes":
             inside = inside & eye_shadow_mask(landmarks, labels.shape)
         means[name] = lab[inside].mean(axis=0) if inside.any() else None
