@@ -226,7 +226,7 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
     # a parsing border), so scattered specks do not cost the region its makeup.
     regions = reference_regions(lab, labels, np.asarray(landmarks, dtype=np.float64), padding)
     parsed = [regions[name][0] for name in _REFERENCE_CHANNELS]
-    keep = [outlier_keep(*regions[name], width) for name in _REFERENCE_CHANNELS]
+    keep = [outlier_keep(name, *regions[name], width) for name in _REFERENCE_CHANNELS]
     # Colour is not read from specular highlights: they are the photo's lighting, not foundation.
     colour_sources = [mask & ~specular_highlights(lab, mask) for mask in parsed]
     colour_validity = [

@@ -59,8 +59,10 @@ _NECK_FADE = 0.3
 # reference lip pixels this close to the inner mouth are not trusted (teeth and gums bleed into them).
 _LIPS_CLOSE = 0.025
 _LIPS_MOUTH_MARGIN = 0.012
-# Reference pixels this close to a pixel of another colour (fraction of the face width) are not read.
-_OUTLIER_MARGIN = 0.01
+# Reference pixels this close to a pixel of another colour (fraction of the face width) are not read:
+# little on skin (scattered specks must not cost it its foundation), more on the lips, where the warp
+# smears a crack's or a tooth's edge into the lip around it.
+_OUTLIER_MARGIN = {"skin": 0.01, "brows": 0.01, "lips": 0.03}
 # The nostrils' dark detail is guarded this far around the nose (fraction of the face width).
 _NOSE_MARGIN = 0.03
 # Eye-shadow area: from the brow down past the lower lid by this fraction of the brow-to-eye distance.
@@ -256,8 +258,8 @@ def nose_area(labels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(area.astype(np.float32), (0, 0), sigmaX=max(_NOSE_MARGIN * width / 2, 0.3))
 
 
-def outlier_keep(parsed: np.ndarray, trusted: np.ndarray, width: float) -> np.ndarray:
-    """(H, W) float32: 0 on and within `_OUTLIER_MARGIN` face widths of the parsed pixels that are not
-    trusted (another colour), 1 elsewhere."""
+def outlier_keep(name: str, parsed: np.ndarray, trusted: np.ndarray, width: float) -> np.ndarray:
+    """(H, W) float32: 0 on and within the region's `_OUTLIER_MARGIN` (face widths) of the parsed
+    pixels that are not trusted (another colour), 1 elsewhere."""
     flagged = (parsed & ~trusted).astype(np.uint8)
-    return (cv2.dilate(flagged, _disk(_OUTLIER_MARGIN * width)) == 0).astype(np.float32)
+    return (cv2.dilate(flagged, _disk(_OUTLIER_MARGIN[name] * width)) == 0).astype(np.float32)
