@@ -52,7 +52,8 @@ def test_evaluate_flags_the_wrong_face(astronaut_rgb: np.ndarray, tmp_path: Path
     Image.fromarray(np.ascontiguousarray(result[::-1, ::-1])).save(out / "b__r.png")
     report = runner.invoke(app, ["evaluate", str(out), "--json"])
     assert report.exit_code == 0, report.output
-    folder = json.loads(next(line for line in report.output.splitlines() if line.startswith("{")))["folders"][0]
+    line = next(line for line in report.output.splitlines() if line.startswith("{"))
+    folder = json.loads(line)["folders"][0]
     flags = {Path(pair["source"]).name: pair["wrong_face"] for pair in folder["pairs"]}
     assert flags == {"a.png": 0.0, "b.png": 1.0}
     assert folder["summary"]["wrong_face"]["mean"] == 0.5
