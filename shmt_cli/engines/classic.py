@@ -110,7 +110,7 @@ class ClassicParams:
     strengths: per-region strength in [0, 1] (missing regions: 1.0); 0 leaves the region untouched.
     """
 
-    level: str = "h2"
+    level: str = "h0"  # why h0: README, "What the classic engine paints"
     regions: frozenset[str] = frozenset(REGIONS)
     strengths: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
