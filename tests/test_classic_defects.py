@@ -141,7 +141,7 @@ def test_grayscale_source_gets_lightness_only_and_a_note(face):
     source = prepare_source(gray, labels, landmarks)
     assert source.grayscale and source.note == GRAYSCALE_NOTE
     result = transfer_prepared(source, prepare_reference(lab_to_rgb(lab), labels, landmarks))
-    assert (result != gray).any(axis=2).sum() > 1000, "the makeup's lightness did change the face"
+    assert (result != gray).any(axis=2).sum() > 300, "the makeup's lightness did change the face"
     assert (result.max(axis=2) == result.min(axis=2)).all(), "no colour on a grayscale photo"
     lips = np.isin(labels, (U_LIP, L_LIP))
     assert rgb_to_lab(result)[lips, 0].mean() < rgb_to_lab(gray)[lips, 0].mean() - 5
