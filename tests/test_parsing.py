@@ -12,21 +12,8 @@ import torch
 
 from shmt_cli.face import parsing, parsing_net
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.parsing import (
-    HAIR,
-    L_BROW,
-    L_EYE,
-    L_LIP,
-    MOUTH,
-    NOSE,
-    R_BROW,
-    R_EYE,
-    SKIN,
-    U_LIP,
-    load_label_map,
-    parse_face,
-    remap_labels,
-)
+from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
+from shmt_cli.face.parsing import load_label_map, parse_face, remap_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import parsing_iou

@@ -36,6 +36,21 @@ from torch.nn import functional as F
 
 from shmt_cli.face import parsing, parsing_net
 from shmt_cli.face.detect import default_detector
+from shmt_cli.face.labels import (
+    L_BROW,
+    L_EAR,
+    L_EYE,
+    L_LIP,
+    MOUTH,
+    NOSE,
+    NUM_LABELS,
+    R_BROW,
+    R_EAR,
+    R_EYE,
+    SKIN,
+    U_LIP,
+)
+from shmt_cli.face.parsing_shapes import disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parsing_iou
@@ -45,14 +60,14 @@ S = parsing_net.CROP_SIZE
 IGNORE = 255
 
 # Cross-entropy weights per CelebAMask id: small parts weigh more so that they are not eaten by skin.
-CLASS_WEIGHTS = np.ones(parsing.NUM_CLASSES, np.float32)
+CLASS_WEIGHTS = np.ones(NUM_LABELS, np.float32)
 for _ids, _w in (
-    ((parsing.NOSE,), 2.0),
-    ((parsing.L_EYE, parsing.R_EYE), 4.0),
-    ((parsing.L_BROW, parsing.R_BROW), 4.0),
-    ((parsing.MOUTH,), 4.0),
-    ((parsing.U_LIP, parsing.L_LIP), 3.0),
-    ((parsing.L_EAR, parsing.R_EAR), 2.0),
+    ((NOSE,), 2.0),
+    ((L_EYE, R_EYE), 4.0),
+    ((L_BROW, R_BROW), 4.0),
+    ((MOUTH,), 4.0),
+    ((U_LIP, L_LIP), 3.0),
+    ((L_EAR, R_EAR), 2.0),
 ):
     CLASS_WEIGHTS[list(_ids)] = _w
 
@@ -129,10 +144,10 @@ def augment_makeup(rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator
     """Crop (S, S, 3) uint8 with simulated makeup painted where the target map puts lips, eyes, skin."""
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     ppu = S / (parsing_net.CROP_U[1] - parsing_net.CROP_U[0])
-    skin = target == parsing.SKIN
-    lips = np.isin(target, (parsing.U_LIP, parsing.L_LIP))
-    eyes = np.isin(target, (parsing.L_EYE, parsing.R_EYE))
-    brows = np.isin(target, (parsing.L_BROW, parsing.R_BROW))
+    skin = target == SKIN
+    lips = np.isin(target, (U_LIP, L_LIP))
+    eyes = np.isin(target, (L_EYE, R_EYE))
+    brows = np.isin(target, (L_BROW, R_BROW))
     if rng.random() < 0.5 and skin.any():  # foundation: skin tint and smoothing
         alpha = _soft(skin, 2.0) * rng.uniform(0.3, 0.9)
         mean = lab[skin].mean(axis=0)
@@ -160,14 +175,14 @@ def augment_makeup(rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator
             lab[sparkle, 0] = np.minimum(lab[sparkle, 0] + 40, 100)
     if rng.random() < 0.5 and eyes.any():  # eye shadow around the eyes
         radius = max(1, int(rng.uniform(0.06, 0.3) * ppu))
-        ring = cv2.dilate(eyes.astype(np.uint8), parsing._disk(radius)).astype(bool) & ~eyes
+        ring = cv2.dilate(eyes.astype(np.uint8), disk(radius)).astype(bool) & ~eyes
         if rng.random() < 0.5:
             ring &= np.arange(S)[:, None] < np.nonzero(eyes)[0].mean() + 0.03 * ppu
         alpha = _soft(ring, radius / 3) * rng.uniform(0.3, 0.95)
         _paint(lab, alpha, rng.uniform(10, 80), _random_ab(rng), rng.uniform(0.2, 1.0))
     if rng.random() < 0.35 and eyes.any():  # black liner hugging the eyes
         width = max(1, int(rng.uniform(0.01, 0.05) * ppu))
-        ring = cv2.dilate(eyes.astype(np.uint8), parsing._disk(width)).astype(bool) & ~eyes
+        ring = cv2.dilate(eyes.astype(np.uint8), disk(width)).astype(bool) & ~eyes
         _paint(
             lab, _soft(ring, 0.6) * rng.uniform(0.6, 1.0), rng.uniform(3, 20), np.zeros(2, np.float32), 0.2
         )

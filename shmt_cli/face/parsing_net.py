@@ -22,8 +22,24 @@ from torch import nn
 from torch.nn import functional as F
 
 from shmt_cli.face import parsing
+from shmt_cli.face.labels import (
+    BACKGROUND,
+    L_BROW,
+    L_EAR,
+    L_EYE,
+    L_LIP,
+    MOUTH,
+    NECK,
+    NOSE,
+    NUM_LABELS,
+    R_BROW,
+    R_EAR,
+    R_EYE,
+    SKIN,
+    U_LIP,
+)
+from shmt_cli.face.parsing_shapes import face_frame
 
-NUM_CLASSES = parsing.NUM_CLASSES
 WEIGHTS_PATH = Path(__file__).with_name("parsing_net.safetensors")
 
 # Canonical crop: CROP_SIZE px square covering u in CROP_U and v in CROP_V (face frame: origin between
@@ -35,18 +51,18 @@ CROP_V = (-1.45, 2.05)
 
 # Prior classes given to the network as one-hot channels (the face region, then the parts).
 PRIOR_CLASSES = (
-    parsing.SKIN,
-    parsing.NOSE,
-    parsing.L_EYE,
-    parsing.R_EYE,
-    parsing.L_BROW,
-    parsing.R_BROW,
-    parsing.U_LIP,
-    parsing.L_LIP,
-    parsing.MOUTH,
+    SKIN,
+    NOSE,
+    L_EYE,
+    R_EYE,
+    L_BROW,
+    R_BROW,
+    U_LIP,
+    L_LIP,
+    MOUTH,
 )
 # Prior labels that count as the face region channel.
-PRIOR_FACE = (parsing.SKIN, parsing.NECK, parsing.L_EAR, parsing.R_EAR)
+PRIOR_FACE = (SKIN, NECK, L_EAR, R_EAR)
 # Skin sample for the per-image colour normalisation: prior skin or nose pixels in this box of the face
 # frame (cheeks and nose between the eyes and the mouth), as (u0, u1, v0, v1).
 SKIN_SAMPLE_BOX = (-0.8, 0.8, 0.1, 0.9)
@@ -57,15 +73,15 @@ WIDTHS = (8, 16, 32, 64)
 
 # Label ids exchanged by a horizontal flip (subject's left <-> right).
 FLIP_PAIRS = (
-    (parsing.L_EYE, parsing.R_EYE),
-    (parsing.L_BROW, parsing.R_BROW),
-    (parsing.L_EAR, parsing.R_EAR),
+    (L_EYE, R_EYE),
+    (L_BROW, R_BROW),
+    (L_EAR, R_EAR),
 )
 
 
 def flip_table() -> np.ndarray:
     """(19,) uint8 map of label ids under a horizontal flip."""
-    table = np.arange(NUM_CLASSES, dtype=np.uint8)
+    table = np.arange(NUM_LABELS, dtype=np.uint8)
     for a, b in FLIP_PAIRS:
         table[a], table[b] = b, a
     return table
@@ -77,7 +93,7 @@ def flip_table() -> np.ndarray:
 
 def crop_affine(landmarks: np.ndarray) -> np.ndarray:
     """2x3 float64 affine map from image pixels to canonical-crop pixels for 68 landmarks."""
-    frame = parsing.face_frame(landmarks)
+    frame = face_frame(landmarks)
     ppu = CROP_SIZE / (CROP_U[1] - CROP_U[0])  # crop pixels per interocular distance
     rot = np.stack([frame.u, frame.v]) * (ppu / frame.iod)
     # Crop pixel centres at integers: u = CROP_U[0] maps to -0.5.
@@ -150,9 +166,9 @@ def skin_relative_lab(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
     the network sees what is like this face's skin and what is not.
     """
     lab = cv2.cvtColor(crop_rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    sample = _skin_box() & np.isin(prior, (parsing.SKIN, parsing.NOSE))
+    sample = _skin_box() & np.isin(prior, (SKIN, NOSE))
     if sample.sum() < 20:
-        sample = np.isin(prior, (parsing.SKIN, parsing.NOSE))
+        sample = np.isin(prior, (SKIN, NOSE))
     if sample.sum() < 20:
         return np.zeros((3, CROP_SIZE, CROP_SIZE), np.float32)
     pixels = lab[sample]
@@ -202,16 +218,16 @@ class ParsingNet(nn.Module):
         )
         self.lat2, self.lat1, self.lat0 = nn.Conv2d(w3, w2, 1), nn.Conv2d(w2, w1, 1), nn.Conv2d(w1, w0, 1)
         self.dec2, self.dec1, self.dec0 = _block(w2, w2), _block(w1, w1), _block(w0, w0)
-        self.head = nn.Conv2d(w0, NUM_CLASSES, 1)
+        self.head = nn.Conv2d(w0, NUM_LABELS, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         # Prior logits: background outside the face region, skin inside, a prior part above both.
-        self.prior_logits = nn.Conv2d(len(PRIOR_CLASSES), NUM_CLASSES, 1)
+        self.prior_logits = nn.Conv2d(len(PRIOR_CLASSES), NUM_LABELS, 1)
         with torch.no_grad():
             self.prior_logits.weight.zero_()
             self.prior_logits.bias.zero_()
             # Mild: the residual must be able to overrule the prior where the image disagrees.
-            self.prior_logits.bias[parsing.BACKGROUND] = 1.0
+            self.prior_logits.bias[BACKGROUND] = 1.0
             for channel, cls in enumerate(PRIOR_CLASSES):
                 self.prior_logits.weight[cls, channel] = 2.0 if channel == 0 else 4.0
 
@@ -233,7 +249,7 @@ class ParsingNet(nn.Module):
     def prior_table(self) -> np.ndarray:
         """(19, 19) float32: the prior logits (columns) of a pixel whose prior label is the row."""
         onehot = np.stack(
-            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_CLASSES)]
+            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_LABELS)]
         )
         weight = self.prior_logits.weight.detach()[:, :, 0, 0].numpy()
         return (onehot @ weight.T + self.prior_logits.bias.detach().numpy()).astype(np.float32)
