@@ -48,7 +48,6 @@ from shmt_cli.face.parsing_skin import (
     WIDE_PRIOR,
     ear_zones,
     hair_region,
-    landmark_face_prior,
     skin_region,
 )
 
@@ -63,13 +62,13 @@ PARSE_MAX_INTEROCULAR = 160.0
 PARSE_METHODS = ("net", "rules")
 
 
-def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") -> np.ndarray:
+def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "net") -> np.ndarray:
     """19-class CelebAMask-HQ label map (H, W) uint8 of the face whose 68 landmarks are given.
 
     rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
-    method: "rules" (default) the rule-based parser (GrabCut skin region); "net" the fast landmark
-    prior refined by the shipped network (shmt_cli/face/parsing_net.py), experimental: faster, but
-    its 3-fold held-out skin region is below the rules' (tools/parsing_train.py --kfold 3).
+    method: "rules" the rule-based parser (landmark outlines moved by colour, GrabCut skin region);
+    "net" that parse refined by the shipped network (shmt_cli/face/parsing_net.py), which follows the
+    image where makeup misleads the rules (tools/parsing_train.py --kfold 3 measures both).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")
@@ -83,11 +82,11 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") ->
         from shmt_cli.face import parsing_net
 
         return parsing_net.refine_parse(rgb, lm)
-    return _parse_rules(rgb, lm, grow_skin=True)
+    return _parse_rules(rgb, lm)
 
 
-def _parse_rules(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool) -> np.ndarray:
-    """The rule-based parser on the whole image (see _parse_roi for grow_skin)."""
+def _parse_rules(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The rule-based parser on the whole image."""
     height, width = rgb.shape[:2]
     labels = np.zeros((height, width), np.uint8)
     # Everything happens inside the region where face and hair may be, so the cost does not grow with
@@ -109,41 +108,25 @@ def _parse_rules(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool) -> np.ndarray
         small_size = (max(2, round(roi_w * factor)), max(2, round(roi_h * factor)))
         small = cv2.resize(roi, small_size, interpolation=cv2.INTER_AREA)
         scaled_lm = (roi_lm + 0.5) * np.array([small_size[0] / roi_w, small_size[1] / roi_h]) - 0.5
-        small_labels = _parse_roi(small, scaled_lm, grow_skin)
+        small_labels = _parse_roi(small, scaled_lm)
         labels[top:bottom, left:right] = cv2.resize(
             small_labels, (roi_w, roi_h), interpolation=cv2.INTER_NEAREST
         )
     else:
-        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm, grow_skin)
+        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm)
     return labels
 
 
-def parse_prior(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Fast rule-based label map (H, W) uint8 without the image-driven skin region and hair.
-
-    Parts (nose, eyes, brows, lips, inner mouth) are drawn as in `parse_face` with method "rules"; the
-    face is the landmark prior region (`landmark_face_prior`), split into neck and ears by geometry.
-    This is the prior the learned refinement (shmt_cli/face/parsing_net.py) takes as input.
-    """
-    return _parse_rules(rgb, np.asarray(landmarks, dtype=np.float64), grow_skin=False)
-
-
-def _parse_roi(rgb: np.ndarray, lm: np.ndarray, grow_skin: bool = True) -> np.ndarray:
-    """The rule-based parser on an image cropped around the face (landmarks in the crop's pixels).
-
-    grow_skin: GrabCut skin region and hair (slow); otherwise the landmark prior region, no hair.
-    """
+def _parse_roi(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The rule-based parser on an image cropped around the face (landmarks in the crop's pixels)."""
     shape = rgb.shape[:2]
     frame = Frame(lm)
     iod = frame.iod
 
     labels = np.zeros(shape, np.uint8)
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    if grow_skin:
-        face = skin_region(rgb, frame)
-        labels[hair_region(lab, face, frame)] = HAIR
-    else:
-        face = landmark_face_prior(shape, frame)
+    face = skin_region(rgb, frame)
+    labels[hair_region(lab, face, frame)] = HAIR
     labels[face] = SKIN
 
     # Neck: face pixels below the jaw line. Ears: face pixels beside the jaw, between brow and jaw.

@@ -1,10 +1,12 @@
-"""Learned refinement of the rule-based face parsing: a compact CNN over the photo and landmark priors.
+"""Learned refinement of the rule-based face parsing: a compact CNN over the photo and the rules' parse.
 
 The face is resampled into a canonical crop (`CROP_SIZE` px square, fixed box of the landmark face
-frame), where the fast rule-based prior (`parsing.parse_prior`: landmark parts moved by colour, no
-GrabCut) is drawn. The network sees the crop's RGB, the prior as one-hot channels and the face-frame
-coordinates, and predicts 19 CelebAMask-HQ logits per crop pixel; they are resampled back onto the
-photo (bilinear) and the arg-max is the label. Pixels outside the crop are background.
+frame), where the rule-based parse (`parse_face` method "rules": landmark parts moved by colour,
+GrabCut skin region, hair) is the prior. The network sees the crop's RGB, its Lab relative to the
+face's skin, the prior as one-hot channels and the face-frame coordinates, and predicts a residual
+over the prior's own logits for the 19 CelebAMask-HQ classes per crop pixel; they are resampled back
+onto the photo (bilinear), the prior's logits are added at the photo's resolution, and the arg-max is
+the label. Pixels outside the crop are background.
 
 The weights (`parsing_net.safetensors`, beside this module) are written by tools/parsing_train.py,
 which states their data (the dev photos with the official parser's maps) and objective.
@@ -24,6 +26,7 @@ from torch.nn import functional as F
 from shmt_cli.face import parsing
 from shmt_cli.face.labels import (
     BACKGROUND,
+    HAIR,
     L_BROW,
     L_EAR,
     L_EYE,
@@ -60,6 +63,7 @@ PRIOR_CLASSES = (
     U_LIP,
     L_LIP,
     MOUTH,
+    HAIR,
 )
 # Prior labels that count as the face region channel.
 PRIOR_FACE = (SKIN, NECK, L_EAR, R_EAR)
@@ -313,7 +317,8 @@ def logits_to_labels(
 ) -> np.ndarray:
     """(H, W) uint8 labels of an image from crop logits (19, S, S) resampled bilinearly through the
     affine (image -> crop), plus, when given, the prior's logits at the image's own resolution
-    (prior_table[prior], sharper than the crop), arg-max; background outside the crop."""
+    (prior_table[prior], sharper than the crop), arg-max. Outside the crop the prior's own labels
+    (the rules reach further down the neck and out into the hair), or background without a prior."""
     height, width = shape
     size = logits.shape[-1]
     full = np.vstack([affine, [0.0, 0.0, 1.0]])
@@ -321,13 +326,14 @@ def logits_to_labels(
     back = (np.linalg.inv(full)[:2] @ np.hstack([corners, np.ones((4, 1))]).T).T
     left, top = np.clip(np.floor(back.min(axis=0)).astype(int), 0, [width, height])
     right, bottom = np.clip(np.ceil(back.max(axis=0)).astype(int) + 1, 0, [width, height])
-    labels = np.zeros((height, width), np.uint8)
+    labels = np.zeros((height, width), np.uint8) if prior is None else prior.copy()
     if right - left < 1 or bottom - top < 1:
         return labels
     # Image pixel (x, y) of the region -> crop pixel: the affine shifted by the region's corner.
     roi_affine = affine.copy()
     roi_affine[:, 2] += affine[:, :2] @ np.array([left, top], np.float64)
     planes = np.ascontiguousarray(logits.numpy().transpose(1, 2, 0))
+    region = (int(right - left), int(bottom - top))
     # Outside the crop the background logit is huge, so that what the crop does not cover stays 0.
     sampled = []
     for start in range(0, planes.shape[2], 4):
@@ -336,7 +342,7 @@ def logits_to_labels(
         warped = cv2.warpAffine(
             chunk,
             roi_affine,
-            (int(right - left), int(bottom - top)),
+            region,
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=border,
@@ -345,7 +351,17 @@ def logits_to_labels(
     total = np.concatenate(sampled, axis=2)
     if prior is not None and prior_table is not None:
         total += prior_table[prior[top:bottom, left:right]]
-    labels[top:bottom, left:right] = total.argmax(axis=2).astype(np.uint8)
+    refined = total.argmax(axis=2).astype(np.uint8)
+    if prior is not None:
+        covered = cv2.warpAffine(
+            np.ones((size, size), np.float32),
+            roi_affine,
+            region,
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        refined = np.where(covered >= 0.5, refined, prior[top:bottom, left:right])
+    labels[top:bottom, left:right] = refined
     return labels
 
 
@@ -356,7 +372,7 @@ def prepare_crop(
     image's resolution (H, W) uint8) of one face."""
     affine = crop_affine(landmarks)
     crop = warp_to_crop(rgb, affine)
-    prior = parsing.parse_prior(rgb, landmarks)
+    prior = parsing.parse_face(rgb, landmarks, method="rules")
     return affine, crop, warp_to_crop(prior, affine, nearest=True), prior
 
 

@@ -2,8 +2,7 @@
 
 The skin region (forehead up to the hairline, neck, ears where visible) is grown by GrabCut from
 seeds chosen by a per-image skin colour model learned on the landmark face interior, bounded by a
-generous landmark prior; a coarse hair label comes from the colour just above the hairline. Without
-the image, `landmark_face_prior` is the region where the face may be from the landmarks alone.
+generous landmark prior; a coarse hair label comes from the colour just above the hairline.
 """
 
 from __future__ import annotations
@@ -230,14 +229,3 @@ def hair_region(lab: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
     # Strands alternate light and dark: close the gaps, without spilling onto the face.
     hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, disk(max(1, round(0.05 * iod))))
     return hair.astype(bool) & head & ~face
-
-
-def landmark_face_prior(shape: tuple[int, int], frame: Frame) -> np.ndarray:
-    """Boolean (H, W) region where the face may be from the landmarks alone: jaw-and-brow interior,
-    head (forehead to a typical hairline) and neck polygons of the face frame."""
-    lm = frame.lm
-    jaw = catmull_rom(lm[0:17], closed=False)
-    interior = fill_polygon(shape, np.concatenate([jaw, lm[26:16:-1]]))
-    head = fill_polygon(shape, frame.to_image(np.array(HEAD_PRIOR)))
-    neck = fill_polygon(shape, frame.to_image(np.array(NECK_PRIOR)))
-    return interior | head | neck
