@@ -360,7 +360,9 @@ def logits_to_labels(
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_CONSTANT,
         )
-        refined = np.where(covered >= 0.5, refined, prior[top:bottom, left:right])
+        # Only where the crop covers the whole bilinear footprint: at its edge the huge background
+        # border logit would draw a seam of background between the network's labels and the prior's.
+        refined = np.where(covered > 0.999, refined, prior[top:bottom, left:right])
     labels[top:bottom, left:right] = refined
     return labels
 
