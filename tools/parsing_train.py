@@ -41,20 +41,7 @@ from torch.nn import functional as F
 
 from shmt_cli.face import parsing, parsing_net
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.labels import (
-    L_BROW,
-    L_EAR,
-    L_EYE,
-    L_LIP,
-    MOUTH,
-    NOSE,
-    NUM_LABELS,
-    R_BROW,
-    R_EAR,
-    R_EYE,
-    SKIN,
-    U_LIP,
-)
+from shmt_cli.face.labels import NUM_LABELS, Label
 from shmt_cli.face.parsing_shapes import disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,12 +54,12 @@ IGNORE = 255
 # Cross-entropy weights per CelebAMask id: small parts weigh more so that they are not eaten by skin.
 CLASS_WEIGHTS = np.ones(NUM_LABELS, np.float32)
 for _ids, _w in (
-    ((NOSE,), 2.0),
-    ((L_EYE, R_EYE), 4.0),
-    ((L_BROW, R_BROW), 4.0),
-    ((MOUTH,), 4.0),
-    ((U_LIP, L_LIP), 3.0),
-    ((L_EAR, R_EAR), 2.0),
+    ((Label.NOSE,), 2.0),
+    ((Label.L_EYE, Label.R_EYE), 4.0),
+    ((Label.L_BROW, Label.R_BROW), 4.0),
+    ((Label.MOUTH,), 4.0),
+    ((Label.U_LIP, Label.L_LIP), 3.0),
+    ((Label.L_EAR, Label.R_EAR), 2.0),
 ):
     CLASS_WEIGHTS[list(_ids)] = _w
 
@@ -154,10 +141,10 @@ def augment_makeup(rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator
     """Crop (S, S, 3) uint8 with simulated makeup painted where the target map puts lips, eyes, skin."""
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     ppu = S / (parsing_net.CROP_U[1] - parsing_net.CROP_U[0])
-    skin = target == SKIN
-    lips = np.isin(target, (U_LIP, L_LIP))
-    eyes = np.isin(target, (L_EYE, R_EYE))
-    brows = np.isin(target, (L_BROW, R_BROW))
+    skin = target == Label.SKIN
+    lips = np.isin(target, (Label.U_LIP, Label.L_LIP))
+    eyes = np.isin(target, (Label.L_EYE, Label.R_EYE))
+    brows = np.isin(target, (Label.L_BROW, Label.R_BROW))
     if rng.random() < 0.5 and skin.any():  # foundation: skin tint and smoothing
         alpha = _soft(skin, 2.0) * rng.uniform(0.3, 0.9)
         mean = lab[skin].mean(axis=0)
