@@ -24,23 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from shmt_cli.face import parsing
-from shmt_cli.face.labels import (
-    BACKGROUND,
-    HAIR,
-    L_BROW,
-    L_EAR,
-    L_EYE,
-    L_LIP,
-    MOUTH,
-    NECK,
-    NOSE,
-    NUM_LABELS,
-    R_BROW,
-    R_EAR,
-    R_EYE,
-    SKIN,
-    U_LIP,
-)
+from shmt_cli.face.labels import NUM_LABELS, Label
 from shmt_cli.face.parsing_shapes import face_frame
 
 WEIGHTS_PATH = Path(__file__).with_name("parsing_net.safetensors")
@@ -54,19 +38,19 @@ CROP_V = (-1.45, 2.05)
 
 # Prior classes given to the network as one-hot channels (the face region, then the parts).
 PRIOR_CLASSES = (
-    SKIN,
-    NOSE,
-    L_EYE,
-    R_EYE,
-    L_BROW,
-    R_BROW,
-    U_LIP,
-    L_LIP,
-    MOUTH,
-    HAIR,
+    Label.SKIN,
+    Label.NOSE,
+    Label.L_EYE,
+    Label.R_EYE,
+    Label.L_BROW,
+    Label.R_BROW,
+    Label.U_LIP,
+    Label.L_LIP,
+    Label.MOUTH,
+    Label.HAIR,
 )
 # Prior labels that count as the face region channel.
-PRIOR_FACE = (SKIN, NECK, L_EAR, R_EAR)
+PRIOR_FACE = (Label.SKIN, Label.NECK, Label.L_EAR, Label.R_EAR)
 # Skin sample for the per-image colour normalisation: prior skin or nose pixels in this box of the face
 # frame (cheeks and nose between the eyes and the mouth), as (u0, u1, v0, v1).
 SKIN_SAMPLE_BOX = (-0.8, 0.8, 0.1, 0.9)
@@ -77,9 +61,9 @@ WIDTHS = (8, 16, 32, 64)
 
 # Label ids exchanged by a horizontal flip (subject's left <-> right).
 FLIP_PAIRS = (
-    (L_EYE, R_EYE),
-    (L_BROW, R_BROW),
-    (L_EAR, R_EAR),
+    (Label.L_EYE, Label.R_EYE),
+    (Label.L_BROW, Label.R_BROW),
+    (Label.L_EAR, Label.R_EAR),
 )
 
 
@@ -170,9 +154,9 @@ def skin_relative_lab(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
     the network sees what is like this face's skin and what is not.
     """
     lab = cv2.cvtColor(crop_rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    sample = _skin_box() & np.isin(prior, (SKIN, NOSE))
+    sample = _skin_box() & np.isin(prior, (Label.SKIN, Label.NOSE))
     if sample.sum() < 20:
-        sample = np.isin(prior, (SKIN, NOSE))
+        sample = np.isin(prior, (Label.SKIN, Label.NOSE))
     if sample.sum() < 20:
         return np.zeros((3, CROP_SIZE, CROP_SIZE), np.float32)
     pixels = lab[sample]
@@ -231,7 +215,7 @@ class ParsingNet(nn.Module):
             self.prior_logits.weight.zero_()
             self.prior_logits.bias.zero_()
             # Mild: the residual must be able to overrule the prior where the image disagrees.
-            self.prior_logits.bias[BACKGROUND] = 1.0
+            self.prior_logits.bias[Label.BACKGROUND] = 1.0
             for channel, cls in enumerate(PRIOR_CLASSES):
                 self.prior_logits.weight[cls, channel] = 2.0 if channel == 0 else 4.0
 
