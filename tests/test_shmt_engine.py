@@ -210,7 +210,7 @@ def _perturb(path: Path, prefix: str, seed: int) -> None:
     entries[path.name] = replace(
         entries[path.name], sha256=W.sha256_file(path), bytes=path.stat().st_size, stamp=W.file_stamp(path)
     )
-    W._write_manifest(path.parent, entries)
+    W.write_manifest(path.parent, entries)
 
 
 def test_mix_uses_ema_for_h4_and_raw_weights_for_h0(
