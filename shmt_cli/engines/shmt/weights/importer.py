@@ -28,14 +28,7 @@ from shmt_cli.checkpoint import CheckpointError, read_checkpoint
 from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt.config import EMA_PREFIX, IDA_PREFIX, UNET_PREFIX, VARIANT_LEVELS, variant_config
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
-from shmt_cli.engines.shmt.weights.layout import (
-    VQ_PREFIX,
-    SizeClass,
-    Variant,
-    checkpoint_shapes,
-    detect_size,
-    detect_variant,
-)
+from shmt_cli.engines.shmt.weights import layout
 from shmt_cli.engines.shmt.weights.store import (
     VQ_FILE,
     WeightsEntry,
@@ -52,8 +45,8 @@ from shmt_cli.engines.shmt.weights.store import (
 class ImportReport:
     """What :func:`import_checkpoint` did: files written and the fate of every checkpoint key."""
 
-    variant: Variant
-    size: SizeClass
+    variant: layout.Variant
+    size: layout.SizeClass
     entries: list[WeightsEntry]
     written: dict[str, str] = field(default_factory=dict)  # source key -> file it went to
     ignored: dict[str, str] = field(default_factory=dict)  # source key -> reason
@@ -95,9 +88,9 @@ def import_checkpoint(
     checkpoint = read_checkpoint(ckpt, "SHMT")
     sd = checkpoint.state_dict
     source = checkpoint.path
-    variant, size = detect_variant(sd), detect_size(sd)
+    variant, size = layout.detect_variant(sd), layout.detect_size(sd)
     config = variant_config(VARIANT_LEVELS[variant], size)
-    expected = checkpoint_shapes(config, size)
+    expected = layout.checkpoint_shapes(config, size)
 
     unknown = sorted(k for k in sd if k not in expected)
     if unknown:
@@ -107,7 +100,7 @@ def import_checkpoint(
     unet_keys = [k for k in expected if k.startswith(UNET_PREFIX)]
     ema_keys = [k for k in expected if k.startswith(EMA_PREFIX)]
     ida_keys = [k for k in expected if k.startswith(IDA_PREFIX)]
-    vq_keys = [k for k in expected if k.startswith(VQ_PREFIX)]
+    vq_keys = [k for k in expected if k.startswith(layout.VQ_PREFIX)]
     _require_all(source, sd, unet_keys, "UNet")
     # proj_convs never reach the UNet (spec §2.5): tolerate checkpoints that dropped them.
     _require_all(source, sd, [k for k in ida_keys if ".proj_convs." not in k], "IDA")
@@ -149,7 +142,7 @@ def import_checkpoint(
         raise CheckpointError(f"{vq_ckpt or source}: {err}") from err
     if vq_ckpt is not None:
         report.ignored.update({f"{Path(vq_ckpt).name}:{k}": r for k, r in conversion.ignored.items()})
-    vq_tensors = {k.removeprefix(VQ_PREFIX): vq_input[k] for k in conversion.loaded}
+    vq_tensors = {k.removeprefix(layout.VQ_PREFIX): vq_input[k] for k in conversion.loaded}
     vq_size = next((n for n, c in vqmod.VQ_CONFIGS.items() if c == conversion.config), None)
     if vq_size is None:
         raise CheckpointError(f"{vq_ckpt or source}: VQ of unknown size {conversion.config}")
