@@ -67,6 +67,7 @@ def main(
 
 
 app.add_typer(weights_app, name="weights")
+
 TRANSFER_FILES_FROM = (
     "Source photos, one per line ('-': stdin); a single positional argument is the references."
 )

@@ -329,6 +329,8 @@ def test_import_writes_the_architecture_and_loading_reads_it(tmp_path: Path, h4_
     path.write_text("{")
     with pytest.raises(CheckpointError, match=r"shmt_h4\.config\.json: unreadable"):
         W.model_config(out, entry)
+    problems = {r.file: r.problems for r in W.verify_weights(out)}["shmt_h4.safetensors"]
+    assert len(problems) == 1 and "unreadable model config" in problems[0]
 
 
 def test_folders_imported_before_the_json_use_their_size_class(tmp_path: Path, h4_ckpt: Path) -> None:

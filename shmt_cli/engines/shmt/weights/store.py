@@ -215,7 +215,8 @@ class VerifyResult:
 
 
 def verify_weights(directory: str | os.PathLike[str]) -> list[VerifyResult]:
-    """Check every manifest file exists with the recorded sha256 and tensor count.
+    """Check every manifest file exists with the recorded sha256 and tensor count, and that each model's
+    architecture JSON (when present) is readable and matches its variant.
 
     Also reports ``*.safetensors`` files the manifest does not list, and a missing manifest.
     """
@@ -237,6 +238,11 @@ def verify_weights(directory: str | os.PathLike[str]) -> list[VerifyResult]:
                 result.problems.append(problem)
             if sha256_file(path) != entry.sha256:
                 result.problems.append("sha256 differs from the manifest (file changed or corrupted)")
+            if entry.kind == "shmt":
+                try:
+                    model_config(directory, entry)
+                except (CheckpointError, ValueError) as err:
+                    result.problems.append(str(err))
         results.append(result)
     for path in sorted(directory.glob("*.safetensors")):
         if path.name not in manifest:
