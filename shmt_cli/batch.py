@@ -34,7 +34,7 @@ from shmt_cli.atomic import remove_stale_temp_files
 from shmt_cli.imageio import InputError
 from shmt_cli.inputs import Shard, UsageError, display_path
 from shmt_cli.lock import LockBusy, OutputLock, OutputNotWritable
-from shmt_cli.manifest import Manifest
+from shmt_cli.manifest import INPUT_NAMES, Manifest
 
 __all__ = [
     "EXIT_CANNOT_RUN",
@@ -68,12 +68,21 @@ def params_hash(params: dict[str, Any]) -> str:
 
 @dataclass
 class WorkItem:
-    """One unit of work: a stable key, its input files, and the output name stem (relative)."""
+    """One unit of work: a stable key, its input files, and the output name stem (relative).
+
+    input_names: the name each input's outputs derive from (`InputFile.rel`), kept in the manifest so
+    a later run gives the same file the same name (`manifest.earlier_names`).
+    """
 
     key: str
     inputs: tuple[Path, ...]
     out_stem: PurePosixPath
     payload: Any = None
+    input_names: tuple[PurePosixPath, ...] = ()
+
+    def names_record(self) -> dict[str, Any]:
+        """The manifest field of `input_names` ({} when there are none)."""
+        return {INPUT_NAMES: [str(name) for name in self.input_names]} if self.input_names else {}
 
 
 @dataclass
@@ -315,7 +324,14 @@ class BatchRunner:
                     record = previous.get(item.key) or {}
                     outputs = list(record.get("outputs", []))
                     inputs = [display_path(p) for p in item.inputs]
-                    skipped = ItemResult(item.key, "skipped", inputs=inputs, outputs=outputs, reason=reason)
+                    skipped = ItemResult(
+                        item.key,
+                        "skipped",
+                        inputs=inputs,
+                        outputs=outputs,
+                        reason=reason,
+                        extra=item.names_record(),
+                    )
                     if not record and done_outputs is not None:
                         # Outputs of a run killed before it recorded them: record them now, or the
                         # manifest would never account for this item.
@@ -379,6 +395,7 @@ class BatchRunner:
     def _outcome_result(self, item: WorkItem, outcome: Outcome, seconds: float) -> ItemResult:
         result = self._outcome(item, outcome, seconds)
         result.input_stamps = input_stamps(item.inputs)
+        result.extra = {**item.names_record(), **result.extra}
         return result
 
     def _outcome(self, item: WorkItem, outcome: Outcome, seconds: float) -> ItemResult:

@@ -141,7 +141,7 @@ def transfer(
     ] = "auto",
     level: Annotated[
         str | None,
-        typer.Option("--level", help="shmt: h0, h4 or mix (default mix); classic: h0..h4 (default h2)."),
+        typer.Option("--level", help="shmt: h0, h4 or mix (default mix); classic: h0..h4 (default h0)."),
     ] = None,
     mix: Annotated[
         float, typer.Option("--mix", min=0.0, max=1.0, help="mix: share of steps for the h4 model.")

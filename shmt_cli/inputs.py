@@ -6,11 +6,12 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from shmt_cli.imageio import IMAGE_EXTENSIONS
+from shmt_cli.manifest import earlier_names
 
 
 class UsageError(Exception):
@@ -140,6 +141,9 @@ def collect_inputs(
     files with one of `extensions` are taken, and folders in `exclude` (the run's output folder: else
     `shmt align photos -o photos/aligned` would align its own crops one level deeper on every run) are
     not searched. A path that does not exist is a UsageError.
+
+    The `exclude` folders are also where earlier runs recorded the names they gave (their manifests'
+    input names): a file named there keeps its name whatever appeared beside it since.
     """
     if not paths:
         raise UsageError("no inputs given")
@@ -161,7 +165,10 @@ def collect_inputs(
     unique: dict[str, tuple[Path, PurePosixPath]] = {}
     for path, rel in found:
         unique.setdefault(os.path.abspath(path), (path, rel))
-    return _disambiguate(list(unique.values()))
+    earlier: dict[str, PurePosixPath] = {}
+    for folder in exclude:
+        earlier.update(earlier_names(Path(folder)))
+    return _disambiguate(list(unique.values()), earlier)
 
 
 def require_inputs(
@@ -213,23 +220,37 @@ def _suffix_rank(suffix: str) -> tuple[int, str]:
     return order, suffix
 
 
-def _disambiguate(found: list[tuple[Path, PurePosixPath]]) -> list[InputFile]:
+def _disambiguate(
+    found: list[tuple[Path, PurePosixPath]], earlier: Mapping[str, PurePosixPath] | None = None
+) -> list[InputFile]:
     """Drop suffixes from relative names; files sharing a name keep the plain name by a fixed suffix rank
     (`.jpg` before `.png`, ...), the others get `_<suffix>`; then same-named files get ~N.
 
     The rank depends on the file alone, not on what else is there, so the common case (a `p.png` export
-    appearing beside `p.jpg`) never renames the outputs of the file that was there first.
+    appearing beside `p.jpg`) never renames the outputs of the file that was there first. The reverse
+    case (`p.jpg` appearing beside a processed `p.png`) needs `earlier`: absolute path -> the name an
+    earlier run gave the file, kept first; a new file whose plain name is taken gets `_<suffix>`.
     """
+    earlier = earlier or {}
+    taken: set[PurePosixPath] = set()
+    kept: dict[int, PurePosixPath] = {}
+    for index, (path, _) in enumerate(found):
+        name = earlier.get(os.path.abspath(path))
+        if name is not None and name not in taken:
+            kept[index] = name
+            taken.add(name)
     stems = [rel.with_suffix("") if rel.suffix else rel for _, rel in found]
     best: dict[PurePosixPath, tuple[int, str]] = {}
     for stem, (_, rel) in zip(stems, found, strict=True):
         rank = _suffix_rank(rel.suffix)
         best[stem] = min(best.get(stem, rank), rank)
-    taken: set[PurePosixPath] = set()
     result = []
-    for (path, rel), stem in zip(found, stems, strict=True):
+    for index, ((path, rel), stem) in enumerate(zip(found, stems, strict=True)):
+        if index in kept:
+            result.append(InputFile(path=path, rel=kept[index]))
+            continue
         name = stem
-        if rel.suffix and _suffix_rank(rel.suffix) != best[stem]:
+        if rel.suffix and (_suffix_rank(rel.suffix) != best[stem] or _bounded(stem) in kept.values()):
             name = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower()}")
         name = _bounded(name)
         base, n = name, 2

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MANIFEST_NAME = "manifest.jsonl"
 SHARD_GLOB = "manifest.shard-*.jsonl"
+#: Record field: per input (same order as "inputs"), the name its outputs derive from.
+INPUT_NAMES = "input_names"
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -77,6 +79,17 @@ class Manifest:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def earlier_names(out_dir: Path) -> dict[str, PurePosixPath]:
+    """Absolute input path -> the name runs into `out_dir` gave it (the latest recorded; records
+    written before names were recorded give none)."""
+    names: dict[str, PurePosixPath] = {}
+    for record in Manifest(out_dir).read():
+        recorded = record.get(INPUT_NAMES) or []
+        for path, name in zip(record.get("inputs") or [], recorded, strict=False):
+            names[os.path.abspath(path)] = PurePosixPath(name)
+    return names
 
 
 def merge_manifests(

@@ -15,8 +15,14 @@ result is recombined in CIELAB per facial region:
   reference's texture and painted patterns through (heavy makeup). Skin takes at most the two finest
   bands: its coarser ones are the reference's facial relief, i.e. its identity.
 
-Reference pixels near a parsing border are trusted gradually (they mix materials), and specular
-highlights give no colour.
+Reference pixels near a parsing border are trusted gradually (they mix materials), pixels of another
+colour than their region (hair or flowers the parser called skin, teeth called lips) are not trusted
+at all, and specular highlights give no colour. The foundation fades down the neck from the jaw, the
+source's dark nostrils are not lightened by the reference's texture, and a grayscale source takes the
+makeup's lightness only (colour would be made up).
+
+Region masks and reference trust are in classic_regions.py, fills and texture bands in
+classic_texture.py.
 
 Eyes, inner mouth, hair, glasses, background and every other non-face label of the source are never
 painted: pixels outside the enabled regions are copied from the source bit for bit.
@@ -24,40 +30,48 @@ painted: pixels outside the enabled regions are copied from the source bit for b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import cv2
 import numpy as np
-import torch
 
 from shmt_cli.color import lab_to_rgb, rgb_to_lab
-from shmt_cli.face.labels import FACE_LABELS, L_BROW, L_EAR, L_LIP, NECK, NOSE, R_BROW, R_EAR, SKIN, U_LIP
+from shmt_cli.engines.classic_regions import (
+    REGIONS,
+    eye_shadow_mask,
+    face_width,
+    nose_area,
+    outlier_keep,
+    paintable_mask,
+    reference_regions,
+    region_masks,
+    soft_inner,
+    specular_highlights,
+)
+from shmt_cli.engines.classic_texture import blur, fill_region, fine_details, guard_dark_detail, smooth
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
-from shmt_cli.pyramid import laplacian_pyramid, reconstruct_pyramid
 
-REGIONS: tuple[str, ...] = ("skin", "eyes", "brows", "lips")
-"""Region names, in the order they are painted (later regions cover earlier ones)."""
+__all__ = [
+    "LEVELS",
+    "REGIONS",
+    "ClassicParams",
+    "PreparedReference",
+    "PreparedSource",
+    "eye_shadow_mask",
+    "fine_details",
+    "is_grayscale",
+    "lab_to_rgb",
+    "prepare_reference",
+    "prepare_source",
+    "region_masks",
+    "rgb_to_lab",
+    "specular_highlights",
+    "transfer_prepared",
+]
+
 LEVELS: tuple[str, ...] = ("h0", "h1", "h2", "h3", "h4")
 
-
-# Weight of each source label inside each region (rows follow REGIONS; eyes come from landmarks).
-# Ears and the neck take some of the foundation so its edge at the jaw does not show (not all of it: a
-# dark collar the parser calls neck would turn brown).
-_SOURCE_REGION_WEIGHTS: dict[str, dict[int, float]] = {
-    "skin": {SKIN: 1.0, NOSE: 1.0, L_EAR: 0.5, R_EAR: 0.5, NECK: 0.25},
-    "eyes": {SKIN: 1.0},
-    "brows": {L_BROW: 1.0, R_BROW: 1.0},
-    "lips": {U_LIP: 1.0, L_LIP: 1.0},
-}
-# Reference labels whose pixels may give colour and texture to each region.
-_REFERENCE_REGION_LABELS: dict[str, tuple[int, ...]] = {
-    "skin": (SKIN, NOSE),
-    "eyes": (SKIN,),
-    "brows": (L_BROW, R_BROW),
-    "lips": (U_LIP, L_LIP),
-}
 # Per region, as fractions of the face width (jaw corner to jaw corner, ~0.55 of a 256 crop):
 # feather = Gaussian sigma softening the region's border; fill = sigma of the normalised convolution
 # that fills the region where the warped reference lacks it; tone = sigma of the local lightness
@@ -77,20 +91,14 @@ _PAINTABLE_RAMP = 0.015
 # at h0..h1 (pores, glitter, painted lines): its coarser bands are the reference's facial relief
 # (nose and cheek shading, folds), which would carry the reference's identity over.
 _TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
-# Specular highlight: lighter than the region's median lightness by this much (L units) and below this
-# fraction of its median chroma.
-_HIGHLIGHT_LIGHTER = 12.0
-_HIGHLIGHT_CHROMA = 0.5
-# Weight of the fallback (the region's mean reference colour) in the normalised convolution, relative
-# to a pixel surrounded by valid reference pixels: only matters far from any of them.
-_FILL_PRIOR = 1e-3
-# Eye-shadow area: from the brow down past the lower lid by this fraction of the brow-to-eye distance.
-_EYE_SHADOW_BELOW = 0.35
 # Brightness changes of the skin are split with the source: full foundation lightness on a differently
 # lit reference photo would relight the face.
 _SKIN_TONE_GAIN = 0.5
 # ...and capped (L units): foundation evens and tints skin, it does not turn a dark complexion pale.
 _SKIN_TONE_LIMIT = 6.0
+# A source whose channels differ by at most this much (8-bit levels) on its face is a grayscale photo.
+GRAYSCALE_TOLERANCE = 2
+GRAYSCALE_NOTE = "grayscale source: makeup lightness only"
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,7 @@ class ClassicParams:
     strengths: per-region strength in [0, 1] (missing regions: 1.0); 0 leaves the region untouched.
     """
 
-    level: str = "h2"
+    level: str = "h0"  # why h0: README, "What the classic engine paints"
     regions: frozenset[str] = frozenset(REGIONS)
     strengths: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -133,68 +141,6 @@ class ClassicParams:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Region masks
-
-
-def face_width(landmarks: np.ndarray) -> float:
-    """Distance between the jaw's two ends (landmarks 0 and 16), px: the scale of every region size."""
-    return float(np.linalg.norm(landmarks[16] - landmarks[0]))
-
-
-# Per eye: brow points left to right in the image, then the eye's inner/outer corner and lower lid from
-# right to left, so each polygon is traced without crossing itself.
-_EYE_SHADOW_OUTLINES = (
-    ((17, 18, 19, 20, 21), (39, 40, 41, 36)),
-    ((22, 23, 24, 25, 26), (45, 46, 47, 42)),
-)
-
-
-def eye_shadow_polygons(landmarks: np.ndarray) -> list[np.ndarray]:
-    """Two (N, 2) float polygons (image left then right): brow down to a little under each eye."""
-    polygons = []
-    for brow, lower in _EYE_SHADOW_OUTLINES:
-        brow_points = landmarks[list(brow)]
-        lower_points = landmarks[list(lower)]
-        below = (lower_points.mean(axis=0) - brow_points.mean(axis=0)) * _EYE_SHADOW_BELOW
-        polygons.append(np.concatenate([brow_points, lower_points + below]))
-    return polygons
-
-
-def eye_shadow_mask(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: the two eye-shadow polygons of `eye_shadow_polygons` (labels not applied)."""
-    mask = np.zeros(size, dtype=np.uint8)
-    for polygon in eye_shadow_polygons(landmarks):
-        cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
-    return mask.astype(bool)
-
-
-def _label_table(weights: Mapping[int, float]) -> np.ndarray:
-    table = np.zeros(256, dtype=np.float32)
-    for label, weight in weights.items():
-        table[label] = weight
-    return table
-
-
-def region_masks(labels: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndarray]:
-    """Hard region masks of a source crop: name -> (H, W) float32 weights in [0, 1] (before feathering).
-
-    labels: (H, W) uint8 CelebAMask-HQ ids; landmarks: (68, 2) float (x, y).
-    """
-    masks = {name: _label_table(_SOURCE_REGION_WEIGHTS[name])[labels] for name in REGIONS}
-    masks["eyes"] = masks["eyes"] * eye_shadow_mask(landmarks, labels.shape[:2])
-    return masks
-
-
-def paintable_mask(labels: np.ndarray) -> np.ndarray:
-    """(H, W) bool: source pixels the engine may change (SHMT's face mask)."""
-    return np.isin(labels, FACE_LABELS)
-
-
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    return cv2.GaussianBlur(image, (0, 0), sigmaX=max(sigma, 0.3), borderType=cv2.BORDER_REPLICATE)
-
-
-# ---------------------------------------------------------------------------------------------------
 # Prepared faces
 
 
@@ -202,8 +148,9 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
 class PreparedReference:
     """A reference face ready to be paired with many sources.
 
-    stack: (H, W, 3 + 2R) float32: CIELAB, then per entry of `_REFERENCE_CHANNELS` a colour validity
-    channel, then per entry a texture validity channel (soft masks in [0, 1]);
+    stack: (H, W, 3 + 3R) float32: CIELAB, then per entry of `_REFERENCE_CHANNELS` a colour validity
+    channel, then per entry a texture validity channel, then per entry a lightness validity channel
+    (soft masks in [0, 1]);
     region_means: region -> (3,) float32 mean reference Lab colour of that region (None when absent).
     """
 
@@ -218,7 +165,8 @@ class PreparedSource:
 
     masks: region -> (H, W) float32 hard region weights; weights: region -> the same feathered and
     faded out toward the unpaintable pixels; box: (top, bottom, left, right) window holding every
-    non-zero weight.
+    non-zero weight; nose: (H, W) float32 in [0, 1] where dark detail is guarded; grayscale: the
+    photo has no colour (the makeup's lightness only is transferred).
     """
 
     rgb: np.ndarray
@@ -229,37 +177,27 @@ class PreparedSource:
     weights: Mapping[str, np.ndarray]
     box: tuple[int, int, int, int]
     width: float
+    nose: np.ndarray
+    grayscale: bool
+
+    @property
+    def note(self) -> str:
+        """What the engine did differently for this source ('' when nothing), for the item line."""
+        return GRAYSCALE_NOTE if self.grayscale else ""
+
+
+def is_grayscale(rgb: np.ndarray, where: np.ndarray) -> bool:
+    """True when the (H, W, 3) uint8 image's channels agree within GRAYSCALE_TOLERANCE on `where`."""
+    pixels = rgb[where].astype(np.int16)
+    if len(pixels) == 0:
+        return False
+    spread = pixels.max(axis=1) - pixels.min(axis=1)
+    return int(spread.max()) <= GRAYSCALE_TOLERANCE
 
 
 # Which validity channel of the reference stack serves each region (eyes use the skin channel).
 _REFERENCE_CHANNELS = ("skin", "brows", "lips")
 _REFERENCE_CHANNEL_OF = {"skin": 0, "eyes": 0, "brows": 1, "lips": 2}
-
-
-def _soft_inner(mask: np.ndarray, start_px: float, ramp_px: float) -> np.ndarray:
-    """(H, W) float32 in [0, 1]: 0 within `start_px` of the mask's border, rising to 1 over `ramp_px`.
-
-    Parsing borders are a pixel or two off, and the pixels right at them mix two materials (skin and
-    hair, lip and teeth, the black padding of a rotated photo): the reference's colour and texture are
-    only trusted well inside its regions.
-    """
-    depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
-    ramp = np.clip((depth - np.float32(start_px)) / np.float32(max(ramp_px, 1e-3)), 0.0, 1.0)
-    return ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no kink where the ramp starts or ends
-
-
-def specular_highlights(lab: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels of `region` much lighter and much less saturated than the region's median.
-
-    lab: (H, W, 3) float32 CIELAB. Shine on skin or lips is the light's colour, not the makeup's.
-    """
-    if region.sum() < 50:
-        return np.zeros_like(region)
-    lightness = lab[..., 0]
-    chroma = np.hypot(lab[..., 1], lab[..., 2])
-    median_l = np.median(lightness[region])
-    median_c = np.median(chroma[region])
-    return region & (lightness > median_l + _HIGHLIGHT_LIGHTER) & (chroma < _HIGHLIGHT_CHROMA * median_c)
 
 
 def _check_face(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> None:
@@ -282,22 +220,32 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
     width = face_width(np.asarray(landmarks, dtype=np.float64))
     # Exactly black pixels are the padding of a rotated or letterboxed photo, whatever the parser says.
     padding = ~rgb.any(axis=2)
-    validity = [np.isin(labels, _REFERENCE_REGION_LABELS[name]) & ~padding for name in _REFERENCE_CHANNELS]
+    # Per channel: the region as parsed, and the pixels of another colour in it (hair or flowers
+    # called skin, teeth called lips), which give neither colour nor lightness: both are filled in
+    # from the pixels around. Only a thin margin around them is dropped (not the wide trust ramp of
+    # a parsing border), so scattered specks do not cost the region its makeup.
+    regions = reference_regions(lab, labels, np.asarray(landmarks, dtype=np.float64), padding)
+    parsed = [regions[name][0] for name in _REFERENCE_CHANNELS]
+    keep = [outlier_keep(name, *regions[name], width) for name in _REFERENCE_CHANNELS]
     # Colour is not read from specular highlights: they are the photo's lighting, not foundation.
-    colour_sources = [mask & ~specular_highlights(lab, mask) for mask in validity]
+    colour_sources = [mask & ~specular_highlights(lab, mask) for mask in parsed]
     colour_validity = [
-        _soft_inner(mask, *(width * np.array(_COLOUR_TRUST[name])))
-        for name, mask in zip(_REFERENCE_CHANNELS, colour_sources, strict=True)
+        soft_inner(mask, *(width * np.array(_COLOUR_TRUST[name]))) * kept
+        for name, mask, kept in zip(_REFERENCE_CHANNELS, colour_sources, keep, strict=True)
     ]
     texture_validity = [
-        _soft_inner(mask, *(width * np.array(_TEXTURE_TRUST[name])))
-        for name, mask in zip(_REFERENCE_CHANNELS, validity, strict=True)
+        soft_inner(mask, *(width * np.array(_TEXTURE_TRUST[name])))
+        for name, mask in zip(_REFERENCE_CHANNELS, parsed, strict=True)
     ]
-    stack = np.concatenate([lab, np.stack(colour_validity + texture_validity, axis=-1)], axis=-1)
+    lightness_validity = [valid * kept for valid, kept in zip(texture_validity, keep, strict=True)]
+    stack = np.concatenate(
+        [lab, np.stack(colour_validity + texture_validity + lightness_validity, axis=-1)], axis=-1
+    )
     stack = stack.astype(np.float32)
     means: dict[str, np.ndarray | None] = {}
     for name in REGIONS:
-        inside = colour_sources[_REFERENCE_CHANNEL_OF[name]]
+        channel = _REFERENCE_CHANNEL_OF[name]
+        inside = colour_sources[channel] & regions[_REFERENCE_CHANNELS[channel]][1]
         if name == "eyes":
             inside = inside & eye_shadow_mask(landmarks, labels.shape)
         means[name] = lab[inside].mean(axis=0) if inside.any() else None
@@ -313,8 +261,8 @@ def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -
     masks = region_masks(labels, landmarks)
     # Fade to zero at the border of the paintable pixels rather than stopping there: a parser border a
     # pixel off (skin into hair, lid into eye) would otherwise show as a hard painted edge.
-    paintable = _soft_inner(paintable_mask(labels), 0.0, _PAINTABLE_RAMP * width)
-    weights = {name: _blur(masks[name], _FEATHER[name] * width) * paintable for name in REGIONS}
+    paintable = soft_inner(paintable_mask(labels), 0.0, _PAINTABLE_RAMP * width)
+    weights = {name: blur(masks[name], _FEATHER[name] * width) * paintable for name in REGIONS}
     return PreparedSource(
         rgb=rgb,
         lab=rgb_to_lab(rgb),
@@ -324,6 +272,8 @@ def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -
         weights=MappingProxyType(weights),
         box=_window(np.maximum.reduce(list(weights.values())) > 0, margin=round(0.05 * width)),
         width=width,
+        nose=nose_area(labels, landmarks),
+        grayscale=is_grayscale(rgb, paintable > 0),
     )
 
 
@@ -343,56 +293,6 @@ def _window(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
 
 # ---------------------------------------------------------------------------------------------------
 # Transfer
-
-
-def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of an (h, w[, C]) float32 image; wide ones run on a 2x or 4x smaller copy.
-
-    The result only feeds smooth fields (fills, tones), where the resampling error is far below a
-    level of the output.
-    """
-    factor = 4 if sigma >= 6.0 else 2 if sigma >= 3.0 else 1
-    if factor == 1:
-        return _blur(image, sigma)
-    height, width = image.shape[:2]
-    small = cv2.resize(image, (-(-width // factor), -(-height // factor)), interpolation=cv2.INTER_AREA)
-    return cv2.resize(_blur(small, sigma / factor), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _fill_region(values: np.ndarray, valid: np.ndarray, fallback: np.ndarray, sigma: float) -> np.ndarray:
-    """Values where `valid` (soft, (h, w)), elsewhere a normalised convolution of the valid ones.
-
-    values: (h, w) or (h, w, C) float32; fallback: scalar or (C,), used far from any valid pixel.
-    """
-    weight = valid if values.ndim == 2 else valid[..., None]
-    density = _smooth(valid, sigma)
-    if values.ndim == 3:
-        density = density[..., None]
-    prior = np.float32(_FILL_PRIOR)
-    filled = (_smooth(values * weight, sigma) + prior * np.float32(fallback)) / (density + prior)
-    return filled + weight * (values - filled)
-
-
-def fine_details(x: np.ndarray, level: int, depths: Iterable[int]) -> list[np.ndarray]:
-    """For each depth d, the sum of the Laplacian bands h0..h_{min(d, level)-1} of an (h, w) float32 image.
-
-    One decomposition serves every depth; depth 0 (or level 0) gives zeros.
-    """
-    depths = [min(depth, level) for depth in depths]
-    if max(depths, default=0) == 0:
-        return [np.zeros_like(x) for _ in depths]
-    tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-    details = []
-    with torch.no_grad():
-        bands = laplacian_pyramid(tensor, max(depths))
-        for depth in depths:
-            if depth == 0:
-                details.append(np.zeros_like(x))
-                continue
-            # Bands h0..h_{depth-1} over a zero residual of level `depth`'s size: no upsampling of zeros.
-            kept = [*bands[:depth], torch.zeros_like(bands[depth])]
-            details.append(reconstruct_pyramid(kept)[0, 0].numpy())
-    return details
 
 
 def transfer_prepared(
@@ -438,14 +338,15 @@ def transfer_prepared(
         channel = 3 + _REFERENCE_CHANNEL_OF[name]
         valid = np.clip(warped[..., channel], 0.0, 1.0)
         texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0)
+        lightness_valid = np.clip(warped[..., channel + 2 * channels], 0.0, 1.0)
         mean = reference.region_means[name]
         # Skin and eye-shadow area read the same reference pixels (its skin): one fill serves both.
         # Colour and lightness are filled from different pixels: colour skips specular highlights,
         # lightness (the texture's source) keeps them, or their outlines would be drawn as texture.
         if channel not in fills:
             sigma = _FILL[name] * scale
-            chroma = _fill_region(warped_lab[..., 1:], valid, mean[1:], sigma)
-            lightness = _fill_region(warped_lab[..., 0], texture_valid, mean[0], sigma)
+            chroma = fill_region(warped_lab[..., 1:], valid, mean[1:], sigma)
+            lightness = fill_region(warped_lab[..., 0], lightness_valid, mean[0], sigma)
             fills[channel] = (chroma, lightness)
         filled_ab, filled_l = fills[channel]
 
@@ -456,7 +357,7 @@ def transfer_prepared(
             inside = region.astype(np.float32)
             tone_sigma = _TONE[name] * scale
             difference = (filled_l - src_l) * inside
-            region_tone = _smooth(difference, tone_sigma) / np.maximum(_smooth(inside, tone_sigma), 1e-3)
+            region_tone = smooth(difference, tone_sigma) / np.maximum(smooth(inside, tone_sigma), 1e-3)
         else:
             region_tone = np.float32(mean[0] - src_l[region].mean())
             if name == "skin":
@@ -475,10 +376,18 @@ def transfer_prepared(
     # used only where the warped reference really shows the region (filled-in areas carry no texture).
     textures = fine_details(region_lightness - src_l, params.level_index, depths)
     texture = sum(texture_weights[depth] * detail for depth, detail in zip(depths, textures, strict=True))
+    texture = guard_dark_detail(texture, src_l, source.nose[window], scale)
     result_lab[..., 0] = src_l + tone + texture
 
     # Bit-exact source wherever no region reaches (eyes, teeth, hair, background, disabled regions).
     result = source.rgb.copy()
     result_window = result[window]
-    result_window[painted] = lab_to_rgb(result_lab[painted])
+    if source.grayscale:
+        # No colour to keep: the makeup's lightness on the photo's own gray (a coloured face would be
+        # made up). All three channels take the same value.
+        lightness = result_lab[painted].copy()
+        lightness[:, 1:] = 0.0
+        result_window[painted] = lab_to_rgb(lightness)[:, 1:2]
+    else:
+        result_window[painted] = lab_to_rgb(result_lab[painted])
     return result

@@ -79,7 +79,7 @@ def run_align(
     """Align every photo found in `inputs` into `out_dir`."""
     refuse_output_as_input(out_dir, inputs)
     files = require_inputs(collect_inputs(inputs, exclude=[out_dir], optional=options.listed_inputs), inputs)
-    items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
+    items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel, input_names=(f.rel,)) for f in files]
     runner = BatchRunner("align", out_dir, settings.as_params(), options)
     detector = default_detector()
 

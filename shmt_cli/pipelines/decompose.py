@@ -138,7 +138,7 @@ def run_decompose(
             raise UsageError(f"not a folder: {display_path(folder)}")
     refuse_output_as_input(out_dir, inputs)
     files = require_inputs(collect_inputs(inputs, exclude=[out_dir], optional=options.listed_inputs), inputs)
-    items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel) for f in files]
+    items = [WorkItem(key=f.key, inputs=(f.path,), out_stem=f.rel, input_names=(f.rel,)) for f in files]
     runner = BatchRunner("decompose", out_dir, settings.as_params(), options)
 
     def process(item: WorkItem) -> list[Path]:

@@ -27,6 +27,7 @@ from shmt_cli.imageio import InputError, read_image
 from shmt_cli.inputs import UsageError, display_path
 from shmt_cli.manifest import Manifest
 from shmt_cli.metrics import weight_free as wf
+from shmt_cli.metrics.wrong_face import wrong_face
 from shmt_cli.pipelines.transfer import paste_mask
 
 #: Metric name → (description, True when higher is better).
@@ -41,6 +42,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "identity": ("dlib face-recognition distance, source vs result (< 0.6 same person)", False),
     "same_person": ("share of pairs whose identity distance is under dlib's 0.6 threshold", True),
     "background_psnr": ("PSNR outside the face mask, source vs result photo, dB", True),
+    "wrong_face": ("1 when the result's face is not the source's; mean: share of such pairs", False),
     "cls": ("paper: DINO ViT-B/8 [CLS] cosine, reference vs result (makeup fidelity)", True),
     "keysim": ("paper: cosine of DINO key self-similarity matrices, source vs result (content)", True),
     "keysim_mse": ("Splice's structure distance: mean squared difference of the same matrices", False),
@@ -153,6 +155,7 @@ def pair_metrics(record: PairRecord) -> dict[str, float]:
         "identity": identity,
         "same_person": math.nan if math.isnan(identity) else float(identity < wf.SAME_PERSON_DISTANCE),
         "background_psnr": background_psnr_photo(record, source),
+        "wrong_face": wrong_face(source.landmarks, found, (result.shape[1], result.shape[0])),
     }
 
 

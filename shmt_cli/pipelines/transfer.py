@@ -521,7 +521,13 @@ def run_transfer(
     params = {**settings.as_params(digest, uses_seed), **engine.settings()}
     runner = BatchRunner("transfer", out_dir, params, options)
     items = [
-        WorkItem(key=p.key, inputs=(p.source.path, p.reference.path), out_stem=p.out_stem, payload=p)
+        WorkItem(
+            key=p.key,
+            inputs=(p.source.path, p.reference.path),
+            out_stem=p.out_stem,
+            payload=p,
+            input_names=(p.source.rel, p.reference.rel),
+        )
         for p in pairs
     ]
 
@@ -646,9 +652,9 @@ def _write_pair(
         **src_photo.search,
         **{f"reference_{key}": value for key, value in ref_photo.search.items() if key != "faces_processed"},
     }
-    note = "; ".join(
-        n for n in (faces_note("source", src_photo.search), faces_note("reference", ref_photo.search)) if n
-    )
+    notes = (faces_note("source", src_photo.search), faces_note("reference", ref_photo.search))
+    # The face searches, then what the engine did differently for this source (classic: a gray photo).
+    note = "; ".join(n for n in (*notes, getattr(src.state, "note", "")) if n)
     if note:
         extra["note"] = note
     return written, extra
