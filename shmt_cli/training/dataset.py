@@ -30,7 +30,8 @@ from shmt_cli import __version__
 from shmt_cli.decompose import PARTS_FORMAT, load_parts, save_parts
 from shmt_cli.imageio import InputError, write_json_atomic
 from shmt_cli.inputs import display_path
-from shmt_cli.pipelines.transfer import collect_faces, load_face
+from shmt_cli.pipelines.face_cache import load_face
+from shmt_cli.pipelines.pairs import collect_faces
 from shmt_cli.representations import IMAGE_SIZE, NUM_LABELS
 from shmt_cli.training.sample import make_sample
 
