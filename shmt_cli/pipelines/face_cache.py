@@ -220,12 +220,14 @@ class FaceCache:
         """The prepared photo (prepared now unless cached or prefetched); InputError when it cannot be."""
         key = (role, face.path)
         future = self._entries.get(key)
-        if future is None:
+        if future is not None:
+            self._entries.move_to_end(key)
+        # Not started by a thread yet: prepared here and now, with the engine's threads, instead of
+        # waiting in the queue (the threads work on later batches meanwhile).
+        if future is None or future.cancel():
             future = Future()
             future.set_result(self._prepare(face, role))
             self._add(key, future)
-        else:
-            self._entries.move_to_end(key)
         try:
             entry = future.result()
         except BaseException:

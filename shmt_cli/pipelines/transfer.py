@@ -177,8 +177,7 @@ def run_transfer(
 
         def process_batch(batch: list[WorkItem]) -> list[Any]:
             start = position.get(id(batch[-1]), len(todo)) + 1
-            # This batch's faces first (the threads take them in order), then the next batches'.
-            cache.prefetch(_faces([item.payload for item in batch]))
+            # The threads work on the next batches' faces; this batch's are prepared here if not yet.
             cache.prefetch(_faces([item.payload for item in todo[start : start + ahead]]))
             return transfer_pairs([item.payload for item in batch], engine, cache, settings, out_dir)
 
