@@ -18,26 +18,14 @@ from __future__ import annotations
 import argparse
 import filecmp
 import json
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
-
-
-def copy_photos(root: Path, kind: str, count: int) -> Path:
-    """The first `count` dev photos of `kind` (non_makeup / makeup) copied into root/kind."""
-    photos = sorted((FACES / kind / "images").iterdir())[:count]
-    if len(photos) < count:
-        raise SystemExit(f"only {len(photos)} {kind} photos in {FACES}")
-    folder = root / kind
-    folder.mkdir()
-    for photo in photos:
-        shutil.copyfile(photo, folder / photo.name)
-    return folder
+# The executor benchmark's inputs: dev photos from ../shared/faces copied to a temporary folder.
+from bench_executors import make_inputs
 
 
 def run_once(command: list[str], out: Path) -> float:
@@ -74,8 +62,7 @@ def main() -> None:
     settings = [int(text) for text in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         root = Path(tmp)
-        sources = copy_photos(root, "non_makeup", args.sources)
-        references = copy_photos(root, "makeup", args.references)
+        sources, references = make_inputs(root, args.sources, args.references)
         command = [sys.executable, "-m", "shmt_cli", "transfer", str(sources), str(references)]
         command += ["--engine", args.engine, "--crop", "--format", "png", *args.extra]
         if args.weights_dir is not None:
