@@ -212,6 +212,15 @@ def test_a_missing_device_is_a_usage_error(monkeypatch, tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 
 
+def test_device_cuda_without_cuda_is_refused_for_every_engine(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    sources = _dummy_photos(tmp_path / "sources", 1, "s")
+    args = ["transfer", str(sources), str(sources), "-o", str(tmp_path / "out"), "--device", "cuda"]
+    result = runner.invoke(app, [*args, "--engine", "classic"])
+    assert result.exit_code == 2, result.output
+    assert "no CUDA device" in result.stderr
+
+
 def test_the_first_line_says_what_runs(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(face_cache, "load_photo_faces", _synthetic_parts)
     monkeypatch.setattr(tr, "open_engine", lambda *args: (FakeEngine(), "engine: fake"))

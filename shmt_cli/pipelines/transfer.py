@@ -17,7 +17,7 @@ import numpy as np
 
 from shmt_cli.atomic import write_bytes_atomic
 from shmt_cli.batch import BatchRunner, CannotRun, RunOptions, StreamFn, Summary, WorkItem
-from shmt_cli.engines.base import Engine, EngineOutOfMemory, EngineUnavailable, PairJob
+from shmt_cli.engines.base import DeviceUnavailable, Engine, EngineOutOfMemory, EngineUnavailable, PairJob
 from shmt_cli.engines.registry import create_engine
 from shmt_cli.face.align import paste_back
 from shmt_cli.face.labels import EYES_MOUTH_LABELS, FACE_LABELS
@@ -105,9 +105,20 @@ def open_engine(name: str, options: Mapping[str, Any], weights_dir: Path | None)
     """The engine for the command line's choice and options (see engines.registry), and the line
     saying which one runs; UsageError when it cannot be built as asked."""
     try:
+        check_device(str(options.get("device") or "auto"))
         return create_engine(name, options, weights_dir)
     except (EngineUnavailable, ValueError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_device(device: str) -> None:
+    """DeviceUnavailable for a CUDA device on a machine without one, whichever engine `auto` picks:
+    `--device cuda` never turns into a silent CPU run."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"--device {device}: no CUDA device is available here (use --device cpu)")
 
 
 def paste_mask(labels: np.ndarray) -> np.ndarray:
