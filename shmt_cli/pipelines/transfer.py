@@ -178,7 +178,7 @@ def run_transfer(
     # Pairs this run will most likely process, in order: what the preparation threads work ahead on.
     todo = [
         item
-        for item in items
+        for item in (items if workers > 0 else ())
         if options.shard.takes(str(item.out_stem))
         and (options.overwrite or not all(path.exists() for path in done_outputs(item)))
     ]
