@@ -25,6 +25,7 @@ from shmt_cli.decompose import FaceParts, load_parts
 from shmt_cli.engines.base import DeviceUnavailable, Engine, EngineOutOfMemory, PairJob
 from shmt_cli.face.labels import L_LIP, U_LIP
 from shmt_cli.imageio import read_image
+from shmt_cli.inputs import Shard
 from shmt_cli.pipelines import face_cache
 from shmt_cli.pipelines import transfer as tr
 
@@ -122,6 +123,23 @@ def test_workers_prepare_the_next_batches_while_the_engine_runs(monkeypatch, tmp
     assert counts[1] == [7, 9, 11, 11, 11]
     assert _images(tmp_path / "out0") == _images(tmp_path / "out1")
     assert _manifest_keys(tmp_path / "out0") == _manifest_keys(tmp_path / "out1")
+
+
+def test_threads_work_ahead_only_on_this_shard_s_pairs_still_to_do(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(face_cache, "load_photo_faces", _synthetic_parts)
+    sources = _dummy_photos(tmp_path / "sources", 8, "s")
+    references = _dummy_photos(tmp_path / "references", 1, "r")
+    out, shard = tmp_path / "out", RunOptions(quiet=True, shard=Shard.parse("1/2"))
+    settings = tr.TransferSettings()
+    engine = FakeEngine(settle=0.3)
+    summary = tr.run_transfer([str(sources)], [str(references)], out, engine, settings, shard, workers=2)[1]
+    (manifest,) = out.glob("manifest*.jsonl")
+    mine = {Path(json.loads(line)["inputs"][0]).name for line in manifest.read_text().splitlines()}
+    assert summary.done == len(mine) and 0 < len(mine) < 8
+    assert set(engine.prepared) == mine | {"r00.png"}  # no face of the other shard's pairs
+    again = FakeEngine(settle=0.3)
+    summary = tr.run_transfer([str(sources)], [str(references)], out, again, settings, shard, workers=2)[1]
+    assert summary.skipped == len(mine) and again.prepared == []  # a finished run prepares nothing
 
 
 def test_preparation_threads_run_torch_on_one_thread_and_leave_the_engine_s_alone(
