@@ -137,9 +137,13 @@ def test_threads_work_ahead_only_on_this_shard_s_pairs_still_to_do(monkeypatch, 
     mine = {Path(json.loads(line)["inputs"][0]).name for line in manifest.read_text().splitlines()}
     assert summary.done == len(mine) and 0 < len(mine) < 8
     assert set(engine.prepared) == mine | {"r00.png"}  # no face of the other shard's pairs
+    # Resumed with one pair to redo (its output lost): only its faces are prepared, none of the
+    # finished pairs after it.
+    first = json.loads(manifest.read_text().splitlines()[0])
+    (out / first["outputs"][0]).unlink()
     again = FakeEngine(settle=0.3)
     summary = tr.run_transfer([str(sources)], [str(references)], out, again, settings, shard, workers=2)[1]
-    assert summary.skipped == len(mine) and again.prepared == []  # a finished run prepares nothing
+    assert summary.done == 1 and sorted(again.prepared) == sorted([Path(first["inputs"][0]).name, "r00.png"])
 
 
 def test_preparation_threads_run_torch_on_one_thread_and_leave_the_engine_s_alone(
