@@ -150,12 +150,13 @@ def save_face(
 CacheKey = tuple[str, Path]
 
 
-def _one_torch_thread() -> None:
-    """Preparation threads run torch on one thread each (torch's OpenMP setting is per thread): N
-    workers then take at most N cores from the engine, which keeps its own threads."""
+def _torch_threads(count: int) -> None:
+    """Give a preparation thread `count` torch threads (torch's OpenMP setting is per thread). The
+    caller's count, not fewer: the VQ encoder's float sums depend on it (measured: one thread instead
+    of two changes z_bg, z_ref and the IDA features), and results must not depend on --workers."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
 
 
 class FaceCache:
@@ -187,11 +188,16 @@ class FaceCache:
         self.all_faces = all_faces
         self.load = load
         self.photo_budget = photo_budget
-        self._pool = (
-            ThreadPoolExecutor(workers, thread_name_prefix="shmt-prepare", initializer=_one_torch_thread)
-            if workers > 0
-            else None
-        )
+        self._pool = None
+        if workers > 0:
+            import torch
+
+            self._pool = ThreadPoolExecutor(
+                workers,
+                thread_name_prefix="shmt-prepare",
+                initializer=_torch_threads,
+                initargs=(torch.get_num_threads(),),
+            )
         self._entries: OrderedDict[CacheKey, Future[PreparedPhoto | Exception]] = OrderedDict()
 
     def __enter__(self) -> FaceCache:
