@@ -67,6 +67,8 @@ def main() -> None:
         command += ["--engine", args.engine, "--crop", "--format", "png", *args.extra]
         if args.weights_dir is not None:
             command += ["--weights-dir", str(args.weights_dir)]
+        # A first run is slower whatever its setting (files and models not yet in the page cache).
+        run_once([*command, "--workers", "0"], root / "warm-up")
         seconds: dict[int, list[float]] = {n: [] for n in settings}
         identical = True
         for round_ in range(args.repeat):
