@@ -169,10 +169,10 @@ def transfer(
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")
     ] = None,
     regions: Annotated[
-        str, typer.Option("--regions", help="classic: regions to paint.")
+        str, typer.Option("--regions", help="Face regions that take the makeup (skin, eyes, brows, lips).")
     ] = "lips,eyes,skin,brows",
     strength: Annotated[
-        str | None, typer.Option("--strength", help="classic: 0..1, or lips=1,skin=0.5.")
+        str | None, typer.Option("--strength", help="0..1 for every region, or lips=1,skin=0.5.")
     ] = None,
     crop: Annotated[bool, typer.Option("--crop", help="Also write the 256x256 result crop.")] = False,
     grid: Annotated[bool, typer.Option("--grid", help="Also write the official 3-panel strip.")] = False,
@@ -211,7 +211,12 @@ def transfer(
     ] = 0.0,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", metavar="N", help="ray: engine workers (default: all GPUs/CPUs)."),
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="local: threads preparing the next batches' faces while the engine runs; "
+            "ray: engine workers (default: all GPUs/CPUs).",
+        ),
     ] = None,
     batch: BatchArgs = BatchArgs(),
 ) -> None:
@@ -219,11 +224,13 @@ def transfer(
 
     from shmt_cli.executors import ExecutorOptions, check_executor_options, engine_by_name, make_executor
     from shmt_cli.pipelines import transfer as tr
+    from shmt_cli.pipelines.pairs import check_pair_inputs
+    from shmt_cli.pipelines.regions import parse_regions, parse_strengths
 
     def job() -> tuple[BatchRunner, Summary]:
         options = batch.run_options()
         source_list, reference_list = batch.pair_inputs(sources, references, pairs, options)
-        tr.check_pair_inputs(source_list, reference_list, pairs)
+        check_pair_inputs(source_list, reference_list, pairs)
         tr.check_output_format(out_format)
         engine_options = {
             "level": level,
@@ -236,10 +243,16 @@ def transfer(
             "device": device,
             "dtype": dtype,
             "compile": compile_model,
-            "regions": tr.parse_regions(regions),
-            "strengths": tr.parse_strengths(strength),
+            "regions": parse_regions(regions),
+            "strengths": parse_strengths(strength),
         }
-        where = ExecutorOptions(executor, ray_address, gpus_per_worker, workers)
+        # --workers: preparation threads here, engine workers on ray.
+        local_workers = tr.DEFAULT_WORKERS if workers is None else workers
+        if local_workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {local_workers}")
+        where = ExecutorOptions(
+            executor, ray_address, gpus_per_worker, None if executor == "local" else workers
+        )
         check_executor_options(where)  # before the weights load
         chosen, note = tr.open_engine(engine, engine_options, weights_dir)
         # Workers build the engine chosen here (not `auto` again, which could choose differently there).
@@ -247,7 +260,8 @@ def transfer(
             where, functools.partial(engine_by_name, chosen.name, engine_options, weights_dir)
         )
         if not batch.quiet:
-            make_console().print(note)
+            where_prepared = f"{local_workers} preparation workers" if runs_on is None else "on ray"
+            make_console().print(f"{note}; {chosen.describe()}; {where_prepared}")
         settings = tr.TransferSettings(
             pairs=pairs,
             seed=seed,
@@ -257,8 +271,12 @@ def transfer(
             format=out_format,
             quality=quality,
             keep_faces=cache,
+            regions=engine_options["regions"],
+            strengths=engine_options["strengths"],
         )
-        return tr.run_transfer(source_list, reference_list, output, chosen, settings, options, runs_on)
+        return tr.run_transfer(
+            source_list, reference_list, output, chosen, settings, options, runs_on, local_workers
+        )
 
     run_batch(job)
 

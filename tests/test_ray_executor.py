@@ -286,6 +286,7 @@ def test_core_import_does_not_import_ray() -> None:
 
 
 def test_ray_options_need_the_ray_executor(tmp_path: Path, photos: tuple[Path, Path]) -> None:
-    code, _ = _transfer(photos, tmp_path, "--workers", "2")
+    # (--workers has a local meaning too: preparation threads.)
+    code, _ = _transfer(photos, tmp_path, "--gpus-per-worker", "1")
     assert code == 2
     assert not (tmp_path / "manifest.jsonl").exists()

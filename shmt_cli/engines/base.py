@@ -24,6 +24,14 @@ class EngineUnavailable(Exception):
     """The chosen engine cannot run here (e.g. no SHMT weights installed, no CUDA device)."""
 
 
+class DeviceUnavailable(EngineUnavailable):
+    """The device asked for does not exist here (`--device cuda` without CUDA): a usage error."""
+
+
+class EngineOutOfMemory(Exception):
+    """Out of memory even at a batch of one pair: the run cannot go on with these settings."""
+
+
 @dataclass(frozen=True)
 class PairJob(Generic[S, R]):
     """One pair for an engine: prepared source, prepared reference, and the pair's own noise seed."""
@@ -43,6 +51,12 @@ class Engine(ABC, Generic[S, R]):
     needs_render: bool = False
     #: Whether results depend on the noise seed (else --seed is left out of the parameter hash).
     uses_seed: bool = True
+
+    def describe(self) -> str:
+        """One line on what runs (engines say more: device, dtype, compile, sampler)."""
+        import torch  # imported here: the interface itself needs no torch
+
+        return f"{self.name} on cpu, {torch.get_num_threads()} torch threads"
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

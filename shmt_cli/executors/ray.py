@@ -44,17 +44,9 @@ from shmt_cli.engines.base import Engine
 from shmt_cli.face.align import read_sidecar
 from shmt_cli.imageio import InputError, remove_stale_temp_files
 from shmt_cli.inputs import InputFile, display_path
-from shmt_cli.pipelines.transfer import (
-    FACES_DIR,
-    FaceCache,
-    LoadedFace,
-    Pair,
-    TransferSettings,
-    face_file,
-    load_faces,
-    save_face,
-    transfer_pairs,
-)
+from shmt_cli.pipelines.face_cache import FaceCache, LoadedFace, face_file, load_faces, save_face
+from shmt_cli.pipelines.pairs import Pair
+from shmt_cli.pipelines.transfer import FACES_DIR, TransferSettings, transfer_pairs
 
 ROLES = ("source", "reference")
 #: Faces per preparation task: enough to amortise a task's start, few enough to spread over the CPUs.

@@ -32,7 +32,8 @@ from shmt_cli.decompose import PARTS_FORMAT, load_parts, save_parts
 from shmt_cli.face.labels import NUM_LABELS
 from shmt_cli.imageio import InputError
 from shmt_cli.inputs import display_path
-from shmt_cli.pipelines.transfer import collect_faces, load_face
+from shmt_cli.pipelines.face_cache import load_face
+from shmt_cli.pipelines.pairs import collect_faces
 from shmt_cli.representations import IMAGE_SIZE
 from shmt_cli.training.sample import make_sample
 
