@@ -24,6 +24,15 @@ class EngineUnavailable(Exception):
     """The chosen engine cannot run here (e.g. no SHMT weights installed, no CUDA device)."""
 
 
+class DeviceUnavailable(EngineUnavailable):
+    """The device asked for is not there (``--device cuda`` without CUDA): a usage error (exit 2)."""
+
+
+class EngineOutOfMemory(Exception):
+    """Out of memory even with one pair per batch (the engine halves the batch before raising this);
+    the message is one line suggesting --batch-size/--dtype, the run stops (exit 3)."""
+
+
 @dataclass(frozen=True)
 class PairJob(Generic[S, R]):
     """One pair for an engine: prepared source, prepared reference, and the pair's own noise seed."""
@@ -43,6 +52,10 @@ class Engine(ABC, Generic[S, R]):
     needs_render: bool = False
     #: Whether results depend on the noise seed (else --seed is left out of the parameter hash).
     uses_seed: bool = True
+
+    def describe(self) -> str:
+        """One line saying what runs (engine, device, precision, threads ...), printed first by a run."""
+        return f"{self.name} engine"
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
