@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Hashable, Mapping
+from typing import Any
 from dataclasses import replace
 
 import torch
@@ -25,8 +26,8 @@ from shmt_cli.engines.shmt.ida import PreparedReference
 from shmt_cli.engines.shmt.model import PreparedPair, ShmtDenoiser
 from shmt_cli.engines.shmt.sampler import SampleTrajectory, StepPlan, linear_update
 
-#: Compile settings: "backend" (torch.compile backend, "inductor" unless a test asks for a cheaper one).
-CompileOptions = Mapping[str, str]
+#: Compile settings: {"backend": a torch.compile backend}, "inductor" unless a test asks for a cheaper one.
+CompileOptions = Mapping[str, Any]
 
 
 def _step_body(step: WholeStep) -> tuple[torch.Tensor, torch.Tensor]:
