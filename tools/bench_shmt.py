@@ -23,7 +23,7 @@ figure as one JSON object (last line).
 
 Peak RSS of a run: a fresh process loads a full-size SHMT-h4 from a safetensors file the way the engine
 does (loading.load_model) in bf16, builds the VQ, prepares a source and a reference, samples 2 steps
-at batch 1 and decodes; its ru_maxrss is reported (the file, random weights, is written by another
+at batch 1 and decodes; its peak RSS (VmHWM) is reported (the file, random weights, is written by another
 process first).
 
 `--quick`: one timed step per configuration, compiled only at batch 1 (a full-size inductor compile
@@ -139,6 +139,11 @@ def unet_flops(unet: nn.Module, batch: int) -> int:
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited across fork+exec)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

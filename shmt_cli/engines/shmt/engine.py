@@ -189,10 +189,10 @@ class ShmtEngine(Engine[SourceState, ReferenceState]):
         return images
 
     def _out_of_memory_message(self) -> str:
-        lower = " or --dtype bf16" if self.config.dtype == "fp32" else ""
+        dtype = ", or use --dtype bf16" if self.config.dtype == "fp32" else ""
         return (
-            f"out of memory on {self.device} even at 1 pair per batch (started at --batch-size "
-            f"{self.batch_size}): free memory{lower}, or run with a smaller --batch-size on a larger device"
+            f"out of memory on {self.device} even at 1 pair per batch (halved from --batch-size "
+            f"{self.batch_size}): free memory{dtype}; --batch-size 1 skips the larger tries"
         )
 
     def _release_memory(self) -> None:

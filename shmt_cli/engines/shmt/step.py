@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -56,17 +56,22 @@ def _static_like(prepared: PreparedPair) -> PreparedPair:
     )
 
 
+def _tensors(prepared: PreparedPair) -> tuple[torch.Tensor, ...]:
+    """The tensors of a prepared pair the step reads, in a fixed order."""
+    ref = prepared.reference
+    return (
+        prepared.buffer,
+        prepared.mask64,
+        prepared.onehot_src,
+        prepared.content_warp,
+        ref.values,
+        ref.features,
+        ref.labels,
+    )
+
+
 def _copy_pair(target: PreparedPair, source: PreparedPair) -> None:
-    pairs = [
-        (target.buffer, source.buffer),
-        (target.mask64, source.mask64),
-        (target.onehot_src, source.onehot_src),
-        (target.content_warp, source.content_warp),
-        (target.reference.values, source.reference.values),
-        (target.reference.features, source.reference.features),
-        (target.reference.labels, source.reference.labels),
-    ]
-    for dst, src in pairs:
+    for dst, src in zip(_tensors(target), _tensors(source), strict=True):
         dst.copy_(src)
 
 
@@ -105,6 +110,9 @@ class WholeStep:
         else:
             body = types.MethodType(_own_code_copy(_step_body, name), self)
             mode = "reduce-overhead" if device.type == "cuda" else None
+            if mode:  # CUDA graphs read these in place instead of copying them at every replay
+                for tensor in (self.x, self.x0_prev, self.t, self.k, *_tensors(self.pair)):
+                    torch._dynamo.mark_static_address(tensor)
             self._run = torch.compile(
                 body, fullgraph=True, dynamic=False, mode=mode, backend=compile.get("backend", "inductor")
             )
