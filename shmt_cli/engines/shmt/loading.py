@@ -3,13 +3,14 @@ the settings need, on their device, in their dtype, and the VQ.
 
 Memory: a model file is read through safetensors' memory-mapped `safe_open`, one tensor at a time, and
 each UNet tensor is cast to the UNet dtype as it is read, so a bf16 run never holds the float32 UNet
-(peak ≈ the bf16 model plus one float32 tensor). Modules are built on "meta" and the tensors assigned:
-no random init, no second copy.
+(peak ≈ the bf16 model plus one mapped slice of the file, see `_read_model_tensors`). Modules are
+built on "meta" in their dtype and the tensors assigned: no random init, no second copy.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,26 +56,42 @@ class ShmtModel:
         return self.steps[key]
 
 
+#: File bytes read through one memory mapping: touched pages of a mapping count as resident memory
+#: until it is closed, so the file is mapped in slices of this size.
+READ_SLICE_BYTES = 128 << 20
+
+
 def _read_model_tensors(
     path: Path, use_ema: bool, unet_dtype: torch.dtype
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """The UNet (EMA shadows or raw, cast to `unet_dtype`) and IDA tensors of one imported SHMT file, and
     whether EMA was used.
 
-    Reads only what is needed: a full checkpoint holds both weight sets (2 × 1.1 GB in float32).
+    Reads only what is needed: a full checkpoint holds both weight sets (2 × 1.1 GB in float32). Every
+    tensor is copied out of the mapping (safetensors' tensors are views of it, which would keep the
+    whole mapping resident) and the file is mapped in `READ_SLICE_BYTES` slices.
     """
     with safe_open(str(path), framework="pt") as handle:
         keys = list(handle.keys())
         take_ema = use_ema and any(k.startswith(W.EMA_PREFIX + "diffusion_model") for k in keys)
         unet_prefix = W.EMA_PREFIX if take_ema else W.UNET_PREFIX
-        tensors = {}
-        for key in keys:
-            if key.startswith(unet_prefix):
-                # Cast as read: the float32 tensor is dropped before the next one is read.
-                tensors[key] = handle.get_tensor(key).to(unet_dtype)
-            elif key.startswith(W.IDA_PREFIX):
-                tensors[key] = handle.get_tensor(key)
-        return tensors, take_ema
+        wanted = [k for k in keys if k.startswith((unet_prefix, W.IDA_PREFIX))]
+        sizes = [math.prod(handle.get_slice(k).get_shape()) * 4 for k in wanted]  # float32 files
+    slices: list[list[str]] = [[]]
+    total = 0
+    for key, size in zip(wanted, sizes, strict=True):
+        if slices[-1] and total + size > READ_SLICE_BYTES:
+            slices.append([])
+            total = 0
+        slices[-1].append(key)
+        total += size
+    tensors = {}
+    for group in slices:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in group:
+                dtype = unet_dtype if key.startswith(unet_prefix) else torch.float32
+                tensors[key] = handle.get_tensor(key).to(dtype, copy=True)
+    return tensors, take_ema
 
 
 def load_model(
@@ -91,6 +108,7 @@ def load_model(
     config = variant_config(LEVEL_NUMBER[variant], size)  # type: ignore[arg-type]
     with torch.device("meta"):
         denoiser = ShmtDenoiser(config)
+    denoiser.unet.to(dtype=unet_dtype)  # on meta, free: assigning keeps the module's dtype
     load_official_unet(denoiser.unet, tensors, prefer_ema=took_ema, assign=True)
     load_official_ida(denoiser.ida, tensors, assign=True)
     del tensors  # the modules hold the tensors now; the dict would keep replaced ones alive
