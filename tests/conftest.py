@@ -143,3 +143,36 @@ def random_weights_dir(tmp_path_factory: pytest.TempPathFactory, random_official
         torch.save({"state_dict": random_official_state_dicts[name], "epoch": 1, "global_step": 10}, path)
         import_checkpoint(path, folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: the 2 cores are shared with other jobs, and oversubscribed
+    OpenMP threads made the models 3-5x slower (and sample building runs single-threaded in a
+    DataLoader worker anyway)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def dev_photo_folders(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A function (source names, reference names) -> (sources, references): two fresh temporary folders
+    holding copies of those dev photos (`non_makeup/images` and `makeup/images` of ../shared/faces)."""
+    import shutil
+
+    def make(sources: tuple[str, ...], references: tuple[str, ...]) -> tuple[Path, Path]:
+        root = tmp_path_factory.mktemp("photos")
+        for folder, kind, names in (
+            (root / "sources", "non_makeup", sources),
+            (root / "references", "makeup", references),
+        ):
+            folder.mkdir()
+            for name in names:
+                shutil.copyfile(faces_dir / kind / "images" / name, folder / name)
+        return root / "sources", root / "references"
+
+    return make

@@ -12,6 +12,7 @@ import io
 import os
 import struct
 import sys
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,16 @@ def build_corpus(root: Path, face: np.ndarray) -> list[str]:
     add("links/unreadable.jpg", jpeg)
     os.chmod(root / "links/unreadable.jpg", 0)
     return names
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, poll: float = 0.02) -> bool:
+    """Poll `condition` every `poll` seconds for up to `timeout` seconds; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return condition()
 
 
 def shmt_command() -> list[str]:

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from hostile import shmt_command, write_photo_set
+from hostile import shmt_command, wait_for, write_photo_set
 
 from shmt_cli.inputs import display_path
 from shmt_cli.lock import OutputLock
@@ -35,15 +34,6 @@ def _lock_holder(folder: Path) -> int | None:
         return None
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_second_run_fails_clearly_or_waits(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
     # Large photos make run A slow enough (detection runs at up to 1600 px) for B and C to meet it.
     photos = write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(1200, 1400, 1600))
@@ -57,7 +47,7 @@ def test_second_run_fails_clearly_or_waits(tmp_path: Path, astronaut_rgb: np.nda
     )
     paused = False
     try:
-        assert _wait_until(lambda: _lock_holder(out) == run_a.pid, 90), "run A never took the lock"
+        assert wait_for(lambda: _lock_holder(out) == run_a.pid, 90), "run A never took the lock"
         # Pause A while it holds the lock: B and C then meet a live holder however fast the machine is.
         os.kill(run_a.pid, signal.SIGSTOP)
         paused = True

@@ -12,11 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cli_helpers import run_shmt
 from hostile import five_faces
 from PIL import Image
-from typer.testing import CliRunner
 
-from shmt_cli.cli import app
 from shmt_cli.face.plausibility import (
     FaceMeasures,
     fitted_thresholds,
@@ -27,7 +26,6 @@ from shmt_cli.face.rotation import ROTATIONS, rotate_image, rotate_points, unrot
 from shmt_cli.face.search import find_faces
 from shmt_cli.face.template import TEMPLATE_256
 
-runner = CliRunner()
 DEV_PHOTOS = ("non_makeup/images/00288.jpg", "makeup/images/vFG25.png", "non_makeup/images/xfsy_0069.png")
 LONG_SIDE = 1100  # phone-photo scale, where false hits inside eyes appear
 
@@ -150,12 +148,6 @@ def test_a_photo_without_a_face_says_what_was_tried(faces_dir: Path) -> None:
         assert "90/180/270" in message and "\n" not in message
 
 
-def _shmt(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, result.output
-
-
 def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return np.abs(before.astype(int) - after.astype(int)).max(axis=2) > 8
 
@@ -166,7 +158,7 @@ def test_transfer_onto_a_sideways_photo(faces_dir: Path, tmp_path: Path) -> None
     (tmp_path / "src").mkdir()
     Image.fromarray(stored).save(tmp_path / "src" / "sideways.png")
     reference = faces_dir / "makeup/images/vFG25.png"
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer", tmp_path / "src", reference, "-o", tmp_path / "out", "--engine", "classic", "--json"
     )
     assert code == 0, output
@@ -197,7 +189,7 @@ def test_group_photo_all_faces_or_a_note(astronaut_rgb: np.ndarray, tmp_path: Pa
     made_up[..., 0] = np.clip(made_up[..., 0].astype(int) + 60, 0, 255)
     Image.fromarray(made_up).save(reference)
 
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer", tmp_path / "src", reference, "-o", tmp_path / "one", "--engine", "classic", "--json"
     )
     assert code == 0, output
@@ -208,7 +200,7 @@ def test_group_photo_all_faces_or_a_note(astronaut_rgb: np.ndarray, tmp_path: Pa
     tiles_changed = [_changed(group, one)[:, k * 210 : (k + 1) * 210].sum() for k in range(5)]
     assert sum(count > 50 for count in tiles_changed) == 1
 
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer",
         tmp_path / "src",
         reference,

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from hostile import shmt_command, write_photo_set
+import pytest
+from hostile import shmt_command, wait_for, write_photo_set
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,15 +31,6 @@ from shmt_cli.manifest import manifest_path, read_records
 SEED = 20261125
 PHOTOS = 32
 KILLS = 5
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def _launch(args: list[str], logs: Path, name: str) -> subprocess.Popen[bytes]:
@@ -73,7 +65,7 @@ def test_kill_9_at_random_points_then_resume(tmp_path: Path, astronaut_rgb: np.n
             time.sleep(rng.uniform(0.05, 0.5))  # during start-up, before any item is written
         else:
             # Once this run has finished an item it is mid-batch: kill it a random moment later.
-            started = _wait_for(_progress_made(run, out, before), 90)
+            started = wait_for(_progress_made(run, out, before), 90)
             assert started, "the run made no progress"
             time.sleep(rng.uniform(0.0, 0.3))
         if run.poll() is None:
@@ -213,34 +205,28 @@ def test_a_photo_that_changed_since_its_record_is_redone(tmp_path: Path, astrona
     assert (out / "photo_00.png").read_bytes() != crop
 
 
-def test_sigterm_stops_a_run_cleanly(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "word", "advice"),
+    [
+        (signal.SIGTERM, 128 + signal.SIGTERM, "SIGTERM", "run again to resume"),  # the shell's convention
+        (signal.SIGINT, 130, "interrupted", "Ctrl-C"),
+    ],
+)
+def test_a_signal_stops_a_run_cleanly_with_one_line(
+    tmp_path: Path, astronaut_rgb: np.ndarray, signum: int, code: int, word: str, advice: str
+) -> None:
     write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(800,))
     out, logs = tmp_path / "out", tmp_path / "logs"
     logs.mkdir()
-    run = _launch(["align", str(tmp_path / "photos"), "-o", str(out)], logs, "term")
-    assert _wait_for(_progress_made(run, out, 0), 90)
-    run.send_signal(signal.SIGTERM)
+    run = _launch(["align", str(tmp_path / "photos"), "-o", str(out)], logs, "run")
+    assert wait_for(_progress_made(run, out, 0), 90)
+    run.send_signal(signum)
     run.wait(timeout=60)
-    assert b"Traceback" not in (logs / "term.err").read_bytes()
-    assert run.returncode == 128 + signal.SIGTERM  # the shell convention for "stopped by SIGTERM"
+    err = (logs / "run.err").read_text()
+    assert "Traceback" not in err
+    assert run.returncode == code
     # One line says what happened (was: silence, or a traceback when it hit the detector).
-    said = [line for line in (logs / "term.err").read_text().splitlines() if "SIGTERM" in line]
-    assert len(said) == 1 and "run again to resume" in said[0]
+    said = [line for line in err.splitlines() if word in line]
+    assert len(said) == 1 and advice in said[0]
     assert not (out / ".shmt.lock").exists() and not list(out.rglob("*.tmp"))
     assert 1 <= len(read_records(manifest_path(out))) < 12
-
-
-def test_ctrl_c_prints_one_line(tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
-    write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(800,))
-    out, logs = tmp_path / "out", tmp_path / "logs"
-    logs.mkdir()
-    run = _launch(["align", str(tmp_path / "photos"), "-o", str(out)], logs, "int")
-    assert _wait_for(_progress_made(run, out, 0), 90)
-    run.send_signal(signal.SIGINT)
-    run.wait(timeout=60)
-    err = (logs / "int.err").read_text()
-    assert "Traceback" not in err
-    assert run.returncode == 130
-    said = [line for line in err.splitlines() if "interrupted" in line]
-    assert len(said) == 1 and "Ctrl-C" in said[0]
-    assert not (out / ".shmt.lock").exists()

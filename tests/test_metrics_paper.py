@@ -301,20 +301,20 @@ def test_dino_metrics_with_a_small_vit(photos) -> None:
     # (face, mirrored) and (mirrored, face): the measure is symmetric.
     assert scores.keysim[0] == pytest.approx(scores.keysim[2], abs=1e-6)
 
-    # The one-pass scores agree with the separate functions at other batch sizes.
-    assert np.allclose(dino.cls_similarity(model, references, results, batch_size=3), scores.cls, atol=1e-5)
-    assert np.allclose(dino.keysim(model, sources, results, batch_size=1), scores.keysim, atol=1e-5)
+    # The scores agree with the definitions computed over all images at once (another batch size).
+    (src,), (ref,), (res,) = (list(dino.dino_outputs(model, x, 3)) for x in (sources, references, results))
+    assert np.allclose(dino.matrix_cosine(ref.cls, res.cls).numpy(), scores.cls, atol=1e-5)
+    src_sim, res_sim = dino.cosine_self_similarity(src.last_keys), dino.cosine_self_similarity(res.last_keys)
+    assert np.allclose(dino.matrix_cosine(src_sim, res_sim).numpy(), scores.keysim, atol=1e-5)
+    assert np.allclose(dino.mean_squared_difference(src_sim, res_sim).numpy(), scores.keysim_mse, atol=1e-9)
+    assert src_sim.shape == (3, 785, 785)  # 224 px input: 1 + 28 x 28 tokens
+    assert torch.allclose(src_sim, src_sim.transpose(1, 2), atol=1e-6)
 
-    sims = dino.key_self_similarity(model, [face])
-    assert sims.shape == (1, 785, 785)  # 224 px input: 1 + 28 x 28 tokens
-    assert torch.allclose(sims, sims.transpose(1, 2), atol=1e-6)
-
-    assert dino.cls_similarity(model, [], []).shape == (0,)
     assert dino.dino_scores(model, [], [], []).keysim.shape == (0,)
     with pytest.raises(ValueError, match="pair up"):
-        dino.keysim(model, [face, ramp], [face])
+        dino.dino_scores(model, [face, ramp], [face, ramp], [face])
     with pytest.raises(ValueError, match="uint8"):
-        dino.cls_similarity(model, [face.astype(np.float32)], [face])
+        dino.dino_scores(model, [face], [face.astype(np.float32)], [face])
 
 
 # ----------------------------------------------------------------------------- end to end, real architectures

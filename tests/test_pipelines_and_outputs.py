@@ -10,31 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_shmt
 from PIL import Image, ImageCms
-from typer.testing import CliRunner
 
-from shmt_cli.cli import app
 from shmt_cli.imageio import READABLE, InputError, read_image
 
-runner = CliRunner()
 CLASSIC = ("--engine", "classic")
-
-
-def _shmt(*args: str | Path, stdin: str | None = None) -> tuple[int, str]:
-    result = runner.invoke(app, [str(arg) for arg in args], input=stdin)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result.exit_code, result.output
 
 
 def _summary(output: str) -> dict:
     """The --json summary line (the human summary on stderr may come after it)."""
     return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
-
-
-def _records(out: Path) -> dict[str, dict]:
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    return {r["key"]: r for r in map(json.loads, lines) if "key" in r}
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +40,21 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut_rgb: np.ndarray) 
 def test_files_from_stdin_with_references_as_the_one_argument(photos: Path, tmp_path: Path) -> None:
     listed = f"{photos / 'src' / 'a.png'}\n{photos / 'src' / 'b.jpg'}\n"
     out = tmp_path / "out"
-    code, output = _shmt("transfer", "--files-from", "-", photos / "ref", "-o", out, *CLASSIC, stdin=listed)
+    code, output = run_shmt(
+        "transfer", "--files-from", "-", photos / "ref", "-o", out, *CLASSIC, stdin=listed
+    )
     assert code == 0, output
     assert sorted(p.name for p in out.iterdir() if p.is_file() and p.suffix != ".jsonl") == [
         "a__r.png",
         "b__r.jpg",
     ]
     # A listed file that is missing fails as one item; the others are done.
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer", "--files-from", "-", photos / "ref", "-o", tmp_path / "two", *CLASSIC,
         stdin=f"{photos / 'src' / 'a.png'}\n{photos / 'src' / 'gone.png'}\n",
     )  # fmt: skip
     assert code == 1 and "gone.png" in output
-    code, output = _shmt("transfer", "--files-from", "-", photos / "ref", "-o", tmp_path / "e", stdin="\n")
+    code, output = run_shmt("transfer", "--files-from", "-", photos / "ref", "-o", tmp_path / "e", stdin="\n")
     assert code == 2 and "lists no source photo" in output
 
 
@@ -74,7 +62,7 @@ def test_pairs_on_stdin_and_tables_relative_to_their_folder(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(photos)
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer", "--pairs", "-", "-o", tmp_path / "stdin", *CLASSIC, stdin="src/a.png,ref/r.png\n"
     )
     assert code == 0, output
@@ -85,21 +73,21 @@ def test_pairs_on_stdin_and_tables_relative_to_their_folder(
     table.write_text("source,reference\nsrc/b.jpg,ref/r.png\n")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "nightly"
-    code, output = _shmt("transfer", "--pairs", table, "-o", out, *CLASSIC)
+    code, output = run_shmt("transfer", "--pairs", table, "-o", out, *CLASSIC)
     assert code == 0, output
     assert (out / "b__r.jpg").is_file()
     # The next night's copy of the same table resumes into the same folder (the name is not hashed).
     renamed = photos / "nightly-2026-01-02.csv"
     renamed.write_text(table.read_text())
-    code, output = _shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC, "--json")
+    code, output = run_shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC, "--json")
     assert code == 0, output
     assert _summary(output)["skipped"] == 1
     # Neither is a seed the classic engine does not use.
-    code, output = _shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC, "--seed", "7", "--json")
+    code, output = run_shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC, "--seed", "7", "--json")
     assert code == 0 and _summary(output)["skipped"] == 1, output
     # A different table is different work.
     renamed.write_text("src/a.png,ref/r.png\n")
-    code, output = _shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC)
+    code, output = run_shmt("transfer", "--pairs", renamed, "-o", out, *CLASSIC)
     assert code == 2 and "other parameters" in output
 
 
@@ -115,18 +103,18 @@ def test_a_run_without_inputs_is_one_line_and_fails(photos: Path, tmp_path: Path
             ("decompose", folder, "-o", tmp_path / "d"),
             ("transfer", folder, photos / "ref", "-o", tmp_path / "t", *CLASSIC),
         ):
-            code, output = _shmt(*args)
+            code, output = run_shmt(*args)
             assert code == 2, (args, output)
             assert "no input images found" in output and words in output
             assert len([line for line in output.splitlines() if "error" in line]) == 1
 
 
 def test_empty_output_folder_and_unwritable_log_are_refused(photos: Path, tmp_path: Path) -> None:
-    code, output = _shmt("align", photos / "src", "-o", "")
+    code, output = run_shmt("align", photos / "src", "-o", "")
     assert code == 2 and "output folder is empty" in output
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    code, output = _shmt("align", photos / "src", "-o", tmp_path / "o", "--log", blocker / "run.log")
+    code, output = run_shmt("align", photos / "src", "-o", tmp_path / "o", "--log", blocker / "run.log")
     assert code == 2 and "--log" in output and len(output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
@@ -196,7 +184,7 @@ def test_outputs_keep_format_icc_exif_and_alpha(
     rgba[:40, :, :3] = (10, 200, 30)  # colour under the transparent part: kept as it was
     Image.fromarray(rgba, "RGBA").save(src / "cut.png")
     out = tmp_path / "out"
-    code, output = _shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC)
+    code, output = run_shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC)
     assert code == 0, output
 
     with Image.open(out / "cam__r.jpg") as made:
@@ -213,7 +201,7 @@ def test_outputs_keep_format_icc_exif_and_alpha(
     assert np.array_equal(kept[..., 3], rgba[..., 3])
     assert np.array_equal(kept[:40, :, :3], rgba[:40, :, :3])
 
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer",
         src / "cam.jpg",
         photos / "ref",
@@ -228,7 +216,9 @@ def test_outputs_keep_format_icc_exif_and_alpha(
     assert code == 0, output
     with Image.open(tmp_path / "w" / "cam__r.webp") as made:
         assert made.format == "WEBP" and made.info.get("icc_profile") == _profile()
-    code, output = _shmt("transfer", src, photos / "ref", "-o", tmp_path / "x", *CLASSIC, "--format", "tiff")
+    code, output = run_shmt(
+        "transfer", src, photos / "ref", "-o", tmp_path / "x", *CLASSIC, "--format", "tiff"
+    )
     assert code == 2 and "--format" in output
 
 
@@ -237,11 +227,11 @@ def test_output_names_do_not_change_when_a_new_input_appears(photos: Path, tmp_p
     src.mkdir()
     (src / "p.jpg").write_bytes((photos / "src" / "b.jpg").read_bytes())
     out = tmp_path / "out"
-    code, output = _shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC)
+    code, output = run_shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC)
     assert code == 0, output
     first = (out / "p__r.jpg").read_bytes()
     (src / "p.png").write_bytes((photos / "src" / "a.png").read_bytes())
-    code, output = _shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC, "--json")
+    code, output = run_shmt("transfer", src, photos / "ref", "-o", out, *CLASSIC, "--json")
     assert code == 0, output
     summary = _summary(output)
     assert summary["done"] == 1 and summary["skipped"] == 1  # the old item is not redone
@@ -251,33 +241,33 @@ def test_output_names_do_not_change_when_a_new_input_appears(photos: Path, tmp_p
 
 def test_background_psnr_is_a_number_or_null_in_json(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code, output = _shmt("transfer", photos / "src" / "a.png", photos / "ref", "-o", out, *CLASSIC)
+    code, output = run_shmt("transfer", photos / "src" / "a.png", photos / "ref", "-o", out, *CLASSIC)
     assert code == 0, output
-    code, output = _shmt("evaluate", out, "--json", "-q")
+    code, output = run_shmt("evaluate", out, "--json", "-q")
     assert code == 0, output
     line = next(line for line in output.splitlines() if line.startswith("{"))
     assert '"inf"' not in line and "Infinity" not in line
-    code, output = _shmt("evaluate", tmp_path / "missing")
+    code, output = run_shmt("evaluate", tmp_path / "missing")
     assert code == 2 and "no such results folder" in output
 
 
 def test_small_option_checks(photos: Path, tmp_path: Path) -> None:
-    code, output = _shmt("align", photos / "src", "-o", tmp_path / "o", "--wait-lock", "-5")
+    code, output = run_shmt("align", photos / "src", "-o", tmp_path / "o", "--wait-lock", "-5")
     assert code == 2 and "--wait-lock" in output
-    code, output = _shmt("align", photos / "src", "-o", tmp_path / "o", "--shard", "1/0")
+    code, output = run_shmt("align", photos / "src", "-o", tmp_path / "o", "--shard", "1/0")
     assert code == 2 and "at least 1" in output
     (tmp_path / "m").mkdir()
-    code, output = _shmt("manifest-merge", tmp_path / "m", "--expect", "-1")
+    code, output = run_shmt("manifest-merge", tmp_path / "m", "--expect", "-1")
     assert code == 2 and "--expect" in output
     # SHMT options are checked when auto picks the classic engine (no weights here), and back.
     empty = tmp_path / "no-weights"
     empty.mkdir()
     base = ("transfer", photos / "src", photos / "ref", "-o", tmp_path / "t", "--weights-dir", empty)
-    code, output = _shmt(*base, "--dtype", "fp17")
+    code, output = run_shmt(*base, "--dtype", "fp17")
     assert code == 2 and "--dtype" in output
-    code, output = _shmt(*base, "--ida", "relased")
+    code, output = run_shmt(*base, "--ida", "relased")
     assert code == 2 and "--ida" in output
-    code, output = _shmt(*base, "--engine", "shmt", "--regions", "lipz")
+    code, output = run_shmt(*base, "--engine", "shmt", "--regions", "lipz")
     assert code == 2 and "unknown region" in output
     assert not (tmp_path / "t").exists()
 
@@ -289,10 +279,10 @@ def test_manifest_merge_names_a_shard_that_still_holds_its_lock(tmp_path: Path) 
     folder.mkdir()
     lock = folder / ".shmt.shard-2-of-4.lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "align"}))
-    _, output = _shmt("manifest-merge", folder)
+    _, output = run_shmt("manifest-merge", folder)
     assert ".shmt.shard-2-of-4.lock" in output and "still going" in output
     lock.unlink()
-    _, output = _shmt("manifest-merge", folder)
+    _, output = run_shmt("manifest-merge", folder)
     assert "still going" not in output
 
 
@@ -330,12 +320,12 @@ def test_classic_cold_start_imports_no_diffusers_and_prints_no_torch_warning(
 
 def test_face_cache_is_compact_or_off(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code, output = _shmt("transfer", photos / "src" / "a.png", photos / "ref", "-o", out, *CLASSIC)
+    code, output = run_shmt("transfer", photos / "src" / "a.png", photos / "ref", "-o", out, *CLASSIC)
     assert code == 0, output
     cached = sorted((out / "faces").rglob("*.safetensors"))
     assert len(cached) == 2  # the source and the reference
     assert all(path.stat().st_size < 600_000 for path in cached)  # was 4.2 MB per face
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer", photos / "src" / "a.png", photos / "ref", "-o", tmp_path / "n", *CLASSIC, "--no-cache"
     )
     assert code == 0, output
@@ -347,7 +337,7 @@ def test_quiet_prints_each_failure_once(photos: Path, tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "broken.jpg").write_text("not an image")
     (folder / "a.png").write_bytes((photos / "src" / "a.png").read_bytes())
-    code, output = _shmt("align", folder, "-o", tmp_path / "out", "--quiet")
+    code, output = run_shmt("align", folder, "-o", tmp_path / "out", "--quiet")
     assert code == 1
     assert output.count("broken.jpg") == 1, output
 

@@ -12,25 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import manifest_records, run_shmt
 from hostile import LONGEST_NAME
 from PIL import Image
-from typer.testing import CliRunner
-
-from shmt_cli.cli import app
-
-runner = CliRunner()
-
-
-def _shmt(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result.exit_code, result.output
-
-
-def _records(out: Path) -> dict[str, dict]:
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    return {r["key"]: r for r in map(json.loads, lines) if "key" in r}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +25,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut_rgb: np.ndarray) 
     (root / "ref").mkdir()
     Image.fromarray(astronaut_rgb).save(root / "src" / "a.png", compress_level=1)
     Image.fromarray(np.ascontiguousarray(astronaut_rgb[:, ::-1])).save(root / "ref" / "r.jpg", quality=92)
-    code, output = _shmt("align", root / "src", "-o", root / "aligned", "-q")
+    code, output = run_shmt("align", root / "src", "-o", root / "aligned", "-q")
     assert code == 0, output
     return root
 
@@ -49,11 +33,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut_rgb: np.ndarray) 
 def test_classic_refuses_an_unknown_level(photos: Path, tmp_path: Path) -> None:
     # Was: `--level h9` (or shmt's `mix` when auto fell back to classic) silently ran at h2, exit 0.
     for extra in (["--engine", "classic", "--level", "h9"], ["--level", "mix"]):
-        code, output = _shmt("transfer", photos / "src", photos / "ref", "-o", tmp_path / "out", *extra)
+        code, output = run_shmt("transfer", photos / "src", photos / "ref", "-o", tmp_path / "out", *extra)
         assert code == 2, output
         assert "is not a classic level" in output
     assert not (tmp_path / "out").exists()
-    code, output = _shmt(
+    code, output = run_shmt(
         "transfer",
         photos / "src",
         photos / "ref",
@@ -65,7 +49,7 @@ def test_classic_refuses_an_unknown_level(photos: Path, tmp_path: Path) -> None:
         "h1",
     )
     assert code == 0, output
-    assert [r["status"] for r in _records(tmp_path / "ok").values()] == ["ok"]
+    assert [r["status"] for r in manifest_records(tmp_path / "ok").values()] == ["ok"]
 
 
 def test_a_255_byte_photo_name_is_a_photo_not_a_failure(photos: Path, tmp_path: Path) -> None:
@@ -73,7 +57,7 @@ def test_a_255_byte_photo_name_is_a_photo_not_a_failure(photos: Path, tmp_path: 
     folder = tmp_path / "long"
     folder.mkdir()
     shutil.copy(photos / "src" / "a.png", folder / LONGEST_NAME.replace(".jpg", ".png"))
-    code, output = _shmt("decompose", folder, "-o", tmp_path / "dec", "--no-contact-sheet")
+    code, output = run_shmt("decompose", folder, "-o", tmp_path / "dec", "--no-contact-sheet")
     assert code == 0, output
     assert len(list((tmp_path / "dec").glob("*.safetensors"))) == 1
 
@@ -87,9 +71,9 @@ def test_pairs_csv_bad_rows_fail_alone(photos: Path, tmp_path: Path, monkeypatch
         "./src/a.png,ref/../ref/r.jpg,again\n"
     )
     out = tmp_path / "out"
-    code, output = _shmt("transfer", "-o", out, "--pairs", table, "--engine", "classic")
+    code, output = run_shmt("transfer", "-o", out, "--pairs", table, "--engine", "classic")
     assert code == 1, output
-    failed = {k: r["reason"] for k, r in _records(out).items() if r["status"] == "failed"}
+    failed = {k: r["reason"] for k, r in manifest_records(out).items() if r["status"] == "failed"}
     assert len(failed) == 2
     assert any(
         "src/missing.png" in k and "src/missing.png" in v and "No such file" in v for k, v in failed.items()
@@ -99,7 +83,7 @@ def test_pairs_csv_bad_rows_fail_alone(photos: Path, tmp_path: Path, monkeypatch
     assert (out / "a__r.png").is_file() and (out / "again.png").is_file()
 
     table.write_text("src/a.png,\n")
-    code, output = _shmt("transfer", "-o", tmp_path / "empty", "--pairs", table, "--engine", "classic")
+    code, output = run_shmt("transfer", "-o", tmp_path / "empty", "--pairs", table, "--engine", "classic")
     assert code == 2 and "line 1" in output and "empty" in output
 
 
@@ -120,19 +104,21 @@ def test_external_maps_name_the_file_and_refuse_non_square(photos: Path, tmp_pat
     corrupt = b"\xff\xd8 not really a jpeg"
     (renders / "bad_3d.jpg").write_bytes(corrupt)
 
-    code, output = _shmt("decompose", faces, "-o", tmp_path / "p", "--parsing", parsing, "--no-contact-sheet")
+    code, output = run_shmt(
+        "decompose", faces, "-o", tmp_path / "p", "--parsing", parsing, "--no-contact-sheet"
+    )
     assert code == 1, output
-    reason = _records(tmp_path / "p")[f"{faces}/bad.png"]["reason"]
+    reason = manifest_records(tmp_path / "p")[f"{faces}/bad.png"]["reason"]
     assert "bad.png is 200x300, not square" in reason
-    assert _records(tmp_path / "p")[f"{faces}/good.png"]["status"] == "ok"
+    assert manifest_records(tmp_path / "p")[f"{faces}/good.png"]["status"] == "ok"
 
-    code, output = _shmt(
+    code, output = run_shmt(
         "decompose", faces, "-o", tmp_path / "r", "--render3d", renders, "--no-contact-sheet"
     )
     assert code == 1, output
-    reason = _records(tmp_path / "r")[f"{faces}/bad.png"]["reason"]
+    reason = manifest_records(tmp_path / "r")[f"{faces}/bad.png"]["reason"]
     assert reason.startswith(f"3D render {renders}/bad_3d.jpg: ")
-    assert _records(tmp_path / "r")[f"{faces}/good.png"]["status"] == "ok"
+    assert manifest_records(tmp_path / "r")[f"{faces}/good.png"]["status"] == "ok"
     assert (renders / "bad_3d.jpg").read_bytes() == corrupt  # inputs untouched
 
 
@@ -142,17 +128,17 @@ def test_evaluate_a_run_made_with_a_relative_output_folder(
     # Was: transfer recorded `out/faces/...` for `-o out`, evaluate read `out/out/faces/...`, found no
     # pair and said only "no finished pairs to evaluate" (exit 1), hiding every reason.
     monkeypatch.chdir(tmp_path)
-    code, output = _shmt("transfer", photos / "src", photos / "ref", "-o", "out", "--engine", "classic")
+    code, output = run_shmt("transfer", photos / "src", photos / "ref", "-o", "out", "--engine", "classic")
     assert code == 0, output
-    (record,) = _records(tmp_path / "out").values()
+    (record,) = manifest_records(tmp_path / "out").values()
     assert (tmp_path / "out" / record["source_parts"]).is_file()
-    code, output = _shmt("evaluate", "out", "--json", "-q")
+    code, output = run_shmt("evaluate", "out", "--json", "-q")
     assert code == 0, output
     assert json.loads(output.splitlines()[-1])["folders"][0]["summary"]["fidelity_de00"]["n"] == 1
 
     # A deleted result: every pair fails, and each failure is still reported with its reason.
     (tmp_path / "out" / record["outputs"][0]).unlink()
-    code, output = _shmt("evaluate", "out", "-q")
+    code, output = run_shmt("evaluate", "out", "-q")
     assert code == 1
     assert "failed " in output and record["outputs"][0] in output
     assert "no finished pairs to evaluate" in output
@@ -167,7 +153,9 @@ def test_evaluate_report_paths_and_folders_without_shared_pairs(
     folders = {}
     for name, source in (("one", photos / "src"), ("two", other)):
         folders[name] = tmp_path / name
-        code, output = _shmt("transfer", source, photos / "ref", "-o", folders[name], "--engine", "classic")
+        code, output = run_shmt(
+            "transfer", source, photos / "ref", "-o", folders[name], "--engine", "classic"
+        )
         assert code == 0, output
 
     # Was: a traceback after all metrics were computed (exit 1). Now refused up front, one line, exit 2.
@@ -178,15 +166,15 @@ def test_evaluate_report_paths_and_folders_without_shared_pairs(
         ("--plot", tmp_path / "a_file" / "p.png", "cannot write in"),
         ("--csv", tmp_path, "is a folder"),
     ):
-        code, output = _shmt("evaluate", folders["one"], option, target, "-q")
+        code, output = run_shmt("evaluate", folders["one"], option, target, "-q")
         assert code == 2, output
         assert output.strip().count("\n") == 0 and why in output and str(target) in output
-    code, output = _shmt("evaluate", folders["one"], "--plot", tmp_path / "new" / "p.png", "-q")
+    code, output = run_shmt("evaluate", folders["one"], "--plot", tmp_path / "new" / "p.png", "-q")
     assert code == 0, output
     assert (tmp_path / "new" / "p.png").stat().st_size > 0
 
     # Was: empty tables and exit 0 when the folders share no pair.
-    code, output = _shmt("evaluate", folders["one"], folders["two"], "-q")
+    code, output = run_shmt("evaluate", folders["one"], folders["two"], "-q")
     assert code == 1
     assert "no finished pair is in every folder" in output
 
@@ -203,7 +191,7 @@ def test_output_folder_that_is_an_input_folder_is_refused(photos: Path, tmp_path
         ("decompose", folder, "-o", folder / "." / ""),
     )
     for args in runs:
-        code, output = _shmt(*args)
+        code, output = run_shmt(*args)
         assert code == 2, output
         assert "is also an input folder" in output
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
@@ -213,7 +201,7 @@ def test_empty_region_list_is_a_usage_error(photos: Path, tmp_path: Path) -> Non
     # Was: `--regions ""` (or ",") ran, wrote unchanged copies of the sources and exited 0.
     for regions in ("", " , "):
         out = tmp_path / f"out{len(regions)}"
-        code, output = _shmt(
+        code, output = run_shmt(
             "transfer", photos / "src", photos / "ref", "-o", out, "--engine", "classic", "--regions", regions
         )
         assert code == 2, output

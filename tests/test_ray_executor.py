@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hostile import wait_for
 from typer.testing import CliRunner
 
 from shmt_cli.cli import app
@@ -44,15 +43,8 @@ def ray_instance():
 
 
 @pytest.fixture(scope="module")
-def photos(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("photos")
-    sources, references = root / "sources", root / "references"
-    sources.mkdir()
-    references.mkdir()
-    for name in SOURCES:
-        shutil.copyfile(faces_dir / "non_makeup" / "images" / name, sources / name)
-    for name in REFERENCES:
-        shutil.copyfile(faces_dir / "makeup" / "images" / name, references / name)
+def photos(dev_photo_folders) -> tuple[Path, Path]:
+    sources, references = dev_photo_folders(SOURCES, REFERENCES)
     (sources / BROKEN).write_bytes(b"this is not a JPEG")
     return sources, references
 
@@ -211,15 +203,6 @@ def _worker_pids(class_name: bytes) -> list[int]:
     return pids
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def _results(out: Path) -> int:
     return len(list(out.glob("*__*.png")))
 
@@ -232,7 +215,7 @@ def test_a_worker_killed_mid_run_is_replaced_without_duplicates(
 
     def kill_the_engine_worker() -> None:
         # Once the first pair is written, SIGKILL the (only) engine actor while it has pairs left.
-        if _wait_for(lambda: _results(tmp_path) > 0, timeout=300):
+        if wait_for(lambda: _results(tmp_path) > 0, timeout=300):
             pids = _worker_pids(b"PairWorker")
             if pids:
                 outputs_then.append(_results(tmp_path))
@@ -274,14 +257,14 @@ def test_the_next_run_completes_a_folder_whose_driver_was_killed(
     command += ["--workers", "1", "--batch-size", "1"]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        started = _wait_for(lambda: driver.poll() is not None or _results(out) > 0, timeout=300)
+        started = wait_for(lambda: driver.poll() is not None or _results(out) > 0, timeout=300)
         assert started and driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
         driver.kill()
     finally:
         driver.kill()
         driver.wait()
     # Ray ends a dead driver's workers; then the folder holds some results and no manifest line for them.
-    assert _wait_for(lambda: not _worker_pids(b"PairWorker"), timeout=60)
+    assert wait_for(lambda: not _worker_pids(b"PairWorker"), timeout=60)
     assert 0 < _results(out) < 4
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

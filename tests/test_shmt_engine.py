@@ -42,12 +42,8 @@ def _record(name: str, value: float) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_error_table():
-    # The 2 cores are shared with other jobs; oversubscribed OpenMP threads made steps 3-5x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _error_table(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
     if ERRORS:
         print("\nSHMT engine vs official golden, max errors:")
         for name, value in sorted(ERRORS.items()):
@@ -210,7 +206,7 @@ def _perturb(path: Path, prefix: str, seed: int) -> None:
     entries[path.name] = replace(
         entries[path.name], sha256=W.sha256_file(path), bytes=path.stat().st_size, stamp=W.file_stamp(path)
     )
-    W._write_manifest(path.parent, entries)
+    W.write_manifest(path.parent, entries)
 
 
 def test_mix_uses_ema_for_h4_and_raw_weights_for_h0(

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from shmt_cli.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from shmt_cli.engines.shmt import weights as W
+from shmt_cli.engines.shmt.config import config_from_json, config_to_json, variant_config
 
 
 def _read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
@@ -161,7 +162,12 @@ def test_imported_files_honour_the_umask(tmp_path: Path, h4_ckpt: Path) -> None:
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "w").iterdir()}
-    assert modes == {"shmt_h4.safetensors": 0o644, W.VQ_FILE: 0o644, W.MANIFEST_NAME: 0o644}
+    assert modes == {
+        "shmt_h4.safetensors": 0o644,
+        "shmt_h4.config.json": 0o644,
+        W.VQ_FILE: 0o644,
+        W.MANIFEST_NAME: 0o644,
+    }
 
 
 def test_second_variant_shares_the_vq_and_vq_loads(tmp_path: Path, h4_ckpt: Path, tiny_state_dicts) -> None:
@@ -297,3 +303,54 @@ def test_weights_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     repo = Path(__file__).resolve().parents[1]
     assert W.weights_dir() == repo / "weights"
     assert os.fspath(W.weights_dir("~/w")).startswith(os.path.expanduser("~"))
+
+
+# --- architecture JSON ------------------------------------------------------------------------
+
+
+def test_import_writes_the_architecture_and_loading_reads_it(tmp_path: Path, h4_ckpt: Path) -> None:
+    out = tmp_path / "w"
+    W.import_checkpoint(h4_ckpt, out)
+    entry = W.read_manifest(out)["shmt_h4.safetensors"]
+    path = W.config_path(out, entry.file)
+    assert path.name == "shmt_h4.config.json"
+    data = json.loads(path.read_text())
+    assert data["level"] == 4 and data["unet"]["model_channels"] == 32 and data["unet"]["in_channels"] == 106
+    assert W.model_config(out, entry) == variant_config(4, "tiny")
+    # What the JSON says wins over the size class: it is the record of the imported architecture.
+    data["unet"]["num_head_channels"] = 16
+    path.write_text(json.dumps(data))
+    assert W.model_config(out, entry).unet.num_head_channels == 16
+    # A JSON for another variant or a damaged one is refused with the file named.
+    data["level"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"shmt_h4\.config\.json.*SHMT-h0"):
+        W.model_config(out, entry)
+    path.write_text("{")
+    with pytest.raises(CheckpointError, match=r"shmt_h4\.config\.json: unreadable"):
+        W.model_config(out, entry)
+    problems = {r.file: r.problems for r in W.verify_weights(out)}["shmt_h4.safetensors"]
+    assert len(problems) == 1 and "unreadable model config" in problems[0]
+
+
+def test_folders_imported_before_the_json_use_their_size_class(tmp_path: Path, h4_ckpt: Path) -> None:
+    out = tmp_path / "w"
+    W.import_checkpoint(h4_ckpt, out)
+    W.config_path(out, "shmt_h4.safetensors").unlink()
+    entry = W.read_manifest(out)["shmt_h4.safetensors"]
+    assert W.model_config(out, entry) == variant_config(4, "tiny")
+    assert all(r.ok for r in W.verify_weights(out))
+
+
+@pytest.mark.parametrize(("level", "size"), [(0, "full"), (4, "full"), (0, "tiny"), (4, "tiny")])
+def test_config_json_round_trip(level: int, size: str) -> None:
+    config = variant_config(level, size)  # type: ignore[arg-type]
+    assert config_from_json(json.loads(json.dumps(config_to_json(config)))) == config
+
+
+def test_dead_proj_convs_follow_the_unet_skip_widths() -> None:
+    # One 1x1 conv per UNet input block, as wide as its output, reading source features + warped reference.
+    _, ida = W.model_shapes(variant_config(4, "tiny"))
+    widths = [ida[f"proj_convs.{i}.weight"] for i in range(12)]
+    assert widths == [(w, 68 + 51, 1, 1) for w in [32] * 4 + [64] * 3 + [96] * 3 + [128] * 2]
+    assert "proj_convs.12.weight" not in ida

@@ -3,7 +3,6 @@ and the validation set."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +18,14 @@ from shmt_cli.training.sample import SAMPLE_KEYS, collate
 DEV_PHOTOS = ("00305.jpg", "00356.jpg", "vSYYZ317.png")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Single-threaded sample building, as in a DataLoader worker (see test_train_augment)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Single-threaded sample building, as in a DataLoader worker (see test_train_augment).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def photo_folder(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three dev photos (symlinked, never copied into the project) and one corrupt file."""
-    folder = tmp_path_factory.mktemp("photos")
-    for name in DEV_PHOTOS:
-        os.symlink(faces_dir / "non_makeup" / "images" / name, folder / name)
+def photo_folder(dev_photo_folders) -> Path:
+    """Three dev photos (copies in a temporary folder) and one corrupt file."""
+    folder, _ = dev_photo_folders(DEV_PHOTOS, ())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
     write_image_atomic(folder / "noface.png", np.full((200, 200, 3), 128, np.uint8))
     return folder

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from shmt_cli.cli import app
@@ -25,26 +23,13 @@ SCENE_LABELS = (0, 14, 15, 16, 18)
 BACKGROUND_MARGIN = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The 2 cores are shared with other jobs; oversubscribed OpenMP threads made the models 3-5x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def photos(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def photos(dev_photo_folders) -> tuple[Path, Path]:
     """Two source photos and one reference photo, copied to a temporary folder for the run."""
-    root = tmp_path_factory.mktemp("photos")
-    sources, references = root / "sources", root / "references"
-    sources.mkdir()
-    references.mkdir()
-    for name in SOURCES:
-        shutil.copyfile(faces_dir / "non_makeup" / "images" / name, sources / name)
-    shutil.copyfile(faces_dir / "makeup" / "images" / REFERENCE, references / REFERENCE)
-    return sources, references
+    return dev_photo_folders(SOURCES, (REFERENCE,))
 
 
 @pytest.fixture(scope="module")

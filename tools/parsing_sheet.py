@@ -18,36 +18,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from shmt_cli.atomic import write_bytes_atomic
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.parsing import load_label_map, parse_face
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
-# One colour (RGB) per CelebAMask-HQ id: skin, nose, eyes, brows, lips, mouth kept well apart.
+# One colour (RGB) per CelebAMask-HQ id, in the order of shmt_cli/face/labels.py (background, skin, nose,
+# eyeglasses, l/r eye, l/r brow, l/r ear, inner mouth, upper/lower lip, hair, hat, earring, necklace, neck,
+# cloth): skin, nose, eyes, brows, lips and mouth kept well apart. Brighter than shmt_cli.previews' palette,
+# because here it is blended over a grey copy of the photo.
 PALETTE = np.array(
     [
-        [0, 0, 0],  # background
-        [230, 180, 150],  # skin
-        [255, 120, 0],  # nose
-        [120, 120, 120],  # eyeglasses
-        [0, 200, 255],  # l_eye
-        [0, 90, 255],  # r_eye
-        [140, 60, 20],  # l_brow
-        [200, 120, 0],  # r_brow
-        [0, 160, 80],  # l_ear
-        [0, 220, 120],  # r_ear
-        [255, 255, 0],  # inner mouth
-        [220, 0, 60],  # upper lip
-        [150, 0, 150],  # lower lip
-        [60, 40, 30],  # hair
-        [90, 90, 200],  # hat
-        [255, 0, 255],  # earring
-        [200, 200, 0],  # necklace
-        [190, 140, 200],  # neck
-        [40, 120, 160],  # cloth
+        [0, 0, 0], [230, 180, 150], [255, 120, 0], [120, 120, 120], [0, 200, 255], [0, 90, 255],
+        [140, 60, 20], [200, 120, 0], [0, 160, 80], [0, 220, 120], [255, 255, 0], [220, 0, 60],
+        [150, 0, 150], [60, 40, 30], [90, 90, 200], [255, 0, 255], [200, 200, 0], [190, 140, 200],
+        [40, 120, 160],
     ],
     np.uint8,
-)
+)  # fmt: skip
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -109,11 +98,11 @@ def main(argv: list[str]) -> int:
             cv2.LINE_AA,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.stem + ".tmp" + args.out.suffix)
-    cv2.imwrite(
-        str(tmp), cv2.cvtColor(np.vstack([caption, grid]), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88]
-    )
-    tmp.replace(args.out)
+    sheet = cv2.cvtColor(np.vstack([caption, grid]), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(args.out.suffix or ".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, 88])
+    if not ok:
+        raise SystemExit(f"{args.out}: OpenCV cannot write this format")
+    write_bytes_atomic(args.out, encoded.tobytes())
     print(f"wrote {args.out} ({len(photos)} photos)")
     return 0
 

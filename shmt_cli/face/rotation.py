@@ -45,14 +45,6 @@ def rotate_points(points: np.ndarray, degrees: int, shape: tuple[int, ...]) -> n
     unrotate_points). shape: (H, W, ...) of the photo before it was turned."""
     if degrees not in ROTATIONS:
         raise ValueError(f"rotation must be one of {ROTATIONS}, got {degrees}")
-    height, width = int(shape[0]), int(shape[1])
-    x, y = np.asarray(points, dtype=np.float64).T
-    if degrees == 0:
-        turned = (x, y)
-    elif degrees == 90:
-        turned = (y, width - 1 - x)
-    elif degrees == 180:
-        turned = (width - 1 - x, height - 1 - y)
-    else:
-        turned = (height - 1 - y, x)
-    return np.stack(turned, axis=1)
+    # Turning by `degrees` is undone by turning the turned photo (W x H after a quarter turn) on by the rest.
+    turned_shape = (shape[1], shape[0]) if degrees in (90, 270) else (shape[0], shape[1])
+    return unrotate_points(points, (360 - degrees) % 360, turned_shape)

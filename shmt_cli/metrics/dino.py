@@ -102,91 +102,11 @@ def mean_squared_difference(first: torch.Tensor, second: torch.Tensor) -> torch.
     return (first.double() - second.double()).pow(2).flatten(1).mean(dim=1)
 
 
-def cls_tokens(
-    model: DinoViT, images: ImageBatch, batch_size: int = 4, device: str | torch.device | None = None
-) -> torch.Tensor:
-    """(N, dim) float32 CPU: the last block's [CLS] token of each image."""
-    # clone: a view would keep each batch's full (B, T, dim) token tensor alive.
-    tokens = [out.cls.cpu().clone() for out in dino_outputs(model, images, batch_size, device)]
-    return torch.cat(tokens) if tokens else torch.zeros(0, model.config.dim)
-
-
-def key_self_similarity(
-    model: DinoViT, images: ImageBatch, batch_size: int = 4, device: str | torch.device | None = None
-) -> torch.Tensor:
-    """(N, T, T) float32 CPU: self-similarity of the last block's keys (T = 785 at 224 px for ViT-B/8)."""
-    with torch.no_grad():
-        sims = [
-            cosine_self_similarity(out.last_keys).cpu()
-            for out in dino_outputs(model, images, batch_size, device)
-        ]
-    if not sims:
-        count = 1 + (DINO_INPUT_SIZE // model.config.patch_size) ** 2
-        return torch.zeros(0, count, count)
-    return torch.cat(sims)
-
-
 def _check_pairs(first: ImageBatch, second: ImageBatch, names: str) -> tuple[list, list]:
     first_list, second_list = image_list(first), image_list(second)
     if len(first_list) != len(second_list):
         raise ValueError(f"{names} must pair up: got {len(first_list)} and {len(second_list)} images")
     return first_list, second_list
-
-
-def cls_similarity(
-    model: DinoViT,
-    references: ImageBatch,
-    results: ImageBatch,
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """(N,) float64: CLS metric, cosine similarity of [CLS] tokens of references[i] and results[i]."""
-    references, results = _check_pairs(references, results, "references and results")
-    ref_cls = cls_tokens(model, references, batch_size, device)
-    res_cls = cls_tokens(model, results, batch_size, device)
-    return matrix_cosine(ref_cls, res_cls).numpy()
-
-
-def keysim(
-    model: DinoViT,
-    sources: ImageBatch,
-    results: ImageBatch,
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """(N,) float64: Key-sim, cosine similarity of the key self-similarity matrices of each pair."""
-    return _keysim_scores(model, sources, results, batch_size, device)[0]
-
-
-def keysim_mse(
-    model: DinoViT,
-    sources: ImageBatch,
-    results: ImageBatch,
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """(N,) float64: Splice's structure distance (mean squared matrix difference), lower is closer."""
-    return _keysim_scores(model, sources, results, batch_size, device)[1]
-
-
-def _keysim_scores(
-    model: DinoViT,
-    sources: ImageBatch,
-    results: ImageBatch,
-    batch_size: int,
-    device: str | torch.device | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    sources, results = _check_pairs(sources, results, "sources and results")
-    cosines, squared = [], []
-    # Matrices are 785x785 per image: compare batch by batch instead of holding all of them.
-    for start in range(0, len(sources), batch_size):
-        src = key_self_similarity(model, sources[start : start + batch_size], batch_size, device)
-        res = key_self_similarity(model, results[start : start + batch_size], batch_size, device)
-        cosines.append(matrix_cosine(src, res))
-        squared.append(mean_squared_difference(src, res))
-    if not cosines:
-        return np.zeros(0), np.zeros(0)
-    return torch.cat(cosines).numpy(), torch.cat(squared).numpy()
 
 
 @torch.no_grad()

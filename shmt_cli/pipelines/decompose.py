@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -70,6 +71,18 @@ def _require_square(path: Path, what: str) -> None:
         raise InputError(f"{what} {display_path(path)} is {width}x{height}, not square like the face")
 
 
+def _external_file(
+    folder: Path, rel: PurePosixPath, locate: Callable[[Path, PurePosixPath], Path | None], what: str
+) -> Path:
+    """The external `what` (parsing map, 3D render) of face `rel` in `folder`: found and square, or
+    InputError."""
+    path = locate(folder, rel)
+    if path is None:
+        raise InputError(f"no {what} for it in {display_path(folder)}")
+    _require_square(path, what)
+    return path
+
+
 def decompose_face(path: Path, rel: PurePosixPath, settings: DecomposeSettings) -> FaceParts:
     """Read one aligned face and decompose it, using external maps where the settings name a folder."""
     image, landmarks, source = read_aligned_face(path)
@@ -77,19 +90,13 @@ def decompose_face(path: Path, rel: PurePosixPath, settings: DecomposeSettings) 
     labels = render = None
     parsing_file = render_file = None
     if settings.parsing_dir is not None:
-        parsing_file = external_parsing_path(settings.parsing_dir, rel)
-        if parsing_file is None:
-            raise InputError(f"no parsing map for it in {display_path(settings.parsing_dir)}")
-        _require_square(parsing_file, "parsing map")
+        parsing_file = _external_file(settings.parsing_dir, rel, external_parsing_path, "parsing map")
         try:
             labels = load_label_map(parsing_file, size, settings.parsing_order)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
     if settings.render_dir is not None:
-        render_file = external_render_path(settings.render_dir, rel)
-        if render_file is None:
-            raise InputError(f"no 3D render for it in {display_path(settings.render_dir)}")
-        _require_square(render_file, "3D render")
+        render_file = _external_file(settings.render_dir, rel, external_render_path, "3D render")
         try:
             render = read_image(render_file)
         except InputError as exc:

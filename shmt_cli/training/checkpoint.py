@@ -3,6 +3,7 @@
     RUN/checkpoints/step-00000500/
         shmt_<variant>.safetensors   raw UNet, EMA shadows (+ decay, num_updates) and IDA, official names
         vq_f4.safetensors            the frozen VQ-f4 (a hard link to RUN/vq_f4.safetensors when possible)
+        shmt_<variant>.config.json   its architecture, as `shmt weights import` writes it
         manifest.json                the `shmt weights` manifest (global_step recorded)
         trainer.pt                   optimizer state and step; torch.load(weights_only=True) reads it
     RUN/weights -> checkpoints/step-00000500   (symlink to the newest checkpoint)
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
 
 from shmt_cli.engines.shmt import weights as W
+from shmt_cli.engines.shmt.config import VARIANT_LEVELS, VariantConfig, variant_config
 from shmt_cli.engines.shmt.model import ShmtDenoiser
 from shmt_cli.engines.shmt.unet import ema_key
 from shmt_cli.training.ema import UnetEma
@@ -109,8 +111,11 @@ def write_checkpoint(
     optimizer: torch.optim.Optimizer,
     vq_source: Path,
     keep: int = 2,
+    config: VariantConfig | None = None,
 ) -> Path:
-    """Write checkpoint `step` (module docstring), point RUN/weights at it, keep the newest `keep`."""
+    """Write checkpoint `step` (module docstring), point RUN/weights at it, keep the newest `keep`.
+
+    `config`: the model's architecture (default: the config of `variant` and `size`)."""
     folder = run_dir / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / step_dir_name(step)
@@ -118,8 +123,9 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        model_file = f"shmt_{variant}.safetensors"
-        save_file(W._unshared(tensors), str(tmp / model_file), metadata={"kind": "shmt", "variant": variant})
+        model_file = W.model_file(variant)
+        digest = W.write_safetensors(tensors, tmp / model_file, {"kind": "shmt", "variant": variant})
+        W.write_model_config(tmp, model_file, config or variant_config(VARIANT_LEVELS[variant], size))  # type: ignore[arg-type]
         try:
             os.link(vq_source, tmp / W.VQ_FILE)
         except OSError:  # another file system, or no hard links there
@@ -134,15 +140,16 @@ def write_checkpoint(
                 variant=variant,  # type: ignore[arg-type]
                 size=size,  # type: ignore[arg-type]
                 source=f"shmt train, step {step}",
-                sha256=W.sha256_file(tmp / model_file),
+                sha256=digest,
                 tensors=len(tensors),
                 bytes=(tmp / model_file).stat().st_size,
+                stamp=W.file_stamp(tmp / model_file),
                 ema=True,
                 global_step=step,
             ),
             W.VQ_FILE: _vq_entry(vq_source, tmp / W.VQ_FILE, size),
         }
-        W._write_manifest(tmp, entries)
+        W.write_manifest(tmp, entries)
         for path in (tmp / model_file, tmp / TRAINER_FILE):
             _fsync_file(path)
         _fsync_dir(tmp)
@@ -167,11 +174,11 @@ def _vq_entry(source: Path, written: Path, size: str) -> W.WeightsEntry:
     )
     if row is not None and row.kind == "vq":
         return row
-    with contextlib.suppress(Exception):
-        from safetensors import safe_open
-
+    try:
         with safe_open(str(written), "pt") as handle:
             count = len(list(handle.keys()))
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise W.CheckpointError(f"{source}: not a readable safetensors file ({err})") from None
     return W.WeightsEntry(
         file=W.VQ_FILE,
         kind="vq",

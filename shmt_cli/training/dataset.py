@@ -27,11 +27,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from shmt_cli import __version__
+from shmt_cli.atomic import write_json_atomic
 from shmt_cli.decompose import PARTS_FORMAT, load_parts, save_parts
-from shmt_cli.imageio import InputError, write_json_atomic
+from shmt_cli.face.labels import NUM_LABELS
+from shmt_cli.imageio import InputError
 from shmt_cli.inputs import display_path
 from shmt_cli.pipelines.transfer import collect_faces, load_face
-from shmt_cli.representations import IMAGE_SIZE, NUM_LABELS
+from shmt_cli.representations import IMAGE_SIZE
 from shmt_cli.training.sample import make_sample
 
 CACHE_FOLDER = Path("cache") / "faces"

@@ -23,12 +23,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from shmt_cli.engines.shmt import weights as W
-from shmt_cli.engines.shmt.config import variant_config
+from shmt_cli.engines.shmt.config import VARIANT_LEVELS, variant_config
 from shmt_cli.engines.shmt.ida import load_official_ida
 from shmt_cli.engines.shmt.model import ShmtDenoiser
 from shmt_cli.engines.shmt.unet import AttentionBlock, ResBlock, ShmtUNet, ema_key, load_official_unet
-
-LEVEL_OF_VARIANT = {"h0": 0, "h4": 4}
 
 
 @dataclass
@@ -86,8 +84,7 @@ def from_weights(folder: str | os.PathLike[str], variant: str | None = None) -> 
     entry = model_entry(folder, variant)
     assert entry.variant is not None
     tensors = load_file(str(folder / entry.file))
-    config = variant_config(LEVEL_OF_VARIANT[entry.variant], entry.size)  # type: ignore[arg-type]
-    denoiser = ShmtDenoiser(config)
+    denoiser = ShmtDenoiser(W.model_config(folder, entry))
     load_official_unet(denoiser.unet, tensors, prefer_ema=False)
     report = load_official_ida(denoiser.ida, tensors)
     names = [name for name, _ in denoiser.unet.named_parameters()]
@@ -130,13 +127,13 @@ def zero_init_ldm_layers(unet: ShmtUNet) -> None:
 
 def from_scratch(variant: str, size: str, vq_folder: str | os.PathLike[str], seed: int = 0) -> StartPoint:
     """A freshly initialised SHMT-`variant` of size class `size` with the VQ imported in `vq_folder`."""
-    if variant not in LEVEL_OF_VARIANT:
+    if variant not in VARIANT_LEVELS:
         raise ValueError(f"variant must be h0 or h4, got {variant!r}")
     vq = load_vq(vq_folder, size)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        denoiser = ShmtDenoiser(variant_config(LEVEL_OF_VARIANT[variant], size))  # type: ignore[arg-type]
+        denoiser = ShmtDenoiser(variant_config(VARIANT_LEVELS[variant], size))  # type: ignore[arg-type]
     finally:
         torch.random.set_rng_state(generator_state)
     zero_init_ldm_layers(denoiser.unet)

@@ -278,6 +278,7 @@ class Trainer:
                 optimizer=optimizer,
                 vq_source=vq_source,
                 keep=self.config.keep_checkpoints,
+                config=start.denoiser.config,
             )
             self.on_event(f"checkpoint {path.relative_to(self.run_dir)}")
         D.barrier(self.world)

@@ -9,8 +9,8 @@ unexpected, or belonging to another component).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -97,10 +97,16 @@ def _variant(level: int, model_channels: int, num_head_channels: int) -> Variant
     )
 
 
+#: The released variants: SHMT-h{level}, by the Laplacian level of their texture detail.
+VARIANT_LEVELS: dict[str, int] = {"h0": 0, "h4": 4}
+#: Model size classes: "full" = the released models, "tiny" = the golden test models.
+SIZES: tuple[Size, ...] = ("full", "tiny")
+
+
 def variant_config(level: int, size: Size = "full") -> VariantConfig:
     """Config of SHMT-h{level}: "full" = the released models (width 224, 32 channels per head),
     "tiny" = the golden test models (width 32, 8 channels per head; IDA encoders unchanged)."""
-    if level not in (0, 4):
+    if level not in VARIANT_LEVELS.values():
         raise ValueError(f"only SHMT-h0 and SHMT-h4 exist, got level {level}")
     if size == "full":
         return _variant(level, model_channels=224, num_head_channels=32)
@@ -109,20 +115,25 @@ def variant_config(level: int, size: Size = "full") -> VariantConfig:
     raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
 
 
-def full_h0() -> VariantConfig:
-    return variant_config(0, "full")
+def config_to_json(config: VariantConfig) -> dict[str, Any]:
+    """The config as plain JSON data (tuples become lists); `config_from_json` reads it back."""
+    return asdict(config)
 
 
-def full_h4() -> VariantConfig:
-    return variant_config(4, "full")
+def config_from_json(data: Mapping[str, Any]) -> VariantConfig:
+    """A `VariantConfig` from `config_to_json` data. KeyError/TypeError/ValueError on malformed data."""
 
+    def fields_of(part: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in part.items()}
 
-def tiny_h0() -> VariantConfig:
-    return variant_config(0, "tiny")
-
-
-def tiny_h4() -> VariantConfig:
-    return variant_config(4, "tiny")
+    config = VariantConfig(
+        level=int(data["level"]),
+        unet=UNetConfig(**fields_of(data["unet"])),
+        ida=IdaConfig(**fields_of(data["ida"])),
+    )
+    if config.level not in VARIANT_LEVELS.values():
+        raise ValueError(f"only SHMT-h0 and SHMT-h4 exist, got level {config.level}")
+    return config
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import Engine, EngineOutOfMemory, PairJob
 from shmt_cli.engines.shmt import vq as vqmod
+from shmt_cli.engines.shmt.config import VARIANT_LEVELS
 from shmt_cli.engines.shmt.ida import PreparedReference
 from shmt_cli.engines.shmt.loading import CompileOptions, ShmtModel, load_parts, needed_models
 from shmt_cli.engines.shmt.model import PreparedPair
@@ -49,7 +50,7 @@ from shmt_cli.engines.shmt.pairs import (
     to_uint8_images,
 )
 from shmt_cli.engines.shmt.sampler import StepPlan, step_plan, two_model_chooser
-from shmt_cli.engines.shmt.settings import DENOISER_FORM, DTYPES, LEVEL_NUMBER, MODEL1, MODEL2, ShmtSettings
+from shmt_cli.engines.shmt.settings import DENOISER_FORM, DTYPES, MODEL1, MODEL2, ShmtSettings
 from shmt_cli.engines.shmt.step import WholeStep, run_plan
 from shmt_cli.representations import IMAGE_SIZE, reference_parts, source_parts
 
@@ -142,12 +143,12 @@ class ShmtEngine(Engine[SourceState, ReferenceState]):
     def prepare_source(self, face: FaceParts) -> SourceState:
         """z_bg, content C of every loaded variant, M64 and 64² one-hots of a 256² source face."""
         _check_face(face, "source")
-        levels = tuple(LEVEL_NUMBER[v] for v in self.models)
+        levels = tuple(VARIANT_LEVELS[v] for v in self.models)
         parts = source_parts(face.image, face.labels, face.render, levels=levels)
         z_bg = self._encode(parts.bg)
         return SourceState(
             z_bg=z_bg,
-            content={v: parts.content[LEVEL_NUMBER[v]].contiguous() for v in self.models},
+            content={v: parts.content[VARIANT_LEVELS[v]].contiguous() for v in self.models},
             mask64=parts.mask64.contiguous(),
             onehot64=parts.onehot64.contiguous(),
         )

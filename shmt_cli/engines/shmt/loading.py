@@ -22,10 +22,10 @@ from safetensors import safe_open
 from shmt_cli.checkpoint import CheckpointError
 from shmt_cli.engines.base import EngineUnavailable
 from shmt_cli.engines.shmt import weights as W
-from shmt_cli.engines.shmt.config import variant_config
+from shmt_cli.engines.shmt.config import VARIANT_LEVELS, VariantConfig, variant_config
 from shmt_cli.engines.shmt.ida import load_official_ida
 from shmt_cli.engines.shmt.model import PreparedPair, ShmtDenoiser
-from shmt_cli.engines.shmt.settings import DTYPES, LEVEL_NUMBER, MODEL1, MODEL2, ShmtSettings, resolve_device
+from shmt_cli.engines.shmt.settings import DTYPES, MODEL1, MODEL2, ShmtSettings, resolve_device
 from shmt_cli.engines.shmt.step import CompileOptions, WholeStep
 from shmt_cli.engines.shmt.unet import load_official_unet
 
@@ -102,10 +102,12 @@ def load_model(
     device: torch.device,
     compile: CompileOptions | None = None,
     unet_dtype: torch.dtype = torch.float32,
+    config: VariantConfig | None = None,
 ) -> ShmtModel:
-    """Build SHMT-`variant` of size class `size` ("full"/"tiny") from an imported file, on `device`."""
+    """Build SHMT-`variant` from an imported file, on `device`: architecture `config` (the JSON written
+    beside the file), else that of size class `size` ("full"/"tiny")."""
     tensors, took_ema = _read_model_tensors(path, use_ema, unet_dtype)
-    config = variant_config(LEVEL_NUMBER[variant], size)  # type: ignore[arg-type]
+    config = config or variant_config(VARIANT_LEVELS[variant], size)  # type: ignore[arg-type]
     with torch.device("meta"):
         denoiser = ShmtDenoiser(config)
     denoiser.unet.to(dtype=unet_dtype)  # on meta, free: assigning keeps the module's dtype
@@ -193,8 +195,9 @@ def load_parts(
         use_ema = not (level == "mix" and variant == MODEL2 and not settings.ema_both)
         entry = installed[variant]
         W.check_weights_file(folder, entry.file)  # size, header, sha256 when the file changed
+        config = W.model_config(folder, entry)
         models[variant] = load_model(
-            folder / entry.file, variant, entry.size, use_ema, device, compile, unet_dtype
+            folder / entry.file, variant, entry.size, use_ema, device, compile, unet_dtype, config
         )
     # The VQ stays in contiguous format: torch's CPU GroupNorm on channels_last tensors drifts by up
     # to 0.2 at the encoder's first norm (its large-mean 256² maps), 0.02 on the latents.

@@ -13,7 +13,6 @@ from shmt_cli.engines.shmt.sampler import ODE_START, SAMPLERS
 LEVELS = ("h0", "h4", "mix")
 IDA_FORMS = ("released", "paper")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LEVEL_NUMBER = {"h0": 0, "h4": 4}
 #: The denoiser's name of each user-facing IDA form.
 DENOISER_FORM: dict[str, IdaForm] = {"released": "release", "paper": "train"}
 #: The official two-model blend: model 1 (EMA weights) = SHMT-h4, model 2 (raw weights) = SHMT-h0.
