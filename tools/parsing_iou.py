@@ -14,7 +14,7 @@ was trained on the dev photos: for held-out figures use tools/parsing_train.py -
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
 at another scale.
 
---fit-nose re-derives the nose shape constants of shmt_cli/face/parsing.py (NOSE_ANCHORS,
+--fit-nose re-derives the nose shape constants of shmt_cli/face/parsing_shapes.py (NOSE_ANCHORS,
 NOSE_TOP_V, NOSE_BOTTOM_V, NOSE_HALF_WIDTHS) from the reference maps and prints them, with a
 leave-one-photo-out IoU to show how well the mean shape carries over to unseen photos.
 """
@@ -29,13 +29,8 @@ import cv2
 import numpy as np
 
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.parsing import (
-    NOSE_ANCHOR_IDS,
-    face_frame,
-    load_label_map,
-    nose_outline_from_shape,
-    parse_face,
-)
+from shmt_cli.face.parsing import load_label_map, parse_face
+from shmt_cli.face.parsing_shapes import NOSE_ANCHOR_IDS, face_frame, nose_outline_from_shape
 
 # Regions compared, as sets of CelebAMask ids. "mouth" is scored only where the reference has it.
 REGIONS: dict[str, tuple[int, ...]] = {

@@ -1,10 +1,12 @@
-"""Learned refinement of the rule-based face parsing: a compact CNN over the photo and landmark priors.
+"""Learned refinement of the rule-based face parsing: a compact CNN over the photo and the rules' parse.
 
 The face is resampled into a canonical crop (`CROP_SIZE` px square, fixed box of the landmark face
-frame), where the fast rule-based prior (`parsing.parse_prior`: landmark parts moved by colour, no
-GrabCut) is drawn. The network sees the crop's RGB, the prior as one-hot channels and the face-frame
-coordinates, and predicts 19 CelebAMask-HQ logits per crop pixel; they are resampled back onto the
-photo (bilinear) and the arg-max is the label. Pixels outside the crop are background.
+frame), where the rule-based parse (`parse_face` method "rules": landmark parts moved by colour,
+GrabCut skin region, hair) is the prior. The network sees the crop's RGB, its Lab relative to the
+face's skin, the prior as one-hot channels and the face-frame coordinates, and predicts a residual
+over the prior's own logits for the 19 CelebAMask-HQ classes per crop pixel; they are resampled back
+onto the photo (bilinear), the prior's logits are added at the photo's resolution, and the arg-max is
+the label. Pixels outside the crop are background.
 
 The weights (`parsing_net.safetensors`, beside this module) are written by tools/parsing_train.py,
 which states their data (the dev photos with the official parser's maps) and objective.
@@ -22,8 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from shmt_cli.face import parsing
+from shmt_cli.face.labels import NUM_LABELS, Label
+from shmt_cli.face.parsing_shapes import face_frame
 
-NUM_CLASSES = parsing.NUM_CLASSES
 WEIGHTS_PATH = Path(__file__).with_name("parsing_net.safetensors")
 
 # Canonical crop: CROP_SIZE px square covering u in CROP_U and v in CROP_V (face frame: origin between
@@ -35,18 +38,19 @@ CROP_V = (-1.45, 2.05)
 
 # Prior classes given to the network as one-hot channels (the face region, then the parts).
 PRIOR_CLASSES = (
-    parsing.SKIN,
-    parsing.NOSE,
-    parsing.L_EYE,
-    parsing.R_EYE,
-    parsing.L_BROW,
-    parsing.R_BROW,
-    parsing.U_LIP,
-    parsing.L_LIP,
-    parsing.MOUTH,
+    Label.SKIN,
+    Label.NOSE,
+    Label.L_EYE,
+    Label.R_EYE,
+    Label.L_BROW,
+    Label.R_BROW,
+    Label.U_LIP,
+    Label.L_LIP,
+    Label.MOUTH,
+    Label.HAIR,
 )
 # Prior labels that count as the face region channel.
-PRIOR_FACE = (parsing.SKIN, parsing.NECK, parsing.L_EAR, parsing.R_EAR)
+PRIOR_FACE = (Label.SKIN, Label.NECK, Label.L_EAR, Label.R_EAR)
 # Skin sample for the per-image colour normalisation: prior skin or nose pixels in this box of the face
 # frame (cheeks and nose between the eyes and the mouth), as (u0, u1, v0, v1).
 SKIN_SAMPLE_BOX = (-0.8, 0.8, 0.1, 0.9)
@@ -57,15 +61,15 @@ WIDTHS = (8, 16, 32, 64)
 
 # Label ids exchanged by a horizontal flip (subject's left <-> right).
 FLIP_PAIRS = (
-    (parsing.L_EYE, parsing.R_EYE),
-    (parsing.L_BROW, parsing.R_BROW),
-    (parsing.L_EAR, parsing.R_EAR),
+    (Label.L_EYE, Label.R_EYE),
+    (Label.L_BROW, Label.R_BROW),
+    (Label.L_EAR, Label.R_EAR),
 )
 
 
 def flip_table() -> np.ndarray:
     """(19,) uint8 map of label ids under a horizontal flip."""
-    table = np.arange(NUM_CLASSES, dtype=np.uint8)
+    table = np.arange(NUM_LABELS, dtype=np.uint8)
     for a, b in FLIP_PAIRS:
         table[a], table[b] = b, a
     return table
@@ -77,7 +81,7 @@ def flip_table() -> np.ndarray:
 
 def crop_affine(landmarks: np.ndarray) -> np.ndarray:
     """2x3 float64 affine map from image pixels to canonical-crop pixels for 68 landmarks."""
-    frame = parsing.face_frame(landmarks)
+    frame = face_frame(landmarks)
     ppu = CROP_SIZE / (CROP_U[1] - CROP_U[0])  # crop pixels per interocular distance
     rot = np.stack([frame.u, frame.v]) * (ppu / frame.iod)
     # Crop pixel centres at integers: u = CROP_U[0] maps to -0.5.
@@ -150,9 +154,9 @@ def skin_relative_lab(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
     the network sees what is like this face's skin and what is not.
     """
     lab = cv2.cvtColor(crop_rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    sample = _skin_box() & np.isin(prior, (parsing.SKIN, parsing.NOSE))
+    sample = _skin_box() & np.isin(prior, (Label.SKIN, Label.NOSE))
     if sample.sum() < 20:
-        sample = np.isin(prior, (parsing.SKIN, parsing.NOSE))
+        sample = np.isin(prior, (Label.SKIN, Label.NOSE))
     if sample.sum() < 20:
         return np.zeros((3, CROP_SIZE, CROP_SIZE), np.float32)
     pixels = lab[sample]
@@ -202,16 +206,16 @@ class ParsingNet(nn.Module):
         )
         self.lat2, self.lat1, self.lat0 = nn.Conv2d(w3, w2, 1), nn.Conv2d(w2, w1, 1), nn.Conv2d(w1, w0, 1)
         self.dec2, self.dec1, self.dec0 = _block(w2, w2), _block(w1, w1), _block(w0, w0)
-        self.head = nn.Conv2d(w0, NUM_CLASSES, 1)
+        self.head = nn.Conv2d(w0, NUM_LABELS, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         # Prior logits: background outside the face region, skin inside, a prior part above both.
-        self.prior_logits = nn.Conv2d(len(PRIOR_CLASSES), NUM_CLASSES, 1)
+        self.prior_logits = nn.Conv2d(len(PRIOR_CLASSES), NUM_LABELS, 1)
         with torch.no_grad():
             self.prior_logits.weight.zero_()
             self.prior_logits.bias.zero_()
             # Mild: the residual must be able to overrule the prior where the image disagrees.
-            self.prior_logits.bias[parsing.BACKGROUND] = 1.0
+            self.prior_logits.bias[Label.BACKGROUND] = 1.0
             for channel, cls in enumerate(PRIOR_CLASSES):
                 self.prior_logits.weight[cls, channel] = 2.0 if channel == 0 else 4.0
 
@@ -233,7 +237,7 @@ class ParsingNet(nn.Module):
     def prior_table(self) -> np.ndarray:
         """(19, 19) float32: the prior logits (columns) of a pixel whose prior label is the row."""
         onehot = np.stack(
-            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_CLASSES)]
+            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_LABELS)]
         )
         weight = self.prior_logits.weight.detach()[:, :, 0, 0].numpy()
         return (onehot @ weight.T + self.prior_logits.bias.detach().numpy()).astype(np.float32)
@@ -297,7 +301,8 @@ def logits_to_labels(
 ) -> np.ndarray:
     """(H, W) uint8 labels of an image from crop logits (19, S, S) resampled bilinearly through the
     affine (image -> crop), plus, when given, the prior's logits at the image's own resolution
-    (prior_table[prior], sharper than the crop), arg-max; background outside the crop."""
+    (prior_table[prior], sharper than the crop), arg-max. Outside the crop the prior's own labels
+    (the rules reach further down the neck and out into the hair), or background without a prior."""
     height, width = shape
     size = logits.shape[-1]
     full = np.vstack([affine, [0.0, 0.0, 1.0]])
@@ -305,13 +310,14 @@ def logits_to_labels(
     back = (np.linalg.inv(full)[:2] @ np.hstack([corners, np.ones((4, 1))]).T).T
     left, top = np.clip(np.floor(back.min(axis=0)).astype(int), 0, [width, height])
     right, bottom = np.clip(np.ceil(back.max(axis=0)).astype(int) + 1, 0, [width, height])
-    labels = np.zeros((height, width), np.uint8)
+    labels = np.zeros((height, width), np.uint8) if prior is None else prior.copy()
     if right - left < 1 or bottom - top < 1:
         return labels
     # Image pixel (x, y) of the region -> crop pixel: the affine shifted by the region's corner.
     roi_affine = affine.copy()
     roi_affine[:, 2] += affine[:, :2] @ np.array([left, top], np.float64)
     planes = np.ascontiguousarray(logits.numpy().transpose(1, 2, 0))
+    region = (int(right - left), int(bottom - top))
     # Outside the crop the background logit is huge, so that what the crop does not cover stays 0.
     sampled = []
     for start in range(0, planes.shape[2], 4):
@@ -320,7 +326,7 @@ def logits_to_labels(
         warped = cv2.warpAffine(
             chunk,
             roi_affine,
-            (int(right - left), int(bottom - top)),
+            region,
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=border,
@@ -329,7 +335,19 @@ def logits_to_labels(
     total = np.concatenate(sampled, axis=2)
     if prior is not None and prior_table is not None:
         total += prior_table[prior[top:bottom, left:right]]
-    labels[top:bottom, left:right] = total.argmax(axis=2).astype(np.uint8)
+    refined = total.argmax(axis=2).astype(np.uint8)
+    if prior is not None:
+        covered = cv2.warpAffine(
+            np.ones((size, size), np.float32),
+            roi_affine,
+            region,
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        # Only where the crop covers the whole bilinear footprint: at its edge the huge background
+        # border logit would draw a seam of background between the network's labels and the prior's.
+        refined = np.where(covered > 0.999, refined, prior[top:bottom, left:right])
+    labels[top:bottom, left:right] = refined
     return labels
 
 
@@ -340,7 +358,7 @@ def prepare_crop(
     image's resolution (H, W) uint8) of one face."""
     affine = crop_affine(landmarks)
     crop = warp_to_crop(rgb, affine)
-    prior = parsing.parse_prior(rgb, landmarks)
+    prior = parsing.parse_face(rgb, landmarks, method="rules")
     return affine, crop, warp_to_crop(prior, affine, nearest=True), prior
 
 

@@ -1,0 +1,231 @@
+"""Skin region, ears and hair of the rule-based face parser, grown from the image.
+
+The skin region (forehead up to the hairline, neck, ears where visible) is grown by GrabCut from
+seeds chosen by a per-image skin colour model learned on the landmark face interior, bounded by a
+generous landmark prior; a coarse hair label comes from the colour just above the hairline.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from shmt_cli.face.parsing_rules import mahalanobis, trim_outliers
+from shmt_cli.face.parsing_shapes import Frame, catmull_rom, disk, fill_polygon, signed_distance
+
+# --- Skin region.
+# Working scale for the image-driven skin region: the face is resampled so that the interocular
+# distance is this many pixels (GrabCut cost grows with the pixel count).
+WORK_INTEROCULAR = 56.0
+# Face-frame polygons (u along the eyes, v down; origin between the eyes; interocular units) bounding
+# where the face may be: head (forehead up to a typical hairline height), neck, and the search area.
+HEAD_PRIOR = [
+    [-1.03, 0.2],
+    [-0.99, -0.51],
+    [-0.72, -1.02],
+    [0.0, -1.23],
+    [0.72, -1.02],
+    [0.99, -0.51],
+    [1.03, 0.2],
+]
+NECK_PRIOR = [[-0.85, 1.3], [0.85, 1.3], [0.95, 4.5], [-0.95, 4.5]]
+# Throat patch, relative to the chin point (landmark 8).
+THROAT_SEED = [[-0.25, 0.12], [0.25, 0.12], [0.25, 0.32], [-0.25, 0.32]]
+WIDE_PRIOR = [
+    [-1.7, 0.2],
+    [-1.5, -1.6],
+    [0.0, -2.3],
+    [1.5, -1.6],
+    [1.7, 0.2],
+    [1.5, 1.8],
+    [1.6, 4.6],
+    [-1.6, 4.6],
+    [-1.5, 1.8],
+]
+# Hair: where hair is searched (face frame), and the squared Mahalanobis distance to the hair colour.
+HAIR_PRIOR = [[-1.9, 1.2], [-1.8, -1.2], [-1.0, -2.2], [0.0, -2.5], [1.0, -2.2], [1.8, -1.2], [1.9, 1.2],
+              [1.9, 3.5], [-1.9, 3.5]]  # fmt: skip
+HAIR_MAHA = 12.0
+# Ears: zone beside the jaw line (gap and width beyond the jaw's widest point, top height).
+EAR_GAP = 0.02
+EAR_WIDTH = 0.45
+EAR_TOP_V = -0.25
+# Squared Mahalanobis distance to the per-image skin colour below which a prior pixel starts as face.
+SKIN_MAHA = 25.0
+NECK_MAHA = 128.0
+HEAD_MAHA = 12.0
+ALLOWED_GROW = 0.15
+GRABCUT_ITERS = 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image-driven skin region
+
+
+def skin_region(rgb: np.ndarray, frame: Frame) -> np.ndarray:
+    """Boolean (H, W) face region (skin, nose, brows, eyes, lips, mouth, ears, neck) grown from the image.
+
+    Works at a reduced scale (interocular distance WORK_INTEROCULAR px). A Gaussian skin model in Lab is
+    fitted to the landmark face interior (eyes, brows and mouth cut out); its Mahalanobis distance picks
+    which pixels of a generous head-and-neck prior start as probable face, and GrabCut (colour GMMs for
+    face and surroundings plus a contrast-sensitive smoothness term) settles the boundary against hair,
+    background and clothes.
+    """
+    height, width = rgb.shape[:2]
+    # Downscale large faces; never upscale small ones (that would only add pixels).
+    scale = min(1.0, WORK_INTEROCULAR / frame.iod)
+    small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
+    small = cv2.resize(
+        rgb, (small_w, small_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    )
+    lm = frame.lm * scale
+    sframe = Frame(lm)
+    iod = sframe.iod
+    shape = (small_h, small_w)
+
+    # Facial features that are not skin-coloured: cut out of the skin sample and painted over with the
+    # skin colour for GrabCut, so that dark brows and lashes do not teach the face model "hair".
+    features = np.zeros(shape, np.uint8)
+    for points in (lm[36:42], lm[42:48], lm[48:60]):
+        hull = cv2.convexHull(np.round(points).astype(np.int32))
+        cv2.fillConvexPoly(features, hull, 1)
+    features = cv2.dilate(features, disk(round(0.08 * iod))).astype(bool)
+    # Brows: cut out of the skin sample and painted too, but only their tight hull (bangs may cover
+    # them, and what lies around them must be decided by GrabCut).
+    brows = np.zeros(shape, np.uint8)
+    for points in (lm[17:22], lm[22:27]):
+        cv2.fillConvexPoly(brows, cv2.convexHull(np.round(points).astype(np.int32)), 1)
+    brows = brows.astype(bool)
+
+    jaw = catmull_rom(lm[0:17], closed=False)
+    interior = fill_polygon(shape, np.concatenate([jaw, lm[26:16:-1]]))
+    features |= brows & interior
+    core = interior & ~features & ~brows & (signed_distance(interior) > 0.12 * iod)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2Lab).astype(np.float32)
+    samples = lab[core]
+    if len(samples) < 20:
+        samples = lab[interior]
+    if len(samples) < 20:
+        # The face is (nearly) outside the image or tiny: nothing to learn a colour from.
+        return _upscale_mask(interior.astype(np.uint8), width, height)
+    # Robust Gaussian: shadows, stray hair and highlights in the sample are dropped first.
+    maha = mahalanobis(lab.reshape(-1, 3), trim_outliers(samples, 2.5), 2.0)[0].reshape(shape)
+
+    head = fill_polygon(shape, sframe.to_image(np.array(HEAD_PRIOR)))
+    neck = fill_polygon(shape, sframe.to_image(np.array(NECK_PRIOR)))
+    wide = fill_polygon(shape, sframe.to_image(np.array(WIDE_PRIOR)))
+    skin_like = maha < SKIN_MAHA
+
+    mask = np.full(shape, cv2.GC_BGD, np.uint8)
+    mask[wide] = cv2.GC_PR_BGD
+    # The neck is usually in the chin's shadow, darker than the cheeks: a looser colour test there.
+    mask[(interior & skin_like) | (head & (maha < HEAD_MAHA)) | (neck & (maha < NECK_MAHA))] = cv2.GC_PR_FGD
+    # Sure face: the skin-coloured landmark interior (bangs over the forehead fail the colour test),
+    # the painted-over features, and a patch of the throat right under the chin when it is skin-ish,
+    # so that the face colour model also knows the shadowed skin of the neck.
+    chin = sframe.to_local(lm[8])
+    throat = fill_polygon(shape, sframe.to_image(chin + np.array(THROAT_SEED)))
+    mask[(core & skin_like) | (interior & features) | (throat & (maha < NECK_MAHA))] = cv2.GC_FGD
+    bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    bgr[features] = np.round(np.median(bgr[core], axis=0) if core.any() else bgr[features].mean(0))
+    bgd_model = np.zeros((1, 65), np.float64)
+    fgd_model = np.zeros((1, 65), np.float64)
+    is_fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    if wide.any() and is_fg.any() and not is_fg.all():
+        # Only the search area (plus a margin of sure background) takes part: the cost is per pixel.
+        ys, xs = np.nonzero(wide)
+        pad = max(2, round(0.1 * iod))
+        top, bottom = max(0, ys.min() - pad), min(small_h, ys.max() + pad + 1)
+        left, right = max(0, xs.min() - pad), min(small_w, xs.max() + pad + 1)
+        crop_mask = np.ascontiguousarray(mask[top:bottom, left:right])
+        crop_bgr = np.ascontiguousarray(bgr[top:bottom, left:right])
+        # GrabCut seeds its colour mixtures with k-means on OpenCV's (thread-local) RNG: fix it so
+        # that a photo always parses the same way.
+        cv2.setRNGSeed(20241211)
+        crop_fg = (crop_mask == cv2.GC_FGD) | (crop_mask == cv2.GC_PR_FGD)
+        if crop_fg.any() and not crop_fg.all():
+            cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+            mask[top:bottom, left:right] = crop_mask
+    face = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    # GrabCut's colour mixtures can leak into similar hair or clothes far from the face: the prior
+    # (slightly grown, for ears and loose landmarks) bounds the result.
+    allowed = cv2.dilate((head | neck | interior).astype(np.uint8), disk(round(ALLOWED_GROW * iod)))
+    face = _largest_component((face & allowed.astype(bool)).astype(np.uint8))
+    radius = max(1, round(0.04 * iod))
+    face = cv2.morphologyEx(face, cv2.MORPH_OPEN, disk(radius))
+    face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, disk(radius))
+    return _upscale_mask(face, width, height)
+
+
+def _upscale_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boolean (height, width) mask from a {0, 1} uint8 mask at the working scale (bilinear, 50 %)."""
+    return cv2.resize(mask * 255, (width, height), interpolation=cv2.INTER_LINEAR) >= 128
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if count <= 1:
+        return mask.astype(np.uint8)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    out = (labels == best).astype(np.uint8)
+    # Fill holes (eyes, mouth) so that part labels drawn later sit inside the face.
+    inv = (1 - out).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    h, w = mask.shape
+    for i in range(1, count):
+        x, y, bw, bh, _ = stats[i]
+        if x > 0 and y > 0 and x + bw < w and y + bh < h:
+            out[labels == i] = 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ears and hair
+
+
+def ear_zones(shape: tuple[int, int], frame: Frame, jaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (H, W) zones beside the jaw contour where ears appear: image-left, image-right.
+
+    Each zone starts just outside the widest point of the jaw's upper third on its side and spans
+    from brow height to about halfway down the jaw (face-frame units), where a frontal photo shows
+    the ear.
+    """
+    local = frame.to_local(jaw)
+    third = len(local) // 3
+    top = EAR_TOP_V
+    bottom = float(local[0, 1] + 0.45 * (local[len(local) // 2, 1] - local[0, 1]))
+    zones = []
+    for side, part in ((-1.0, local[:third]), (1.0, local[-third:])):
+        half_width = np.abs(part[:, 0]).max()
+        inner_u, outer_u = side * (half_width + EAR_GAP), side * (half_width + EAR_WIDTH)
+        polygon = np.array([[inner_u, top], [outer_u, top], [outer_u, bottom], [inner_u, bottom]])
+        zones.append(fill_polygon(shape, frame.to_image(polygon)))
+    return zones[0], zones[1]
+
+
+def hair_region(lab: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
+    """Boolean (H, W) hair: non-face pixels around the head that match the colour found above the forehead.
+
+    The colour model is fitted to a thin band just outside the face above the eyes (hairline); where
+    the head is bald or the band shows background, that is what gets modelled, so this is a coarse
+    label (hair is not part of any SHMT mask).
+    """
+    iod = frame.iod
+    grown = cv2.dilate(face.astype(np.uint8), disk(max(1, round(0.12 * iod)))).astype(bool)
+    ys, xs = np.mgrid[0 : face.shape[0], 0 : face.shape[1]]
+    local_v = (np.stack([xs, ys], axis=-1) - frame.origin) @ frame.v / iod
+    band = grown & ~face & (local_v < -0.3)
+    if band.sum() < 20:
+        return np.zeros_like(face)
+    samples = trim_outliers(lab[band], 3.0)
+    head = fill_polygon(face.shape, frame.to_image(np.array(HAIR_PRIOR)))
+    candidates = head & ~face
+    out = np.zeros_like(face)
+    out[candidates] = mahalanobis(lab[candidates], samples, 4.0)[0] < HAIR_MAHA
+    # Keep hair connected to the band above the forehead.
+    _, comp = cv2.connectedComponents(out.astype(np.uint8), connectivity=8)
+    touching = np.unique(comp[band & out])
+    hair = np.isin(comp, touching[touching > 0]).astype(np.uint8)
+    # Strands alternate light and dark: close the gaps, without spilling onto the face.
+    hair = cv2.morphologyEx(hair, cv2.MORPH_CLOSE, disk(max(1, round(0.05 * iod))))
+    return hair.astype(bool) & head & ~face
