@@ -7,8 +7,9 @@ identically zero), wraps them in `ShmtEngine` and times each part on synthetic 2
 * VQ encode (one image) and decode (one latent, codebook snapping included);
 * per-face preparation (source: VQ encode; reference: VQ encode + IDA reference encoder);
 * the released IDA conditioning, once per pair (source encoder + correlation + warp);
-* one DDIM step (UNet + update) at batch 1 and 4, in fp32 and bf16. Only K steps are timed and the
-  50-step figures are extrapolated from them (said in the output).
+* one sampler step (the engine's `WholeStep`: UNet + update) at batch 1 and 4, in fp32 and bf16,
+  eager and compiled (torch.compile, inductor; the first call's compile time is reported). Only K
+  steps are timed and the 50-step figures are extrapolated from them (said in the output).
 
 Then the bf16 drift: the relative error of the bf16 UNet's ε against fp32 at a spread of the 50-step
 timesteps, for x_t = sqrt(ᾱ_t)·z0 + sqrt(1 − ᾱ_t)·noise.
@@ -18,10 +19,18 @@ UNet's widest 64² shape, GFLOP/s in fp32 and bf16) is measured in the same run,
 GFLOP/s (FLOPs counted by torch.utils.flop_counter) is reported as a fraction of it, which is
 comparable across runs. A pair costs the same UNet steps with either sampler (the scheduler update is
 negligible): s/pair is given for 50-step DDIM and 20-step DPM-Solver++. `--json` also prints every
-figure as one JSON object (last line). Compiled timings are not measured yet (eager only).
+figure as one JSON object (last line).
 
-Usage: PYTHONPATH=. python tools/bench_shmt.py [--steps-timed K] [--batches 1,4] [--threads N]
-       [--autocast] [--json]
+Peak RSS of a run: a fresh process loads a full-size SHMT-h4 from a safetensors file the way the engine
+does (loading.load_model) in bf16, builds the VQ, prepares a source and a reference, samples 2 steps
+at batch 1 and decodes; its peak RSS (VmHWM) is reported (the file, random weights, is written by another
+process first).
+
+`--quick`: one timed step per configuration, compiled only at batch 1 (a full-size inductor compile
+takes minutes per shape on 2 cores).
+
+Usage: PYTHONPATH=. python tools/bench_shmt.py [--quick] [--steps-timed K] [--batches 1,4]
+       [--threads N] [--autocast] [--no-compile] [--json]
 """
 
 from __future__ import annotations
@@ -31,22 +40,31 @@ import copy
 import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import PairJob
 from shmt_cli.engines.shmt import vq as vqmod
+from shmt_cli.engines.shmt import weights as W
 from shmt_cli.engines.shmt.config import variant_config
-from shmt_cli.engines.shmt.engine import ShmtEngine, ShmtModel, ShmtSettings
+from shmt_cli.engines.shmt.engine import ShmtEngine
+from shmt_cli.engines.shmt.loading import ShmtModel, load_model
 from shmt_cli.engines.shmt.model import ShmtDenoiser
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
+from shmt_cli.engines.shmt.settings import ShmtSettings
 
 STEPS = 50
 #: The fast sampler's step count in the s/pair figures.
@@ -121,6 +139,11 @@ def unet_flops(unet: nn.Module, batch: int) -> int:
 
 
 def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited across fork+exec)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -129,27 +152,92 @@ def load() -> str:
         return handle.read().split()[0]
 
 
+def write_random_model_file(path: Path, size: str) -> None:
+    """An imported-format SHMT-h4 file (raw UNet + IDA tensors, official names) with random values."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        key: torch.randn(shape, generator=generator) * 0.02
+        for key, shape in W.expected_shapes("h4", size).items()
+        if key.startswith((W.UNET_PREFIX, W.IDA_PREFIX))
+    }
+    save_file(tensors, str(path))
+
+
+def rss_child(path: Path, size: str, dtype: str, threads: int) -> None:
+    """Load SHMT-h4 from `path` as the engine does, run one pair (2 steps, decode), print peak RSS."""
+    if threads:
+        torch.set_num_threads(threads)
+    unet_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    model = load_model(path, "h4", size, False, torch.device("cpu"), unet_dtype=unet_dtype)
+    loaded_mib = peak_rss_mib()
+    vq = vqmod.build_vq(vqmod.VQ_CONFIGS[size]).eval().requires_grad_(False)
+    settings = ShmtSettings(level="h4", steps=2, batch_size=1, device="cpu", dtype=dtype)
+    engine = ShmtEngine({"h4": model}, vq, settings, "h4", torch.device("cpu"))
+    job = PairJob(engine.prepare_source(synthetic_face(1)), engine.prepare_reference(synthetic_face(2)), 0)
+    engine.sample([job])
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "after_load_mib": loaded_mib}))
+
+
+def run_rss(size: str, dtype: str, threads: int) -> dict:
+    """`rss_child` in fresh processes."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    script = str(Path(__file__).resolve())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "shmt_h4.safetensors"
+        subprocess.run(
+            [sys.executable, script, "--write-model", str(path), "--size", size], env=env, check=True
+        )
+        command = [sys.executable, script, "--rss-child", str(path), "--size", size, "--dtype", dtype]
+        done = subprocess.run(
+            [*command, "--threads", str(threads)], env=env, check=True, capture_output=True, text=True
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_step(engine: ShmtEngine, jobs: list[PairJob], repeat: int) -> tuple[float, float]:
+    """(first call incl. any compile, fastest of `repeat` calls) in s of the engine's whole step."""
+    pair_batch = engine.collate(jobs)
+    step = engine.step(pair_batch, "h4")
+    k, x = engine.plan.coefficients[0], pair_batch.x_T
+    x0 = torch.zeros_like(x)
+    start = time.perf_counter()
+    step(x, 981, k, x0)
+    first = time.perf_counter() - start
+    return first, timed(lambda: step(x, 981, k, x0), repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps-timed", type=int, default=2, help="DDIM steps timed per configuration")
+    parser.add_argument("--steps-timed", type=int, default=2, help="steps timed per configuration")
     parser.add_argument("--batches", default="1,4", help="batch sizes, comma-separated")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--autocast", action="store_true", help="also time bf16 autocast over fp32 weights")
     parser.add_argument("--size", default="full", choices=("full", "tiny"), help="tiny: a quick smoke run")
+    parser.add_argument("--quick", action="store_true", help="1 timed step, compiled at batch 1 only")
+    parser.add_argument("--no-compile", action="store_true", help="eager timings only")
     parser.add_argument("--json", action="store_true", help="also print all figures as one JSON object")
+    parser.add_argument("--write-model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write_model:
+        return write_random_model_file(args.write_model, args.size)
+    if args.rss_child:
+        return rss_child(args.rss_child, args.size, args.dtype, args.threads)
     report: dict = {"torch": torch.__version__, "threads": 0, "size": args.size, "load_start": load()}
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    k = args.steps_timed
+    k = 1 if args.quick else args.steps_timed
+    compiled_batches = [] if args.no_compile else batches[:1] if args.quick else batches
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load {load()}"
     )
     print(f"SHMT-h4 {args.size} size, random weights, CPU")
     report["threads"] = torch.get_num_threads()
+    report["quick"] = args.quick
     calibration = {
         name: conv_calibration(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
@@ -215,36 +303,30 @@ def main() -> None:
     flops = {batch: unet_flops(unet, batch) for batch in batches}
     for batch in batches:
         jobs = [PairJob(source, reference, seed=i) for i in range(batch)]
-        ida_s = None
-        shared: dict = {}  # the precompute of the first dtype: same IDA module for every dtype
+        first = engine(batch, "fp32", fp32_model)
+        with torch.inference_mode():
+            # A fresh batch per call: the precompute is cached on its batch.
+            ida_s = timed(lambda eng=first, jobs=jobs: eng.prepared(eng.collate(jobs), "h4"), 2)
+        modes = ["eager", "compiled"] if batch in compiled_batches else ["eager"]
         for name, model in dtypes:
-            eng = engine(batch, "fp32" if name == "fp32" else "bf16", model)
-            pair_batch = eng.collate(jobs)
-            with torch.inference_mode():
-                if ida_s is None:
-                    # A fresh batch per call: the precompute is cached on its batch.
-                    ida_s = timed(lambda eng=eng, jobs=jobs: eng.prepared(eng.collate(jobs), "h4"), 2)
-                    eng.prepared(pair_batch, "h4")
-                else:
-                    pair_batch.prepared.update({k: (model.denoiser, p) for k, (_, p) in shared.items()})
-                t = torch.full((batch,), 981, dtype=torch.long)
-                x = pair_batch.x_T
-                eng.epsilon(pair_batch, "h4", x, t)  # warm-up
-                step_s = timed(lambda eng=eng, pb=pair_batch, x=x, t=t: eng.epsilon(pb, "h4", x, t), k)
-            shared.update(pair_batch.prepared)
-            rows.append((batch, name, ida_s, step_s))
-            achieved = flops[batch] / step_s / 1e9
-            fraction = achieved / calibration["fp32" if name == "fp32" else "bf16"]
-            print(
-                f"batch {batch} {name:13s} IDA {ida_s:6.2f} s per batch | UNet step {step_s:6.2f} s "
-                f"({step_s / batch:5.2f} s per pair), fastest of {k} timed steps | "
-                f"{achieved:.1f} GFLOP/s = {fraction:.0%} of calibration | load {load()}"
-            )
+            for mode in modes:
+                options = {"backend": "inductor"} if mode == "compiled" else None
+                eng = engine(batch, "fp32" if name == "fp32" else "bf16", replace(model, compile=options))
+                first_s, step_s = time_step(eng, jobs, k)
+                rows.append((batch, name, mode, ida_s, step_s, first_s))
+                achieved = flops[batch] / step_s / 1e9
+                fraction = achieved / calibration["fp32" if name == "fp32" else "bf16"]
+                compile_note = f" (first call {first_s:5.1f} s)" if mode == "compiled" else ""
+                print(
+                    f"batch {batch} {name:13s} {mode:8s} IDA {ida_s:6.2f} s per batch | step {step_s:6.2f} s "
+                    f"({step_s / batch:5.2f} s per pair), fastest of {k}{compile_note} | "
+                    f"{achieved:.1f} GFLOP/s = {fraction:.0%} of calibration | load {load()}"
+                )
 
-    print(f"\nPer pair, {STEPS} DDIM steps extrapolated from the timed steps (DDIM update is negligible):")
-    print("  = (50·step + IDA) / batch + decode, plus prepare_source + prepare_reference when not reused")
+    print(f"\nPer pair, {STEPS} DDIM / {DPMPP_STEPS} DPM++ steps extrapolated from the timed steps:")
+    print("  = (steps·step + IDA) / batch + decode, plus prepare_source + prepare_reference when not reused")
     report["runs"] = []
-    for batch, name, ida_s, step_s in rows:
+    for batch, name, mode, ida_s, step_s, first_s in rows:
         pairs = {}
         for sampler, steps in (("ddim", STEPS), ("dpmpp", DPMPP_STEPS)):
             pairs[sampler] = (steps * step_s + ida_s) / batch + decode_s
@@ -254,7 +336,8 @@ def main() -> None:
             {
                 "batch": batch,
                 "dtype": name,
-                "compiled": False,
+                "compiled": mode == "compiled",
+                "first_call_s": first_s,
                 "s_per_step": step_s,
                 "ida_s_per_batch": ida_s,
                 "s_per_pair_ddim50": pairs["ddim"],
@@ -265,9 +348,10 @@ def main() -> None:
             }
         )
         print(
-            f"  batch {batch} {name:13s} DDIM-50 {pairs['ddim']:6.1f} s per pair ({alone:6.1f} s "
+            f"  batch {batch} {name:13s} {mode:8s} DDIM-50 {pairs['ddim']:6.1f} s per pair ({alone:6.1f} s "
             f"with both faces prepared just for it), DPM++-20 {pairs['dpmpp']:6.1f} s; official ≈ "
-            f"{OFFICIAL_PAIR_S:.0f} s, {OFFICIAL_STEP_S} s/step of which IDA {OFFICIAL_IDA_S} s"
+            f"{OFFICIAL_PAIR_S:.0f} s ({pairs['ddim'] / OFFICIAL_PAIR_S:.2f}×, "
+            f"{pairs['dpmpp'] / OFFICIAL_PAIR_S:.2f}×)"
         )
 
     # -- bf16 drift ------------------------------------------------------------------------------
@@ -290,10 +374,22 @@ def main() -> None:
             drift.append(rel_l2)
             print(f"  t={t_value:4d}: |Δε|₂/|ε|₂ = {rel_l2:.2e}, max|Δε|/max|ε| = {rel_max:.2e}")
     report["bf16_drift_rel_l2"] = {"per_t": drift, "mean": sum(drift) / len(drift)}
-    report["peak_rss_mib"] = peak_rss_mib()
-    report["load_end"] = load()
+    report["bench_peak_rss_mib"] = peak_rss_mib()
     print(f"bf16 drift, mean over t: {report['bf16_drift_rel_l2']['mean']:.2e} (relative L2 of ε)")
-    print(f"peak RSS of this whole run (fp32 and bf16 models together): {report['peak_rss_mib']:.0f} MiB")
+    print(
+        f"peak RSS of this benchmark (fp32 and bf16 models together): {report['bench_peak_rss_mib']:.0f} MiB"
+    )
+
+    # -- peak RSS of a run ---------------------------------------------------------------------------
+    threads = torch.get_num_threads()
+    rss = {"bf16": run_rss(args.size, "bf16", threads), "fp32": run_rss(args.size, "fp32", threads)}
+    report["run_peak_rss_mib"] = rss
+    for name, figures in rss.items():
+        print(
+            f"peak RSS of a {args.size}-size SHMT-h4 run at batch 1, {name}: "
+            f"{figures['peak_rss_mib']:.0f} MiB ({figures['after_load_mib']:.0f} MiB after loading the model)"
+        )
+    report["load_end"] = load()
     print(f"load at the end {load()}")
     if args.json:
         print(json.dumps(report))

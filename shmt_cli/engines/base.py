@@ -25,11 +25,12 @@ class EngineUnavailable(Exception):
 
 
 class DeviceUnavailable(EngineUnavailable):
-    """The device asked for does not exist here (`--device cuda` without CUDA): a usage error."""
+    """The device asked for is not there (``--device cuda`` without CUDA): a usage error (exit 2)."""
 
 
 class EngineOutOfMemory(Exception):
-    """Out of memory even at a batch of one pair: the run cannot go on with these settings."""
+    """Out of memory even with one pair per batch (the engine halves the batch before raising this);
+    the message is one line suggesting --batch-size/--dtype, the run stops (exit 3)."""
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ def _softmax_over_reference(energy: torch.Tensor) -> torch.Tensor:
     Same kernel as `F.softmax(energy, dim=1)`, so the result is bit-identical to it; the in-place
     form only saves a second (B, M, n) buffer. (Aliased output is verified on the CPU kernel only.)
     """
-    if (torch.is_grad_enabled() and energy.requires_grad) or energy.device.type != "cpu":
+    aliasing = torch.is_grad_enabled() and energy.requires_grad
+    if aliasing or energy.device.type != "cpu" or torch.compiler.is_compiling():  # compiled: fused anyway
         return F.softmax(energy, dim=1)
     return torch.ops.aten._softmax.out(energy, 1, False, out=energy)
 

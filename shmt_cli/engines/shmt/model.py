@@ -12,7 +12,7 @@ Two ways in:
     parity checks);
   * `prepare_reference` + `prepare_pair` once per pair, then `epsilon(z_t, t, prepared)` at every DDIM step
     (inference): the reference encoding and the content warp A1 do not depend on z_t, so they are computed
-    once; the UNet input lives in one reused channels_last buffer whose constant channels are written once.
+    once; the UNet input's constant channels [z_bg, C (, Â)] live in one channels_last buffer written once.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class DenoiserOutput:
 class PreparedPair:
     """What one batch of pairs needs at every DDIM step, computed once by `ShmtDenoiser.prepare_pair`.
 
-    content_warp: A1, all 53 channels, unmasked (B, 53, 64, 64) float32. buffer: the UNet input
-    (B, C_in, 64, 64) float32 channels_last with [z_bg, C] (and Â in the release form) already written.
+    content_warp: A1, all 53 channels, unmasked (B, 53, 64, 64) float32. buffer: the UNet input's
+    constant channels (B, C_in − 3, 64, 64) float32 channels_last, [z_bg, C, Â] (Â written in the release
+    form only; the train form computes it per step).
     """
 
     form: IdaForm
@@ -200,10 +201,10 @@ class ShmtDenoiser(nn.Module):
         content_warp = self.ida.content_warp_prepared(content, onehot_src, reference, chunk)
         b, c, height, width = content.shape
         buffer = torch.empty(
-            (b, 2 * LATENT_CHANNELS + c + WARPED_REF_CHANNELS, height, width), device=content.device
+            (b, LATENT_CHANNELS + c + WARPED_REF_CHANNELS, height, width), device=content.device
         ).contiguous(memory_format=torch.channels_last)
-        buffer[:, LATENT_CHANNELS : 2 * LATENT_CHANNELS] = z_bg
-        buffer[:, 2 * LATENT_CHANNELS : 2 * LATENT_CHANNELS + c] = content
+        buffer[:, :LATENT_CHANNELS] = z_bg
+        buffer[:, LATENT_CHANNELS : LATENT_CHANNELS + c] = content
         prepared = PreparedPair(ida_form, reference, mask64, onehot_src, content_warp, buffer, chunk)
         if ida_form == "release":
             prepared.warp_slot.copy_(self.warped(prepared))
@@ -230,6 +231,30 @@ class ShmtDenoiser(nn.Module):
         )
         return blend_warps(latent_warp, prepared.content_warp, self.ida.proportion(t), mask)
 
+    def step_input(self, z_t: torch.Tensor, t: torch.Tensor, prepared: PreparedPair) -> torch.Tensor:
+        """The UNet input cat[z_t, z_bg, C, Â] (B, C_in, 64, 64) float32 channels_last of one step, as a new
+        tensor: `prepared` is only read, so one compiled graph can take it from static buffers."""
+        constant = prepared.buffer
+        if prepared.form == "train":
+            warped = self.warped(prepared, z_t, t)
+            constant = torch.cat([constant[:, :-WARPED_REF_CHANNELS], warped], dim=1)
+        parts = [z_t.to(constant.dtype), constant]
+        return torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+
+    def run_unet(
+        self, x_in: torch.Tensor, t: torch.Tensor, autocast: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """ε (B, 3, 64, 64) float32 of the UNet (or its runner) for the input x_in at t (B,) int64.
+
+        `autocast` runs it under autocast in that dtype, unless its weights are already lower precision
+        (a UNet cast to bf16 needs no autocast).
+        """
+        weights_fp32 = self.unet.time_embed[0].weight.dtype == torch.float32
+        enabled = autocast is not None and weights_fp32
+        with torch.autocast(x_in.device.type, dtype=autocast or torch.float32, enabled=enabled):
+            eps = self.unet_runner(x_in, t)
+        return eps.float()
+
     def epsilon(
         self,
         z_t: torch.Tensor,
@@ -239,14 +264,6 @@ class ShmtDenoiser(nn.Module):
     ) -> torch.Tensor:
         """ε (B, 3, 64, 64) float32 for z_t (B, 3, 64, 64) at t (B,) int64 of a prepared pair.
 
-        `autocast` runs the UNet (only) under autocast in that dtype, unless its weights are already
-        lower precision (a UNet cast to bf16 needs no autocast). The IDA always runs in float32.
+        The IDA always runs in float32; `autocast` as in `run_unet`.
         """
-        prepared.buffer[:, :LATENT_CHANNELS].copy_(z_t)
-        if prepared.form == "train":
-            prepared.warp_slot.copy_(self.warped(prepared, z_t, t))
-        weights_fp32 = self.unet.time_embed[0].weight.dtype == torch.float32
-        enabled = autocast is not None and weights_fp32
-        with torch.autocast(prepared.buffer.device.type, dtype=autocast or torch.float32, enabled=enabled):
-            eps = self.unet_runner(prepared.buffer, t)
-        return eps.float()
+        return self.run_unet(self.step_input(z_t, t, prepared), t, autocast)

@@ -206,6 +206,85 @@ def ddim_update(
     return x_prev, pred_x0
 
 
+#: Coefficients per step of `linear_update`.
+UPDATE_COEFFICIENTS = 6
+
+
+def linear_update(
+    x: torch.Tensor, eps: torch.Tensor, k: torch.Tensor, x0_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of either sampler as tensor arithmetic (no Python scalars, so one compiled graph serves
+    every step): x0 = (x − k0·ε)/k1, x_next = k2·x + k3·x0 + k4·x0_prev + k5·ε.
+
+    x, eps, x0_prev (B, C, h, w) float32; k (6,) float32 from `step_plan`. Returns (x_next, x0). DDIM's
+    terms come in diffusers' order and its zero coefficients add exact zeros, so the result equals
+    ``DDIMScheduler.step`` bit for bit; DPM-Solver++ 2M's second-order step is regrouped (m0, m1 terms
+    instead of D0, D1), equal to diffusers' within float32 rounding.
+    """
+    x0 = (x - k[0] * eps) / k[1]
+    return k[2] * x + k[3] * x0 + k[4] * x0_prev + k[5] * eps, x0
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A sampler run as data: `timesteps` visited (descending) and `coefficients` (S, 6) float32, the k
+    of `linear_update` at each step, taken from diffusers' scheduler tables."""
+
+    timesteps: list[int]
+    coefficients: torch.Tensor
+
+
+def step_plan(sampler: str, steps: int) -> StepPlan:
+    """The `StepPlan` of "ddim" (official, eta 0) or "dpmpp" (DPM-Solver++ 2M) with `steps` model calls."""
+    if sampler == "ddim":
+        return _ddim_plan(make_scheduler(steps))
+    if sampler == "dpmpp":
+        return _dpmpp_plan(make_dpmpp_scheduler(steps))
+    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+
+
+def _ddim_plan(scheduler: DDIMScheduler) -> StepPlan:
+    # The scalars of DDIMScheduler.step (eta 0), computed with the same float32 tensor operations.
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    rows = []
+    zero = torch.tensor(0.0)
+    for t in scheduler.timesteps.tolist():
+        alpha = scheduler.alphas_cumprod[t]
+        prev = t - stride
+        alpha_prev = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+        beta = 1 - alpha
+        rows.append([beta**0.5, alpha**0.5, zero, alpha_prev**0.5, zero, (1 - alpha_prev - zero**2) ** 0.5])
+    return StepPlan(scheduler.timesteps.tolist(), torch.tensor(rows, dtype=torch.float32))
+
+
+def _dpmpp_plan(scheduler: DPMSolverMultistepScheduler) -> StepPlan:
+    # The scalars of DPMSolverMultistepScheduler.step (dpmsolver++, midpoint, order 2, sigma_min end).
+    sigmas = scheduler.sigmas
+    n = len(scheduler.timesteps)
+
+    def alpha_sigma(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = 1 / ((sigmas[i] ** 2 + 1) ** 0.5)
+        return alpha, sigmas[i] * alpha
+
+    zero = torch.tensor(0.0)
+    rows = []
+    for i in range(n):
+        alpha_s0, sigma_s0 = alpha_sigma(i)
+        alpha_t, sigma_t = alpha_sigma(i + 1)
+        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+        h = torch.log(alpha_t) - torch.log(sigma_t) - lambda_s0
+        a = alpha_t * (torch.exp(-h) - 1.0)
+        # First order at the first step and (diffusers' lower_order_final, below 15 steps) the last.
+        if i == 0 or (i == n - 1 and scheduler.config.lower_order_final and n < 15):
+            rows.append([sigma_s0, alpha_s0, sigma_t / sigma_s0, -a, zero, zero])
+            continue
+        alpha_s1, sigma_s1 = alpha_sigma(i - 1)
+        r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
+        half_d1 = 0.5 * a * (1.0 / r0)  # D1 = (m0 − m1)/r0 enters with −½·a
+        rows.append([sigma_s0, alpha_s0, sigma_t / sigma_s0, -a - half_d1, half_d1, zero])
+    return StepPlan(scheduler.timesteps.tolist(), torch.tensor(rows, dtype=torch.float32))
+
+
 def two_model_chooser(proportion_of_model1: float) -> Callable[[int], int]:
     """The official two-model switch: step t uses model 2 (h0) when ``t >= 1000 * p``, else model 1.
 
