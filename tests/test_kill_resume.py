@@ -215,7 +215,9 @@ def test_a_photo_that_changed_since_its_record_is_redone(tmp_path: Path, astrona
 def test_a_signal_stops_a_run_cleanly_with_one_line(
     tmp_path: Path, astronaut_rgb: np.ndarray, signum: int, code: int, word: str, advice: str
 ) -> None:
-    write_photo_set(tmp_path / "photos", astronaut_rgb, 12, sizes=(800,))
+    # Enough photos that the run cannot finish between its first record and the signal (a quiet
+    # machine aligns one in ~0.1 s).
+    write_photo_set(tmp_path / "photos", astronaut_rgb, 48, sizes=(800,))
     out, logs = tmp_path / "out", tmp_path / "logs"
     logs.mkdir()
     run = _launch(["align", str(tmp_path / "photos"), "-o", str(out)], logs, "run")
@@ -229,4 +231,4 @@ def test_a_signal_stops_a_run_cleanly_with_one_line(
     said = [line for line in err.splitlines() if word in line]
     assert len(said) == 1 and advice in said[0]
     assert not (out / ".shmt.lock").exists() and not list(out.rglob("*.tmp"))
-    assert 1 <= len(read_records(manifest_path(out))) < 12
+    assert 1 <= len(read_records(manifest_path(out))) < 48
