@@ -35,7 +35,14 @@ KILLS = 5
 
 def _launch(args: list[str], logs: Path, name: str) -> subprocess.Popen[bytes]:
     with open(logs / f"{name}.out", "wb") as stdout, open(logs / f"{name}.err", "wb") as stderr:
-        return subprocess.Popen([*shmt_command(), *args], stdout=stdout, stderr=stderr)
+        # As from a terminal: SIGINT at its default even when this test runs as a background job,
+        # whose shell hands its children SIGINT ignored (Python then never raises KeyboardInterrupt).
+        return subprocess.Popen(
+            [*shmt_command(), *args],
+            stdout=stdout,
+            stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
 
 def _progress_made(run: subprocess.Popen[bytes], out: Path, before: int) -> Callable[[], bool]:
