@@ -60,9 +60,10 @@ _NECK_FADE = 0.3
 _LIPS_CLOSE = 0.025
 _LIPS_MOUTH_MARGIN = 0.012
 # Reference pixels this close to a pixel of another colour (fraction of the face width) are not read:
-# little on skin (scattered specks must not cost it its foundation), more on the lips, where the warp
-# smears a crack's or a tooth's edge into the lip around it.
-_OUTLIER_MARGIN = {"skin": 0.01, "brows": 0.01, "lips": 0.03}
+# little (scattered specks must not cost a region its makeup). The soft edge of a crack or a tooth in
+# the lips is flagged with it (hysteresis, `OutlierLimits.connected`), so the lips need no wider margin
+# (0.03 dropped half of some dev photos' lips).
+_OUTLIER_MARGIN = {"skin": 0.01, "brows": 0.01, "lips": 0.01}
 # The nostrils' dark detail is guarded this far around the nose (fraction of the face width).
 _NOSE_MARGIN = 0.03
 # Eye-shadow area: from the brow down past the lower lid by this fraction of the brow-to-eye distance.
@@ -71,8 +72,9 @@ _EYE_SHADOW_BELOW = 0.35
 # fraction of its median chroma.
 _HIGHLIGHT_LIGHTER = 12.0
 _HIGHLIGHT_CHROMA = 0.5
-# Floor of the robust spread (L, a*, b*) so a flat region (a synthetic face) does not flag its noise.
-_MIN_SPREAD = np.array([2.0, 1.0, 1.0], dtype=np.float32)
+# Floor of the robust spread (L, then both chromaticity axes; 0.013 is one a*/b* unit at L = 60) so a
+# flat region (a synthetic face) does not flag its noise.
+_MIN_SPREAD = np.array([2.0, 0.013, 0.013], dtype=np.float32)
 OUTLIERS_FILE = "classic_outliers.json"
 
 
@@ -190,31 +192,62 @@ def specular_highlights(lab: np.ndarray, region: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class OutlierLimits:
     """How far (in robust standard deviations: 1.4826 x median absolute deviation) a pixel's lightness,
-    and its (a*, b*) colour, may lie from its region's median before it counts as another material."""
+    and its chromaticity, may lie from its region's median before it counts as another material;
+    `connected` (<= 1) scales both limits for pixels joined to a flagged one (hysteresis: the soft edge
+    of a strand of hair or a tooth is flagged with its core, a lone pixel just past the scaled limits
+    is not)."""
 
     lightness: float
     colour: float
+    connected: float = 1.0
+
+
+def chromaticity(lab: np.ndarray) -> np.ndarray:
+    """(..., 2) float32 (a*, b*) / (L + 16) of (..., 3) CIELAB.
+
+    Shading (light scaled by k) scales L + 16, a* and b* alike by k^(1/3) in CIELAB's cube-root range:
+    chromaticity stays the material's in shadow, so a shaded cheek is not taken for another material.
+    """
+    return (lab[..., 1:] / (lab[..., :1] + np.float32(16.0))).astype(np.float32)
 
 
 def robust_scores(lab: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(|z_L|, z_ab) per pixel, (H, W) float32 each: robust distances to the median Lab of `region`.
+    """(|z_L|, z_chroma) per pixel, (H, W) float32 each: robust distances to the median of `region`,
+    of the lightness and of the `chromaticity` (per axis, then their norm).
 
     lab: (H, W, 3) float32 CIELAB; region: (H, W) bool. Zeros when the region is nearly empty.
     """
     if region.sum() < 50:
         zeros = np.zeros(region.shape, dtype=np.float32)
         return zeros, zeros
-    pixels = lab[region]
+    features = np.concatenate([lab[..., :1], chromaticity(lab)], axis=-1)
+    pixels = features[region]
     median = np.median(pixels, axis=0)
     spread = np.maximum(1.4826 * np.median(np.abs(pixels - median), axis=0), _MIN_SPREAD)
-    z = (lab - median.astype(np.float32)) / spread.astype(np.float32)
+    z = (features - median.astype(np.float32)) / spread.astype(np.float32)
     return np.abs(z[..., 0]), np.hypot(z[..., 1], z[..., 2])
+
+
+def flag_outliers(
+    z_lightness: np.ndarray, z_colour: np.ndarray, region: np.ndarray, limits: OutlierLimits
+) -> np.ndarray:
+    """(H, W) bool: pixels of `region` past `limits`, and those past the `connected` share of them
+    that touch (8-connected, through such pixels) a pixel past the full limits."""
+    strong = region & ((z_lightness > limits.lightness) | (z_colour > limits.colour))
+    if limits.connected >= 1.0 or not strong.any():
+        return strong
+    scale = np.float32(limits.connected)
+    weak = region & ((z_lightness > scale * limits.lightness) | (z_colour > scale * limits.colour))
+    count, components = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    seeded = np.zeros(count, dtype=bool)
+    seeded[components[strong]] = True
+    seeded[0] = False
+    return seeded[components]
 
 
 def off_colour(lab: np.ndarray, region: np.ndarray, limits: OutlierLimits) -> np.ndarray:
     """(H, W) bool: pixels of `region` whose lightness or colour is beyond `limits` from the region's."""
-    z_lightness, z_colour = robust_scores(lab, region)
-    return region & ((z_lightness > limits.lightness) | (z_colour > limits.colour))
+    return flag_outliers(*robust_scores(lab, region), region, limits)
 
 
 @cache
