@@ -358,7 +358,7 @@ def prepare_crop(
     image's resolution (H, W) uint8) of one face."""
     affine = crop_affine(landmarks)
     crop = warp_to_crop(rgb, affine)
-    prior = parsing.parse_face(rgb, landmarks, method="rules")
+    prior = parsing.parse_rules(rgb, np.asarray(landmarks, np.float64), fast=True)
     return affine, crop, warp_to_crop(prior, affine, nearest=True), prior
 
 
