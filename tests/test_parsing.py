@@ -13,7 +13,7 @@ import torch
 from shmt_cli.face import parsing_net
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
-from shmt_cli.face.parsing import load_label_map, parse_face, remap_labels
+from shmt_cli.face.parsing import load_label_map, parse_face, parse_rules, remap_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import parsing_iou
@@ -230,9 +230,9 @@ def test_net_parse_is_deterministic_and_differs_from_its_prior(astronaut_rgb, as
     assert np.array_equal(labels, again)
     for cls in (SKIN, NOSE, L_EYE, R_EYE, L_BROW, R_BROW, U_LIP, L_LIP, HAIR):
         assert (labels == cls).sum() > 20, f"class {cls} missing"
-    # The network changes its prior, the rules' parse, but only near the face: far from it (outside
-    # the network's crop) the rules' labels are kept as they are.
-    prior = parse_face(astronaut_rgb, landmarks, method="rules")
+    # The network changes its prior, the fast rules' parse, but only near the face: far from it
+    # (outside the network's crop) the prior's labels are kept as they are.
+    prior = parse_rules(astronaut_rgb, landmarks, fast=True)
     changed = labels != prior
     assert changed.sum() > 100
     ys, xs = np.nonzero(changed)

@@ -1,8 +1,8 @@
 """Learned refinement of the rule-based face parsing: a compact CNN over the photo and the rules' parse.
 
 The face is resampled into a canonical crop (`CROP_SIZE` px square, fixed box of the landmark face
-frame), where the rule-based parse (`parse_face` method "rules": landmark parts moved by colour,
-GrabCut skin region, hair) is the prior. The network sees the crop's RGB, its Lab relative to the
+frame), where the rule-based parse (`parsing.parse_rules` with fast=True: landmark parts moved by
+colour, a cheaper GrabCut skin region, hair) is the prior. The network sees the crop's RGB, its Lab relative to the
 face's skin, the prior as one-hot channels and the face-frame coordinates, and predicts a residual
 over the prior's own logits for the 19 CelebAMask-HQ classes per crop pixel; they are resampled back
 onto the photo (bilinear), the prior's logits are added at the photo's resolution, and the arg-max is
@@ -355,7 +355,7 @@ def prepare_crop(
     rgb: np.ndarray, landmarks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(affine image -> crop, crop RGB (S, S, 3) uint8, prior in the crop (S, S) uint8, prior at the
-    image's resolution (H, W) uint8) of one face."""
+    image's resolution (H, W) uint8) of one face; the prior is the fast rule-based parse."""
     affine = crop_affine(landmarks)
     crop = warp_to_crop(rgb, affine)
     prior = parsing.parse_rules(rgb, np.asarray(landmarks, np.float64), fast=True)

@@ -219,9 +219,12 @@ def hair_region(lab: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
     """
     iod = frame.iod
     grown = cv2.dilate(face.astype(np.uint8), disk(max(1, round(0.12 * iod)))).astype(bool)
-    ys, xs = np.mgrid[0 : face.shape[0], 0 : face.shape[1]]
+    # The rim around the face, kept above the eyes (face-frame v computed for the rim's pixels only).
+    ys, xs = np.nonzero(grown & ~face)
     local_v = (np.stack([xs, ys], axis=-1) - frame.origin) @ frame.v / iod
-    band = grown & ~face & (local_v < -0.3)
+    band = np.zeros_like(face)
+    above = local_v < -0.3
+    band[ys[above], xs[above]] = True
     if band.sum() < 20:
         return np.zeros_like(face)
     samples = trim_outliers(lab[band], 3.0)
