@@ -74,6 +74,9 @@ PRIOR_DAMAGE = 0.4
 # bangs, eyes 1.4-1.5 times too large under heavy liner).
 BANGS = 0.25
 EYE_GROWTH = 0.3
+# Keep the prior's logits at their initial values (parsing_net.PRIOR_PART_LOGIT), so that the residual
+# has to carry the parts' evidence instead of the prior growing stronger.
+FREEZE_PRIOR = False
 # Probability that a shifted prior part is shifted far (0.1 instead of 0.04 iod standard deviation).
 LARGE_SHIFT = 0.15
 # Prior channel groups shifted together by the landmark-error augmentation (indices into PRIOR_CLASSES).
@@ -367,7 +370,11 @@ def train(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = parsing_net.ParsingNet()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    if FREEZE_PRIOR:
+        net.prior_logits.requires_grad_(False)
+    optimiser = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=3e-3, weight_decay=1e-4
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     weights = torch.from_numpy(CLASS_WEIGHTS)
     start = time.time()

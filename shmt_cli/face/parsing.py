@@ -70,9 +70,10 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") ->
 
     rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
     method: "rules" (default) the rule-based parser (landmark outlines moved by colour, GrabCut skin
-    region); "net" that parse refined by the shipped network (shmt_cli/face/parsing_net.py). In 3-fold
-    held-out IoU on the dev photos (tools/parsing_train.py --kfold 3) the two are within about 0.01 of
-    each other per class, so the cheaper rules stay the default.
+    region); "net" the fast rules' parse (cheaper GrabCut) refined by the shipped network
+    (shmt_cli/face/parsing_net.py). In 3-fold held-out IoU on the dev photos (tools/parsing_train.py
+    --kfold 3) the two are within about 0.01 of each other per class, the network a little lower on
+    eyes, so the rules stay the default.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")
