@@ -3,7 +3,7 @@
 Data: the 36 dev photos of ../shared/faces (*/images; 21 made-up, 15 bare; CC BY-NC-SA 4.0, see its
 README) with the official parser's maps (*/seg, the FaceParsing.PyTorch BiSeNet that SHMT uses,
 CelebAMask-HQ ids); landmarks from the project's dlib detector; the prior is the rule-based parse
-(parse_face method "rules"), computed once per photo and warped with it.
+(parsing.parse_rules with fast=True, as at inference), computed once per photo and warped with it.
 Objective: class-weighted cross-entropy (CLASS_WEIGHTS) between the network's 19-class logits on the
 canonical crop and the official map warped into the crop (pixels outside the photo ignored), with
 heavy augmentation that imitates makeup and the rules' failures on it: lips recoloured (any colour,
