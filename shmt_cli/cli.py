@@ -165,6 +165,9 @@ def transfer(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per engine batch.")] = 4,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
+    vq_dtype: Annotated[
+        str, typer.Option("--vq-dtype", help="shmt: fp32 or bf16 for the VQ autoencoder.")
+    ] = "fp32",
     compile_model: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")
     ] = None,
@@ -242,6 +245,7 @@ def transfer(
             "batch_size": batch_size,
             "device": device,
             "dtype": dtype,
+            "vq_dtype": vq_dtype,
             "compile": compile_model,
             "regions": parse_regions(regions),
             "strengths": parse_strengths(strength),

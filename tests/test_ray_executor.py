@@ -189,6 +189,35 @@ def test_ray_matches_local_with_all_faces_and_an_output_format(
     assert not list((tmp_path / "ray").glob(".shmt-ray-faces-*")), "scratch faces left behind"
 
 
+def test_out_of_memory_in_a_worker_stops_the_run_with_exit_3(
+    ray_instance: str, photos: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine worker that runs out of memory even at one pair per batch stops the whole run as the
+    local runner does: exit 3 and the one line suggesting --dtype/--batch-size, no pair recorded."""
+    import shmt_cli.executors as executors
+    from shmt_cli.engines.base import EngineOutOfMemory
+    from shmt_cli.engines.classic_engine import ClassicEngine
+    from shmt_cli.engines.registry import make_settings
+
+    # Defined in the test, so Ray ships them to its workers by value (only the workers' engine fails).
+    class ShortOfMemory(ClassicEngine):
+        def transfer_batch(self, jobs: list) -> list:
+            raise EngineOutOfMemory("out of memory on cpu even at 1 pair per batch")
+
+    def short_of_memory(name: str, options: dict, weights_dir: Path | None) -> ClassicEngine:
+        return ShortOfMemory.create(make_settings(name, options), weights_dir)
+
+    monkeypatch.setattr(executors, "engine_by_name", short_of_memory)
+    sources, references = photos
+    args = ["transfer", str(sources / SOURCES[0]), str(references), "--engine", "classic"]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path), "--executor", "ray"])
+    assert result.exit_code == 3, result.stdout
+    assert "out of memory" in result.stderr and "--batch-size" in result.stderr
+    manifest = tmp_path / "manifest.jsonl"
+    records = manifest.read_text().splitlines() if manifest.exists() else []
+    assert not [r for r in records if json.loads(r).get("status") == "ok"]
+
+
 def _worker_pids(class_name: bytes) -> list[int]:
     """Ray worker processes running actors of `class_name` (Ray puts it in their process title)."""
     pids = []

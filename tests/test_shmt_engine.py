@@ -422,7 +422,13 @@ def test_default_level_and_missing_weights(random_weights_dir: Path, tmp_path: P
     bf16 = ShmtEngine.from_weights_dir(h4_only, ShmtSettings(dtype="bf16", device="cpu"))
     assert bf16.models["h4"].denoiser.unet.out[2].weight.dtype == torch.bfloat16
     assert bf16.models["h4"].denoiser.ida.ref_enc[0].model[1].weight.dtype == torch.float32
-    assert bf16.settings()["dtype"] == "bf16"
+    assert bf16.settings()["dtype"] == "bf16" and "vq_dtype" not in bf16.settings()
+    vq16 = ShmtEngine.from_weights_dir(h4_only, ShmtSettings(vq_dtype="bf16", device="cpu"))
+    assert vq16.vq.decoder.conv_in.weight.dtype == torch.bfloat16
+    assert vq16.vq.quantize.embedding.weight.dtype == torch.float32
+    assert vq16.settings()["vq_dtype"] == "bf16" and vq16.describe().endswith("vq bf16")
+    with pytest.raises(ValueError, match="--vq-dtype"):
+        ShmtSettings(vq_dtype="fp16")
 
     mix = ShmtEngine.from_weights_dir(random_weights_dir, ShmtSettings(device="cpu", steps=3))
     settings = mix.settings()

@@ -221,3 +221,24 @@ def test_lean_blocks_equal_diffusers_forward() -> None:
     assert (latent - expected_latent).abs().max() <= 1e-5 * expected_latent.abs().max()
     assert (decoded - expected_decoded).abs().max() <= 1e-5 * expected_decoded.abs().max()
     assert decoded.std() > 0.01  # a live decoder, not a constant image
+
+
+def test_bf16_vq_keeps_float32_codes_and_stays_near_fp32(tiny_vq, h4_io) -> None:
+    """--vq-dtype bf16: convolutions in bf16, the codebook (and so the snapping) in float32, outputs
+    float32, images within a few 8-bit levels of the float32 VQ."""
+    import copy
+
+    half = V.cast_vq(copy.deepcopy(tiny_vq), torch.bfloat16)
+    assert V.vq_dtype(half) == torch.bfloat16 and V.vq_dtype(tiny_vq) == torch.float32
+    assert half.decoder.conv_out.weight.dtype == torch.bfloat16
+    assert half.quantize.embedding.weight.dtype == torch.float32
+    samples = h4_io["ddim5.samples"]
+    image32, codes32 = V.decode_with_indices(tiny_vq, samples)
+    image16, codes16 = V.decode_with_indices(half, samples)
+    assert image16.dtype == torch.float32 and torch.equal(codes16, codes32)  # same latent, same codes
+    eight_bit = ((image16 - image32).abs() * 127.5).flatten()
+    assert eight_bit.mean() < 2.0 and eight_bit.max() > 0  # rounded, but close
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    latent32, latent16 = V.encode(tiny_vq, pixels), V.encode(half, pixels)
+    assert latent16.dtype == torch.float32
+    assert (latent16 - latent32).abs().max() < 0.05 * latent32.abs().max()

@@ -4,7 +4,8 @@ Builds the full-size SHMT-h4 UNet, IDA and VQ-f4 with random weights (zero-initi
 re-initialised and GroupNorm affines perturbed, as the golden README did, so the UNet output is not
 identically zero), wraps them in `ShmtEngine` and times each part on synthetic 256² faces:
 
-* VQ encode (one image) and decode (one latent, codebook snapping included);
+* VQ encode (one image) and decode (one latent, codebook snapping included), in float32 and with
+  `--vq-dtype bf16` (its latent error, changed codes and 8-bit image difference; `--only-vq` stops there);
 * per-face preparation (source: VQ encode; reference: VQ encode + IDA reference encoder);
 * the released IDA conditioning, once per pair (source encoder + correlation + warp);
 * one sampler step (the engine's `WholeStep`: UNet + update) at batch 1 and 4, in fp32 and bf16,
@@ -63,6 +64,7 @@ from shmt_cli.engines.shmt.config import variant_config
 from shmt_cli.engines.shmt.engine import ShmtEngine
 from shmt_cli.engines.shmt.loading import ShmtModel, load_model
 from shmt_cli.engines.shmt.model import ShmtDenoiser
+from shmt_cli.engines.shmt.pairs import to_uint8_images
 from shmt_cli.engines.shmt.sampler import ldm_schedule_buffers
 from shmt_cli.engines.shmt.settings import ShmtSettings
 
@@ -103,6 +105,40 @@ def synthetic_face(seed: int) -> FaceParts:
     labels[ellipse(128, 202, 26, 7)] = 12
     render = np.where(labels[..., None] > 0, rng.integers(76, 256, (256, 256, 1)), 0).astype(np.uint8)
     return FaceParts(image, np.zeros((68, 2)), labels, np.repeat(render, 3, axis=2))
+
+
+def vq_bf16_figures(vq: nn.Module, image: torch.Tensor) -> dict:
+    """`--vq-dtype bf16` against float32 on one image: encode/decode seconds, the relative L2 of the
+    latent, the share of codebook indices that change, and the 8-bit image difference of decoding the
+    float32 latent (same codes) and of the whole round trip (image -> latent -> image)."""
+    half = vqmod.cast_vq(copy.deepcopy(vq), torch.bfloat16)
+    with torch.inference_mode():
+        vqmod.encode(half, image)
+        encode_s = timed(lambda: vqmod.encode(half, image), 2)
+        latent32, latent16 = vqmod.encode(vq, image), vqmod.encode(half, image)
+        vqmod.decode(half, latent32)
+        decode_s = timed(lambda: vqmod.decode(half, latent32), 2)
+        image32, codes32 = vqmod.decode_with_indices(vq, latent32)
+        same_codes, _ = vqmod.decode_with_indices(half, latent32)
+        round_trip, codes16 = vqmod.decode_with_indices(half, latent16)
+
+    def eight_bit(a: torch.Tensor, b: torch.Tensor) -> dict:
+        pa, pb = (np.stack(to_uint8_images(x)).astype(np.int16) for x in (a, b))
+        diff = np.abs(pa - pb)
+        return {
+            "mean": float(diff.mean()),
+            "max": int(diff.max()),
+            "share_differing": float((diff > 0).mean()),
+        }
+
+    return {
+        "encode_s": encode_s,
+        "decode_s": decode_s,
+        "latent_rel_l2": float((latent16 - latent32).norm() / latent32.norm()),
+        "codes_changed_share": float((codes16 != codes32).float().mean()),
+        "decode_8bit_diff": eight_bit(same_codes, image32),
+        "round_trip_8bit_diff": eight_bit(round_trip, image32),
+    }
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -218,6 +254,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 timed step, compiled at batch 1 only")
     parser.add_argument("--no-compile", action="store_true", help="eager timings only")
     parser.add_argument("--json", action="store_true", help="also print all figures as one JSON object")
+    parser.add_argument("--only-vq", action="store_true", help="stop after the VQ figures (fp32 and bf16)")
     parser.add_argument("--write-model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
@@ -289,6 +326,17 @@ def main() -> None:
     report["prepare_source_s"], report["prepare_reference_s"] = prep_source_s, prep_reference_s
     print(f"VQ encode, one 256² image:            {encode_s:6.2f} s")
     print(f"VQ decode, one latent (+ snapping):   {decode_s:6.2f} s")
+    vq16 = report["vq_bf16"] = vq_bf16_figures(vq, image)
+    print(
+        f"VQ in bf16 (--vq-dtype bf16): encode {vq16['encode_s']:.2f} s, decode {vq16['decode_s']:.2f} s; "
+        f"latent rel. L2 {vq16['latent_rel_l2']:.1e}, {vq16['codes_changed_share']:.1%} of codes change; "
+        f"8-bit difference, decode of the same latent: mean {vq16['decode_8bit_diff']['mean']:.2f} "
+        f"max {vq16['decode_8bit_diff']['max']}; round trip: mean {vq16['round_trip_8bit_diff']['mean']:.2f} "
+        f"max {vq16['round_trip_8bit_diff']['max']}"
+    )
+    if args.only_vq:
+        print(json.dumps(report) if args.json else "")
+        return
     print(f"IDA reference encoder, one face:      {ref_encoder_s:6.2f} s")
     print(f"prepare_source  (VQ encode of I_bg):  {prep_source_s:6.2f} s per source face (once per face)")
     print(

@@ -121,6 +121,7 @@ class ShmtEngine(Engine[SourceState, ReferenceState]):
             f"shmt engine: level {self.level}, device {self.device}, dtype {self.config.dtype}, "
             f"{torch.get_num_threads()} threads, compile {'on' if compiled else 'off'}, "
             f"sampler {self.config.sampler} {self.config.steps} steps, batch {self.batch_size}"
+            + (f", vq {self.config.vq_dtype}" if self.config.vq_dtype != "fp32" else "")
         )
 
     def settings(self) -> dict[str, Any]:
@@ -137,6 +138,8 @@ class ShmtEngine(Engine[SourceState, ReferenceState]):
             out["mix"] = self.config.mix
         if self.config.sampler != "ddim":  # absent for the default, so earlier runs' settings still match
             out["sampler"] = self.config.sampler
+        if self.config.vq_dtype != "fp32":  # likewise
+            out["vq_dtype"] = self.config.vq_dtype
         return out
 
     @torch.inference_mode()
@@ -206,7 +209,7 @@ class ShmtEngine(Engine[SourceState, ReferenceState]):
 
     def _encode(self, image: torch.Tensor) -> torch.Tensor:
         # Contiguous: the representations are permuted numpy arrays (channels_last strides), see above.
-        return vqmod.encode(self.vq, image.to(self.device).contiguous()).float().cpu()
+        return vqmod.encode(self.vq, image.to(self.device).contiguous()).cpu()
 
     def collate(
         self, jobs: Sequence[PairJob], x_T: torch.Tensor | None = None, rows: int | None = None

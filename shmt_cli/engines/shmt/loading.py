@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from shmt_cli.checkpoint import CheckpointError
 from shmt_cli.engines.base import EngineUnavailable
+from shmt_cli.engines.shmt import vq as vqmod
 from shmt_cli.engines.shmt import weights as W
 from shmt_cli.engines.shmt.config import VARIANT_LEVELS, VariantConfig, variant_config
 from shmt_cli.engines.shmt.ida import load_official_ida
@@ -202,6 +203,8 @@ def load_parts(
     # The VQ stays in contiguous format: torch's CPU GroupNorm on channels_last tensors drifts by up
     # to 0.2 at the encoder's first norm (its large-mean 256² maps), 0.02 on the latents.
     vq = W.load_vq_model(folder).to(device)
+    if settings.vq_dtype != "fp32":
+        vqmod.cast_vq(vq, DTYPES[settings.vq_dtype])
     vq.eval().requires_grad_(False)
     hashes = {installed[v].file: installed[v].sha256 for v in needed}
     hashes[W.VQ_FILE] = vq_entry.sha256

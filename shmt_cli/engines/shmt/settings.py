@@ -13,6 +13,8 @@ from shmt_cli.engines.shmt.sampler import ODE_START, SAMPLERS
 LEVELS = ("h0", "h4", "mix")
 IDA_FORMS = ("released", "paper")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: What the VQ autoencoder may run in (its codebook snapping always stays float32).
+VQ_DTYPES = ("fp32", "bf16")
 #: The denoiser's name of each user-facing IDA form.
 DENOISER_FORM: dict[str, IdaForm] = {"released": "release", "paper": "train"}
 #: The official two-model blend: model 1 (EMA weights) = SHMT-h4, model 2 (raw weights) = SHMT-h0.
@@ -31,7 +33,9 @@ class ShmtSettings:
     "auto" (cuda if available), "cpu", "cuda", "cuda:1", ... dtype: "fp32", "bf16" (UNet weights in
     bf16), "fp16" (UNet under autocast; needs CUDA). compile: torch.compile the UNet (None = on for
     CUDA, off for CPU). sampler: "ddim" (official, default) or "dpmpp" (DPM-Solver++ 2M, same ODE; 20
-    steps land closer to its solution than DDIM's 50, see tools/sampler_accuracy.py).
+    steps land closer to its solution than DDIM's 50, see tools/sampler_accuracy.py). vq_dtype: "fp32"
+    (default) or "bf16" for the VQ encoder/decoder (faster where bf16 is native; images differ from
+    fp32 by about one 8-bit level, see tools/bench_shmt.py).
     """
 
     level: str = ""
@@ -44,6 +48,7 @@ class ShmtSettings:
     dtype: str = "fp32"
     compile: bool | None = None
     sampler: str = "ddim"
+    vq_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.level not in ("", *LEVELS):
@@ -62,6 +67,8 @@ class ShmtSettings:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
+        if self.vq_dtype not in VQ_DTYPES:
+            raise ValueError(f"--vq-dtype must be fp32 or bf16, got {self.vq_dtype!r}")
         if self.device != "auto":
             try:
                 torch.device(self.device)

@@ -363,13 +363,30 @@ def run_decoder(decoder: nn.Module, latent: torch.Tensor) -> torch.Tensor:
     return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
 
 
+def cast_vq(vq: VQModel, dtype: torch.dtype) -> VQModel:
+    """Cast the encoder, decoder and their 1x1 convolutions to `dtype` (in place; returns `vq`).
+
+    The codebook stays float32: snapping compares squared distances that bf16 would round into
+    ties, so the codes would change far more than the convolutions' rounding changes the images.
+    """
+    for part in (vq.encoder, vq.quant_conv, vq.post_quant_conv, vq.decoder):
+        part.to(dtype=dtype)
+    return vq
+
+
+def vq_dtype(vq: VQModel) -> torch.dtype:
+    """The dtype the VQ's convolutions run in (see `cast_vq`)."""
+    return vq.quant_conv.weight.dtype
+
+
 @torch.no_grad()
 def encode(vq: VQModel, image: torch.Tensor) -> torch.Tensor:
-    """Image (B, 3, H, W) float in [-1, 1] -> unquantised latent (B, 3, H/4, W/4) float.
+    """Image (B, 3, H, W) float in [-1, 1] -> unquantised latent (B, 3, H/4, W/4) float32.
 
-    ``quant_conv(encoder(x))``, scale factor 1 (SHMT never rescales its latents).
+    ``quant_conv(encoder(x))``, scale factor 1 (SHMT never rescales its latents). A VQ cast with
+    `cast_vq` runs in its dtype; the latent is returned in float32 either way.
     """
-    return vq.quant_conv(run_encoder(vq.encoder, image))
+    return vq.quant_conv(run_encoder(vq.encoder, image.to(vq_dtype(vq)))).float()
 
 
 def _nearest_code(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -403,13 +420,14 @@ def quantize(vq: VQModel, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 @torch.no_grad()
 def decode_with_indices(vq: VQModel, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``decode`` that also returns the codebook indices (B, h, w) int64 it snapped to."""
-    z_q, indices = quantize(vq, latent)
-    return run_decoder(vq.decoder, vq.post_quant_conv(z_q)), indices
+    z_q, indices = quantize(vq, latent.float())
+    image = run_decoder(vq.decoder, vq.post_quant_conv(z_q.to(vq_dtype(vq))))
+    return image.float(), indices
 
 
 @torch.no_grad()
 def decode(vq: VQModel, latent: torch.Tensor) -> torch.Tensor:
-    """Latent (B, 3, h, w) -> image (B, 3, 4h, 4w) float, nominally [-1, 1], NOT clamped.
+    """Latent (B, 3, h, w) -> image (B, 3, 4h, 4w) float32, nominally [-1, 1], NOT clamped.
 
     Quantise, then ``post_quant_conv``, then the decoder, as LDM's ``decode_first_stage``.
     """
