@@ -6,7 +6,7 @@ FACES_DIR defaults to ../shared/faces (folders */images with the photos and */se
 PNGs of the official FaceParsing.PyTorch parser). Each photo is parsed as it is (unaligned, at its own
 size); the reference map is resized to the photo's size with nearest and both are compared there.
 Prints per-image IoUs, the per-class mean over the photos (also pooled over all pixels, and per photo
-folder), and the mean of the class means, plus the parse time per photo.
+folder), and the mean of the class means, plus the median parse CPU time per photo (one thread).
 
 --method picks the parser (parse_face's method; default rules). The shipped network (--method=net)
 was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
@@ -78,7 +78,7 @@ def evaluate(
     details: list[tuple[str, str, int, int]] | None = None,
     parse=None,
 ) -> tuple[dict[str, list[float]], float]:
-    """Per-region lists of IoUs over the photos and the mean parse CPU time in seconds.
+    """Per-region lists of IoUs over the photos and the median parse CPU time in seconds.
 
     size: when given, photos are resized to size x size (area filter) before parsing.
     details: when given, gets one (folder, region, intersection, union) pixel count per photo and
@@ -113,7 +113,7 @@ def evaluate(
             cells = "  ".join(f"{name} {value:.3f}" for name, value in row.items())
             name = f"{image_path.parent.parent.name}/{image_path.name}"
             print(f"{name:<28} {cells}")
-    return scores, float(np.mean(seconds)) if seconds else float("nan")
+    return scores, float(np.median(seconds)) if seconds else float("nan")
 
 
 # ---- nose shape: a mean CelebAMask nose in landmark-normalised coordinates
@@ -256,7 +256,7 @@ def main(argv: list[str]) -> int:
             cells += f" {np.mean(per_photo):10.3f}" if per_photo else f" {'-':>10}"
         print(f"{name:<8} {value:8.3f} {len(scores[name]):6d} {pooled:7.3f}{cells}")
     print(f"{'mean':<8} {np.mean(list(means.values())):8.3f}")
-    print(f"parse CPU time {seconds * 1000:.1f} ms per photo (mean over {len(pairs)})")
+    print(f"parse CPU time {seconds * 1000:.1f} ms per photo (median over {len(pairs)})")
     return 0
 
 

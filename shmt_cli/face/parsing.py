@@ -53,6 +53,9 @@ from shmt_cli.face.parsing_skin import (
 
 # Faces with a larger interocular distance (px) are parsed at this size and the labels scaled back.
 PARSE_MAX_INTEROCULAR = 160.0
+# Window around a part's landmarks (interocular distances, plus 8 px for the blurs) where the part is
+# refined: wider than its outline, search band and colour samples, so the result is the whole image's.
+PART_WINDOW_PAD = 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -67,9 +70,10 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") ->
 
     rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
     method: "rules" (default) the rule-based parser (landmark outlines moved by colour, GrabCut skin
-    region); "net" that parse refined by the shipped network (shmt_cli/face/parsing_net.py). In 3-fold
-    held-out IoU on the dev photos (tools/parsing_train.py --kfold 3) the two are within about 0.01 of
-    each other per class, so the cheaper rules stay the default.
+    region); "net" the fast rules' parse (cheaper GrabCut) refined by the shipped network
+    (shmt_cli/face/parsing_net.py). In 3-fold held-out IoU on the dev photos (tools/parsing_train.py
+    --kfold 3) the two are within about 0.01 of each other per class, the network a little lower on
+    eyes, so the rules stay the default.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")
@@ -83,11 +87,13 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") ->
         from shmt_cli.face import parsing_net
 
         return parsing_net.refine_parse(rgb, lm)
-    return _parse_rules(rgb, lm)
+    return parse_rules(rgb, lm)
 
 
-def _parse_rules(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """The rule-based parser on the whole image."""
+def parse_rules(rgb: np.ndarray, lm: np.ndarray, fast: bool = False) -> np.ndarray:
+    """The rule-based parser on the whole image: (H, W) uint8 labels of rgb (H, W, 3) uint8 with (68, 2)
+    float64 landmarks (checked by parse_face). fast: the cheaper skin region (parsing_skin FAST_*), the
+    prior of the learned refinement."""
     height, width = rgb.shape[:2]
     labels = np.zeros((height, width), np.uint8)
     # Everything happens inside the region where face and hair may be, so the cost does not grow with
@@ -109,16 +115,16 @@ def _parse_rules(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
         small_size = (max(2, round(roi_w * factor)), max(2, round(roi_h * factor)))
         small = cv2.resize(roi, small_size, interpolation=cv2.INTER_AREA)
         scaled_lm = (roi_lm + 0.5) * np.array([small_size[0] / roi_w, small_size[1] / roi_h]) - 0.5
-        small_labels = _parse_roi(small, scaled_lm)
+        small_labels = _parse_roi(small, scaled_lm, fast)
         labels[top:bottom, left:right] = cv2.resize(
             small_labels, (roi_w, roi_h), interpolation=cv2.INTER_NEAREST
         )
     else:
-        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm)
+        labels[top:bottom, left:right] = _parse_roi(roi, roi_lm, fast)
     return labels
 
 
-def _parse_roi(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
+def _parse_roi(rgb: np.ndarray, lm: np.ndarray, fast: bool) -> np.ndarray:
     """The rule-based parser on an image cropped around the face (landmarks in the crop's pixels)."""
     shape = rgb.shape[:2]
     frame = Frame(lm)
@@ -126,7 +132,7 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
 
     labels = np.zeros(shape, np.uint8)
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    face = skin_region(rgb, frame)
+    face = skin_region(rgb, frame, fast)
     labels[hair_region(lab, face, frame)] = HAIR
     labels[face] = SKIN
 
@@ -140,15 +146,39 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray) -> np.ndarray:
     labels[face & beside[1] & ~below_jaw] = L_EAR
 
     labels[fill_polygon(shape, nose_polygon(frame))] = NOSE
-    labels[brow_region(lab, lm[17:22], frame, inner_first=False)] = R_BROW
-    labels[brow_region(lab, lm[22:27], frame, inner_first=True)] = L_BROW
-    labels[eye_region(lab, lm[36:42], frame)] = R_EYE
-    labels[eye_region(lab, lm[42:48], frame)] = L_EYE
-    upper, lower, mouth = mouth_regions(lab, lm, iod)
-    labels[upper] = U_LIP
-    labels[lower] = L_LIP
-    labels[mouth] = MOUTH
+    # Each part is refined inside a window around its landmarks (all its evidence lies within a
+    # fraction of the interocular distance), which costs a fraction of the whole region's pixels.
+    pad = PART_WINDOW_PAD * iod + 8
+    for part, label, inner_first in (
+        (slice(17, 22), R_BROW, False),
+        (slice(22, 27), L_BROW, True),
+        (slice(36, 42), R_EYE, None),
+        (slice(42, 48), L_EYE, None),
+    ):
+        rows, cols, offset = _part_window(shape, lm[part], pad)
+        sub_lm = lm - offset
+        if inner_first is None:
+            mask = eye_region(lab[rows, cols], sub_lm[part], Frame(sub_lm))
+        else:
+            mask = brow_region(lab[rows, cols], sub_lm[part], Frame(sub_lm), inner_first=inner_first)
+        labels[rows, cols][mask] = label
+    rows, cols, offset = _part_window(shape, lm[48:68], pad)
+    upper, lower, mouth = mouth_regions(lab[rows, cols], lm - offset, iod)
+    window = labels[rows, cols]
+    window[upper] = U_LIP
+    window[lower] = L_LIP
+    window[mouth] = MOUTH
     return labels
+
+
+def _part_window(shape: tuple[int, int], points: np.ndarray, pad: float) -> tuple[slice, slice, np.ndarray]:
+    """Row and column slices of the (H, W) image around (K, 2) points grown by pad px, and the window's
+    top-left corner (x, y) as float64 (integers, so that shifted outlines round as before)."""
+    left, top = np.maximum(np.floor(points.min(axis=0) - pad).astype(int), 0)
+    right, bottom = np.ceil(points.max(axis=0) + pad).astype(int) + 1
+    right, bottom = min(int(right), shape[1]), min(int(bottom), shape[0])
+    left, top = min(int(left), right), min(int(top), bottom)
+    return slice(top, bottom), slice(left, right), np.array([left, top], np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------

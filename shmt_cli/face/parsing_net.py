@@ -1,12 +1,12 @@
 """Learned refinement of the rule-based face parsing: a compact CNN over the photo and the rules' parse.
 
 The face is resampled into a canonical crop (`CROP_SIZE` px square, fixed box of the landmark face
-frame), where the rule-based parse (`parse_face` method "rules": landmark parts moved by colour,
-GrabCut skin region, hair) is the prior. The network sees the crop's RGB, its Lab relative to the
-face's skin, the prior as one-hot channels and the face-frame coordinates, and predicts a residual
-over the prior's own logits for the 19 CelebAMask-HQ classes per crop pixel; they are resampled back
-onto the photo (bilinear), the prior's logits are added at the photo's resolution, and the arg-max is
-the label. Pixels outside the crop are background.
+frame), where the rule-based parse (`parsing.parse_rules` with fast=True: landmark parts moved by
+colour, a cheaper GrabCut skin region, hair) is the prior. The network sees the crop's RGB, its Lab
+relative to the face's skin, the prior as one-hot channels and the face-frame coordinates, and
+predicts a residual over the prior's own logits for the 19 CelebAMask-HQ classes per crop pixel; they
+are resampled back onto the photo (bilinear), the prior's logits are added at the photo's resolution,
+and the arg-max is the label. Outside the crop the prior's labels stay.
 
 The weights (`parsing_net.safetensors`, beside this module) are written by tools/parsing_train.py,
 which states their data (the dev photos with the official parser's maps) and objective.
@@ -58,6 +58,8 @@ SKIN_SAMPLE_BOX = (-0.8, 0.8, 0.1, 0.9)
 IN_CHANNELS = 3 + 3 + len(PRIOR_CLASSES) + 2
 PRIOR_START = 6
 WIDTHS = (8, 16, 32, 64)
+# Initial logit of a prior part's own class (the face region channel gives skin 2, background 1).
+PRIOR_PART_LOGIT = 4.0
 
 # Label ids exchanged by a horizontal flip (subject's left <-> right).
 FLIP_PAIRS = (
@@ -217,7 +219,7 @@ class ParsingNet(nn.Module):
             # Mild: the residual must be able to overrule the prior where the image disagrees.
             self.prior_logits.bias[Label.BACKGROUND] = 1.0
             for channel, cls in enumerate(PRIOR_CLASSES):
-                self.prior_logits.weight[cls, channel] = 2.0 if channel == 0 else 4.0
+                self.prior_logits.weight[cls, channel] = 2.0 if channel == 0 else PRIOR_PART_LOGIT
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 19, S, S) correction the image makes to the prior's logits."""
@@ -355,10 +357,10 @@ def prepare_crop(
     rgb: np.ndarray, landmarks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(affine image -> crop, crop RGB (S, S, 3) uint8, prior in the crop (S, S) uint8, prior at the
-    image's resolution (H, W) uint8) of one face."""
+    image's resolution (H, W) uint8) of one face; the prior is the fast rule-based parse."""
     affine = crop_affine(landmarks)
     crop = warp_to_crop(rgb, affine)
-    prior = parsing.parse_face(rgb, landmarks, method="rules")
+    prior = parsing.parse_rules(rgb, np.asarray(landmarks, np.float64), fast=True)
     return affine, crop, warp_to_crop(prior, affine, nearest=True), prior
 
 

@@ -56,24 +56,31 @@ NECK_MAHA = 128.0
 HEAD_MAHA = 12.0
 ALLOWED_GROW = 0.15
 GRABCUT_ITERS = 4
+# Cheaper settings for the prior of the learned refinement (parsing_net.py), which corrects the skin
+# region itself: about a quarter of GrabCut's cost for ~0.003 less M_face IoU from the rules alone.
+FAST_WORK_INTEROCULAR = 40.0
+FAST_GRABCUT_ITERS = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
 # image-driven skin region
 
 
-def skin_region(rgb: np.ndarray, frame: Frame) -> np.ndarray:
+def skin_region(rgb: np.ndarray, frame: Frame, fast: bool = False) -> np.ndarray:
     """Boolean (H, W) face region (skin, nose, brows, eyes, lips, mouth, ears, neck) grown from the image.
 
     Works at a reduced scale (interocular distance WORK_INTEROCULAR px). A Gaussian skin model in Lab is
     fitted to the landmark face interior (eyes, brows and mouth cut out); its Mahalanobis distance picks
     which pixels of a generous head-and-neck prior start as probable face, and GrabCut (colour GMMs for
     face and surroundings plus a contrast-sensitive smoothness term) settles the boundary against hair,
-    background and clothes.
+    background and clothes. fast: the cheaper FAST_* working scale and GrabCut iterations.
     """
     height, width = rgb.shape[:2]
+    work_iod, iters = (
+        (FAST_WORK_INTEROCULAR, FAST_GRABCUT_ITERS) if fast else (WORK_INTEROCULAR, GRABCUT_ITERS)
+    )
     # Downscale large faces; never upscale small ones (that would only add pixels).
-    scale = min(1.0, WORK_INTEROCULAR / frame.iod)
+    scale = min(1.0, work_iod / frame.iod)
     small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
     small = cv2.resize(
         rgb, (small_w, small_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
@@ -144,7 +151,7 @@ def skin_region(rgb: np.ndarray, frame: Frame) -> np.ndarray:
         cv2.setRNGSeed(20241211)
         crop_fg = (crop_mask == cv2.GC_FGD) | (crop_mask == cv2.GC_PR_FGD)
         if crop_fg.any() and not crop_fg.all():
-            cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, iters, cv2.GC_INIT_WITH_MASK)
             mask[top:bottom, left:right] = crop_mask
     face = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     # GrabCut's colour mixtures can leak into similar hair or clothes far from the face: the prior
@@ -212,9 +219,12 @@ def hair_region(lab: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
     """
     iod = frame.iod
     grown = cv2.dilate(face.astype(np.uint8), disk(max(1, round(0.12 * iod)))).astype(bool)
-    ys, xs = np.mgrid[0 : face.shape[0], 0 : face.shape[1]]
+    # The rim around the face, kept above the eyes (face-frame v computed for the rim's pixels only).
+    ys, xs = np.nonzero(grown & ~face)
     local_v = (np.stack([xs, ys], axis=-1) - frame.origin) @ frame.v / iod
-    band = grown & ~face & (local_v < -0.3)
+    band = np.zeros_like(face)
+    above = local_v < -0.3
+    band[ys[above], xs[above]] = True
     if band.sum() < 20:
         return np.zeros_like(face)
     samples = trim_outliers(lab[band], 3.0)
