@@ -149,6 +149,83 @@ def test_grayscale_source_gets_lightness_only_and_a_note(face):
     assert not coloured.grayscale and coloured.note == ""
 
 
+def _skin_interior(labels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Face skin well inside its border and off the eye-shadow area (where the foundation shows)."""
+    skin = cv2.erode(np.isin(labels, (SKIN, NOSE)).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    return skin & ~(
+        cv2.dilate(eye_shadow_mask(landmarks, labels.shape).astype(np.uint8), np.ones((9, 9))) > 0
+    )
+
+
+def test_pale_foundation_does_not_gray_a_darker_face(face):
+    rgb, labels, landmarks = face
+    lab = rgb_to_lab(rgb)
+    skin = np.isin(labels, (SKIN, NOSE))
+    lab[skin] = (88.0, 3.0, 5.0)  # porcelain: very light and nearly gray
+    result = rgb_to_lab(_run(face, (lab_to_rgb(lab), labels, landmarks), "h0"))
+    inside = _skin_interior(labels, landmarks)
+    source_chroma = np.median(np.hypot(*rgb_to_lab(rgb)[inside][:, 1:].T))
+    result_chroma = np.median(np.hypot(*result[inside][:, 1:].T))
+    # The lightness shift is capped, so the pale foundation's chroma on the darker face read as gray
+    # (before: median chroma ~6 on a ~20 face); now it drops by about the cap (6) at most.
+    assert result_chroma > source_chroma - 7.0, (source_chroma, result_chroma)
+
+
+def test_half_lit_reference_leaves_no_colour_step(face):
+    rgb, labels, landmarks = face
+    skin = np.isin(labels, (SKIN, NOSE))
+    noise = np.random.default_rng(0).normal(0.0, 1.0, (SIZE, SIZE, 3)).astype(np.float32)
+    # An evenly made-up reference lit from the image right: its left third in shadow, darker and, as in
+    # photos, more saturated (on one dev reference chroma 34 at L 66 against 14 at L 90), the light
+    # falling off over a few pixels beside the nose.
+    cut = landmarks[31, 0]
+    shade = 1.0 / (1.0 + np.exp((np.arange(SIZE, dtype=np.float32) - cut) / 3.0))[None, :, None]
+    lit, shadow = np.float32((80.0, 8.0, 12.0)), np.float32((58.0, 20.0, 28.0))
+    lab = rgb_to_lab(rgb)
+    lab[skin] = (lit + shade * (shadow - lit) + noise)[skin]
+    result = rgb_to_lab(_run(face, (lab_to_rgb(lab), labels, landmarks), "h0"))
+    inside = cv2.erode(skin.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    columns = np.arange(SIZE)[None, :]
+    rows = (np.arange(SIZE)[:, None] > landmarks[28, 1]) & (np.arange(SIZE)[:, None] < landmarks[57, 1])
+    # Pixels of both sides that the source shows equally lit (its own shadows may take the shadow's
+    # colour: that is the source's lighting, not the reference's).
+    source_l = rgb_to_lab(rgb)[..., 0]
+    near = inside & rows & (np.abs(columns - cut) <= 12) & (np.abs(columns - cut) > 4)
+    lit_alike = np.abs(source_l - np.median(source_l[near])) < 5.0
+    left = near & lit_alike & (columns < cut)
+    right = near & lit_alike & (columns > cut)
+    assert left.sum() > 20 and right.sum() > 20
+    step = np.linalg.norm(result[left][:, 1:].mean(0) - result[right][:, 1:].mean(0))
+    reference_step = np.linalg.norm(lab[left][:, 1:].mean(0) - lab[right][:, 1:].mean(0))
+    # Before: the shadow's colour was copied, a step of most of the reference's (~18 a*/b* units).
+    assert step < 0.3 * reference_step, (step, reference_step)
+
+
+@pytest.mark.parametrize("level", ["h1", "h3"])
+def test_reference_contour_is_not_drawn_on_the_source(face, level):
+    rgb, labels, landmarks = face
+    lab = rgb_to_lab(rgb)
+    skin = np.isin(labels, (SKIN, NOSE))
+    # The reference's jaw shadow inside what the parser called skin: below an arc across the chin the
+    # skin is 12 L darker (a step edge, as under a real jaw line).
+    ys, xs = np.indices(labels.shape)
+    width = landmarks[16, 0] - landmarks[0, 0]
+    centre = (landmarks[57] + landmarks[8]) / 2
+    below = skin & (ys > centre[1] - 0.8 * (xs - centre[0]) ** 2 / width)
+    assert below.sum() > 100
+    contoured = lab.copy()
+    contoured[below, 0] -= 12.0
+    plain = rgb_to_lab(_run(face, (lab_to_rgb(lab), labels, landmarks), level))
+    result = rgb_to_lab(_run(face, (lab_to_rgb(contoured), labels, landmarks), level))
+    edge = skin & (cv2.dilate(below.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    edge &= cv2.erode(below.astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    # The darker reference skin lowers the foundation's one tone shift a little, everywhere alike.
+    shift = np.median(result[skin, 0] - plain[skin, 0])
+    drawn = np.abs(result[edge, 0] - plain[edge, 0] - shift)
+    # Before: the step's fine bands drew a line along it (95th percentile ~5 L); skin takes texture only.
+    assert np.percentile(drawn, 95) < 1.5, (np.percentile(drawn, 95), shift)
+
+
 def test_off_colour_pixels_joined_to_a_flagged_core_are_flagged_with_it():
     from shmt_cli.engines.classic_regions import OutlierLimits, flag_outliers
 

@@ -49,7 +49,19 @@ from shmt_cli.engines.classic_regions import (
     soft_inner,
     specular_highlights,
 )
-from shmt_cli.engines.classic_texture import blur, fill_region, fine_details, guard_dark_detail, smooth
+from shmt_cli.engines.classic_skin import (
+    canonical_colour,
+    chroma_floor,
+    fit_shading,
+)
+from shmt_cli.engines.classic_texture import (
+    blur,
+    fill_region,
+    fine_details,
+    guard_dark_detail,
+    smooth,
+    structure_gate,
+)
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
 
 __all__ = [
@@ -91,6 +103,10 @@ _PAINTABLE_RAMP = 0.015
 # at h0..h1 (pores, glitter, painted lines): its coarser bands are the reference's facial relief
 # (nose and cheek shading, folds), which would carry the reference's identity over.
 _TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
+# Even those bands carry structure where either face has an edge (the reference's jaw contour, a fold):
+# skin texture fades where the lightness difference's smooth gradient reaches this (L units per pixel;
+# see classic_texture.structure_gate).
+_STRUCTURE_LIMIT = 0.5
 # Brightness changes of the skin are split with the source: full foundation lightness on a differently
 # lit reference photo would relight the face.
 _SKIN_TONE_GAIN = 0.5
@@ -148,9 +164,9 @@ class ClassicParams:
 class PreparedReference:
     """A reference face ready to be paired with many sources.
 
-    stack: (H, W, 3 + 3R) float32: CIELAB, then per entry of `_REFERENCE_CHANNELS` a colour validity
+    stack: (H, W, 3 + 3R + 2) float32: CIELAB, then per entry of `_REFERENCE_CHANNELS` a colour validity
     channel, then per entry a texture validity channel, then per entry a lightness validity channel
-    (soft masks in [0, 1]);
+    (soft masks in [0, 1]), then the skin's a*/b* without its lighting's steps (classic_skin);
     region_means: region -> (3,) float32 mean reference Lab colour of that region (None when absent).
     """
 
@@ -238,8 +254,17 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
         for name, mask in zip(_REFERENCE_CHANNELS, parsed, strict=True)
     ]
     lightness_validity = [valid * kept for valid, kept in zip(texture_validity, keep, strict=True)]
+    shadow = eye_shadow_mask(landmarks, labels.shape)
+    # The skin's colour as a function of the photo's lighting, fitted on trusted skin off the eye
+    # shadow (makeup, not lighting, darkens that).
+    shading = fit_shading(lab, colour_sources[0] & regions["skin"][1] & ~shadow, width)
     stack = np.concatenate(
-        [lab, np.stack(colour_validity + texture_validity + lightness_validity, axis=-1)], axis=-1
+        [
+            lab,
+            np.stack(colour_validity + texture_validity + lightness_validity, axis=-1),
+            canonical_colour(lab, shading, width),
+        ],
+        axis=-1,
     )
     stack = stack.astype(np.float32)
     means: dict[str, np.ndarray | None] = {}
@@ -247,7 +272,7 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
         channel = _REFERENCE_CHANNEL_OF[name]
         inside = colour_sources[channel] & regions[_REFERENCE_CHANNELS[channel]][1]
         if name == "eyes":
-            inside = inside & eye_shadow_mask(landmarks, labels.shape)
+            inside = inside & shadow
         means[name] = lab[inside].mean(axis=0) if inside.any() else None
     return PreparedReference(np.asarray(landmarks, dtype=np.float64), stack, MappingProxyType(means))
 
@@ -364,6 +389,8 @@ def transfer_prepared(
                 limit = np.float32(_SKIN_TONE_LIMIT)
                 region_tone = np.clip(region_tone * np.float32(_SKIN_TONE_GAIN), -limit, limit)
 
+        if name == "skin":
+            filled_ab = _foundation_colour(warped[..., -2:], valid, mean, src_lab, scale)
         result_lab[..., 1:] += weight[..., None] * (filled_ab - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
         for depth, texture_weight in texture_weights.items():
@@ -375,6 +402,8 @@ def transfer_prepared(
     # Texture: the reference-minus-source lightness band-limited to the bands finer than the level,
     # used only where the warped reference really shows the region (filled-in areas carry no texture).
     textures = fine_details(region_lightness - src_l, params.level_index, depths)
+    # Skin takes texture, not structure (see _STRUCTURE_LIMIT).
+    texture_weights[_TEXTURE_DEPTH["skin"]] *= structure_gate(region_lightness - src_l, _STRUCTURE_LIMIT)
     texture = sum(texture_weights[depth] * detail for depth, detail in zip(depths, textures, strict=True))
     texture = guard_dark_detail(texture, src_l, source.nose[window], scale)
     result_lab[..., 0] = src_l + tone + texture
@@ -391,3 +420,16 @@ def transfer_prepared(
     else:
         result_window[painted] = lab_to_rgb(result_lab[painted])
     return result
+
+
+def _foundation_colour(
+    canonical: np.ndarray, valid: np.ndarray, mean: np.ndarray, src_lab: np.ndarray, scale: float
+) -> np.ndarray:
+    """(h, w, 2) a*/b* the skin takes: the reference's skin colour without its lighting's steps (filled
+    where it lacks skin), its chroma kept from falling far below the source's.
+
+    canonical: (h, w, 2) warped `canonical_colour`; valid: (h, w) its colour trust; mean: (3,) the
+    reference skin's mean Lab; src_lab: (h, w, 3).
+    """
+    filled = fill_region(canonical, valid, mean[1:], _FILL["skin"] * scale)
+    return chroma_floor(filled, blur(np.ascontiguousarray(src_lab[..., 1:]), _FILL["skin"] * scale))

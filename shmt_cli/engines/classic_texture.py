@@ -22,6 +22,10 @@ _FILL_PRIOR = 1e-3
 # L units and more is fully guarded; nostrils are 10-30 L units below theirs.
 _DARK_SIGMA = 0.06
 _DARK_FULL = 5.0
+# Structure: the lightness difference's gradient at this scale (Gaussian sigma, px) at which a pore, a
+# glitter speck or a fine painted pattern has faded and an edge (a jaw contour, a fold, a shadow's
+# border) has not. In pixels, not face widths: the texture bands it guards (h0, h1) are pixel scales.
+_STRUCTURE_SIGMA = 2.0
 
 
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -91,3 +95,20 @@ def guard_dark_detail(
     darkness = blur(source_l, _DARK_SIGMA * width) - source_l
     guard = np.clip(darkness / np.float32(_DARK_FULL), 0.0, 1.0) * where
     return texture - guard * np.maximum(texture, 0.0)
+
+
+def structure_gate(difference: np.ndarray, limit: float) -> np.ndarray:
+    """(h, w) float32 in (0, 1]: 1 where the lightness `difference` (reference minus source, L units)
+    has no structure, falling as 1 / (1 + (g / limit)²) with its gradient g (L units per pixel) at
+    `_STRUCTURE_SIGMA`, taken as the largest within a pixel (the fine bands of an edge reach a little
+    beyond its smoothed gradient).
+
+    Fine texture is pores, specks and fine patterns: they vanish at that scale. An edge of either face
+    (the reference's jaw contour or a fold, the source's own outline) does not, and its fine bands would
+    draw the reference's structure on the source or wipe out the source's.
+    """
+    smoothed = blur(difference, _STRUCTURE_SIGMA)
+    gx = cv2.Sobel(smoothed, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(smoothed, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    spread = cv2.dilate(gx * gx + gy * gy, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    return (1.0 / (1.0 + spread / np.float32(limit * limit))).astype(np.float32)
