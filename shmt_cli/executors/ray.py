@@ -352,8 +352,15 @@ class RayExecutor:
             num_cpus=1,
             num_gpus=self.gpus_per_worker or None,
         )
-        for row in dataset.iter_rows():
-            yield int(row["index"]), _outcome(row, out_dir), float(row["seconds"])
+        results = iter(dataset.iter_rows())
+        try:
+            for row in results:
+                yield int(row["index"]), _outcome(row, out_dir), float(row["seconds"])
+        finally:
+            # A run stopped early (exit 3, Ctrl-C) ends its actors now, not when the iterator is collected.
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
 
 
 def _faces_of(pairs: list[Pair], engine: Engine, settings: TransferSettings) -> list[dict[str, Any]]:
