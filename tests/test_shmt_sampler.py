@@ -236,7 +236,7 @@ def test_dpmpp_timesteps_start_where_ddim50_starts_and_end_at_alpha0() -> None:
 
 def test_dpmpp20_beats_ddim50_on_the_exact_gaussian_ode(alphas: torch.Tensor) -> None:
     """For Gaussian data the ε-predictor and the ODE solution are exact: DPM-Solver++ 2M (second order,
-    log-SNR steps) lands 20 steps closer to the solution than 50 DDIM (first order) steps."""
+    Karras steps) lands 20 steps closer to the solution than 50 DDIM (first order) steps."""
     gen = torch.Generator().manual_seed(7)
     mean = torch.randn(2, 3, 8, 8, generator=gen).double()
     std = 0.5
@@ -250,10 +250,11 @@ def test_dpmpp20_beats_ddim50_on_the_exact_gaussian_ode(alphas: torch.Tensor) ->
         return ((result.samples - exact).norm() / exact.norm()).item()
 
     errors = {(s, n): error(s, n) for s, n in [("ddim", 50), ("dpmpp", 10), ("dpmpp", 20)]}
-    # Measured: DDIM-50 3.1e-2, DPM++-10 6.0e-3, DPM++-20 3.8e-3 (steps uniform in t instead of λ: 5.8e-2).
-    assert errors["dpmpp", 20] * 4 <= errors["ddim", 50]
+    # Measured: DDIM-50 3.1e-2, DPM++-10 1.6e-2, DPM++-20 1.15e-2. On this smooth ODE steps even in
+    # log-SNR do better (DPM++-20 3.8e-3), on the UNets' rough ε(t) Karras steps do (sampler.py).
+    assert errors["dpmpp", 20] * 2.5 <= errors["ddim", 50]
     assert errors["dpmpp", 20] < errors["dpmpp", 10] < errors["ddim", 50]
-    assert errors["dpmpp", 20] < 1e-2
+    assert errors["dpmpp", 20] < 1.5e-2
 
 
 def test_sample_ode_runs_two_models_and_records_with_dpmpp() -> None:

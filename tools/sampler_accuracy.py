@@ -13,7 +13,10 @@ conditioning for every row; fp32; batch 1.
 
 Columns: model calls; relative L2 and max |Δ| of the final latent vs the reference; after VQ decode
 with codebook snapping, the share of latent positions whose code differs and the mean / max 8-bit
-pixel difference.
+pixel difference. Before the table, how smooth ε is in t for a fixed x: the ratio of its second to
+its first differences over 8 consecutive timesteps (near 0 for a smooth ε, near 1 or above when ε
+changes like a random walk from one timestep to the next, as with random weights: then no solver
+keeps its order, and the grid decides; see sampler.dpmpp_timesteps).
 
 Usage: python tools/sampler_accuracy.py [--size tiny|full|both] [--rows ddim:50,dpmpp:20,...]
                                         [--seed N] [--reference-cache DIR]
@@ -136,6 +139,17 @@ def hash_tensor(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
+def epsilon_roughness(eps_fn: EpsFn, x: torch.Tensor, starts: tuple[int, ...] = (900, 500, 100)) -> str:
+    """Mean |Δ²ε| / mean |Δε| over t = start..start+8 for a fixed x, per start, as text."""
+    cells = []
+    for start in starts:
+        eps = [eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long)) for t in range(start, start + 9)]
+        first = np.mean([(eps[i + 1] - eps[i]).norm().item() for i in range(8)])
+        second = np.mean([(eps[i + 2] - 2 * eps[i + 1] + eps[i]).norm().item() for i in range(7)])
+        cells.append(f"t≈{start}: {second / first:.2f}")
+    return ", ".join(cells)
+
+
 def run(name: str, engine: ShmtEngine, job: PairJob, rows: list[tuple[str, int]], cache: Path | None) -> None:
     batch = engine.collate([job])
     x_T = latent_noise(job.seed, tuple(batch.x_T.shape))
@@ -149,6 +163,7 @@ def run(name: str, engine: ShmtEngine, job: PairJob, rows: list[tuple[str, int]]
         ref_pixels = to_uint8_images(ref_image)[0].astype(np.int16)
         head = f"{name}, x_T seed {job.seed}: reference = DDIM over t = {ODE_START}..1"
         print(f"\n{head} ({ODE_START} calls, {how})")
+        print(f"  ε(t) roughness |Δ²ε|/|Δε| at x = x_T: {epsilon_roughness(eps_fn, x_T)}")
         header = ("sampler", "calls", "rel L2", "max|Δ|", "codes≠", "mean Δ8", "max Δ8")
         print("  " + " ".join(f"{h:>{w}s}" for h, w in zip(header, WIDTHS, strict=True)))
         for sampler, steps in rows:

@@ -24,9 +24,9 @@ S = 1000 cannot fit in 1..999, so it uses 0..999.
 The fast sampler ``dpmpp`` is DPM-Solver++ 2M (diffusers' ``DPMSolverMultistepScheduler``) on the
 same β schedule and float64-derived ᾱ. It solves the ODE the default official sampler solves: DDIM
 (eta 0) with 50 steps treats x_T as the sample at t = 981 and ends at ᾱ_0 = 0.9985, so DPM-Solver++
-starts at 981 too (timesteps evenly spaced in log-SNR from 981 to 1) and its last update lands on ᾱ_0
-("sigma_min"), not on σ = 0. ``tools/sampler_accuracy.py`` measures both against a DDIM solution
-with every integer timestep.
+starts at 981 too (timesteps on Karras et al.'s σ grid from 981 to 1, see `dpmpp_timesteps`) and its
+last update lands on ᾱ_0 ("sigma_min"), not on σ = 0. ``tools/sampler_accuracy.py`` measures both
+against a DDIM solution with every integer timestep.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ LINEAR_START = 0.0015
 LINEAR_END = 0.0195
 #: Where the ODE starts: x_T is the sample at the first timestep of the official 50-step DDIM.
 ODE_START = 981
+#: ρ of the DPM-Solver++ timestep grid: Karras et al. (2022)'s published value, not fitted here.
+KARRAS_RHO = 7.0
 #: Sampler names accepted by `sample_ode` (and ``--sampler``); ddim is the official one.
 SAMPLERS = ("ddim", "dpmpp")
 
@@ -143,23 +145,27 @@ def make_scheduler(steps: int) -> DDIMScheduler:
 
 
 def dpmpp_timesteps(steps: int) -> list[int]:
-    """``steps`` distinct timesteps from ODE_START (981) down to 1, descending, evenly spaced in
-    log-SNR λ = log(√ᾱ/√(1−ᾱ)) (each rounded to the nearest timestep).
+    """``steps`` distinct timesteps from ODE_START (981) down to 1, descending, on Karras et al.'s grid:
+    σ_i = (σ_max^(1/ρ) + i/(S−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ with σ = √((1−ᾱ)/ᾱ), ρ = `KARRAS_RHO`,
+    σ_max = σ(981), σ_min = σ(1), each rounded to the timestep of nearest σ.
 
-    DPM-Solver++ integrates in λ; on an exact Gaussian-data ODE, λ-uniform steps cut its error at 20
-    steps 15× against steps uniform in t (tests/test_shmt_sampler.py). Where rounding would merge two
-    steps (many steps), the grid is uniform in t instead.
+    Why this grid: ε enters the solution weighted by Δσ, so the steps where σ is large need to be short
+    too, while steps evenly spaced in log-SNR put most steps near t = 0. On the tiny golden weights
+    DPM-Solver++ 20 lands 1.6× closer to the 981-step solution on this grid than on the log-SNR one,
+    on the full-size random UNet 1.7× (tools/sampler_accuracy.py). Where rounding would merge two steps
+    (many steps), later steps move down by one.
     """
     if not 1 <= steps <= ODE_START:
         raise ValueError(f"DPM-Solver++ steps must be in 1..{ODE_START}, got {steps}")
     if steps == 1:
         return [ODE_START]
-    cumprod = ldm_schedule_buffers()["alphas_cumprod"].double().numpy()
-    lam = 0.5 * (np.log(cumprod) - np.log1p(-cumprod))  # increasing as t decreases
-    targets = np.linspace(lam[ODE_START], lam[1], steps)
-    grid = [int(np.argmin(np.abs(lam[: ODE_START + 1] - v))) for v in targets]
-    if len(set(grid)) != steps:
-        grid = [int(t) for t in np.linspace(ODE_START, 1, steps).round()]
+    cumprod = ldm_schedule_buffers()["alphas_cumprod"].double().numpy()[: ODE_START + 1]
+    sigma = np.sqrt((1.0 - cumprod) / cumprod)  # increasing with t
+    hi, lo = sigma[ODE_START] ** (1 / KARRAS_RHO), sigma[1] ** (1 / KARRAS_RHO)
+    targets = (hi + np.linspace(0.0, 1.0, steps) * (lo - hi)) ** KARRAS_RHO
+    grid = [int(np.argmin(np.abs(np.log(sigma[1:]) - np.log(v)))) + 1 for v in targets]
+    for i in range(1, steps):  # strictly descending, leaving room for the steps still to come
+        grid[i] = max(min(grid[i], grid[i - 1] - 1), steps - i)
     return grid
 
 

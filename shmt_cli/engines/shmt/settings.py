@@ -33,7 +33,7 @@ class ShmtSettings:
     "auto" (cuda if available), "cpu", "cuda", "cuda:1", ... dtype: "fp32", "bf16" (UNet weights in
     bf16), "fp16" (UNet under autocast; needs CUDA). compile: torch.compile the UNet (None = on for
     CUDA, off for CPU). sampler: "ddim" (official, default) or "dpmpp" (DPM-Solver++ 2M, same ODE; 20
-    steps land about as close to its solution as DDIM's 50, see tools/sampler_accuracy.py). vq_dtype: "fp32"
+    steps land closer to its solution than DDIM's 50, see tools/sampler_accuracy.py). vq_dtype: "fp32"
     (default) or "bf16" for the VQ encoder/decoder (faster where bf16 is native; images differ from
     fp32 by about one 8-bit level, see tools/bench_shmt.py).
     """
