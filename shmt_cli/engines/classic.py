@@ -108,11 +108,14 @@ _PAINTABLE_RAMP = 0.015
 # (nose and cheek shading, folds), which would carry the reference's identity over.
 _TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
 # Bands from this one on (h2: about 4 px and coarser on a 256 crop) are no finer than the fill's blur,
-# so the filled-in reference stands for the reference there: where the warped reference lacks the
-# region (a fold of the warp, a drip of lipstick the parser called skin), they come from the fill.
-# The finer bands do not (the fill has none; it would flatten the source's own). Without this the
-# source's own, lighter lip showed through such holes at h3/h4 as a patch with a seam.
+# so the filled-in reference stands for the reference there: where the warped reference lacks the lips
+# (a fold of the warp, a drip of lipstick the parser called skin) they come from the fill. The
+# finer bands do not (the fill has none; it would flatten the source's own). Without this the source's
+# own, lighter lip showed through such holes at h3/h4 as a patch with a seam.
 _FILLED_BANDS_FROM = 2
+# Regions whose coarser bands come from the fill wherever the warped reference lacks them. Not the eye
+# area: filling it moved the reference's relief onto the source's (identity distance up at h4).
+_FILLED_REGIONS = frozenset({"lips"})
 # Even those bands carry structure where either face has an edge (the reference's jaw contour, a fold):
 # skin texture fades where the lightness difference's smooth gradient reaches this (L units per pixel;
 # see classic_texture.structure_gate).
@@ -354,7 +357,7 @@ def transfer_prepared(
     window = (slice(top, bottom), slice(left, right))
     warp = piecewise_affine_map(reference.landmarks, source.landmarks, size, box=source.box)
     warped = apply_warp(reference.stack, warp)
-    # Where the warp tears, the reference is filled in from either side (no seam drawn).
+    # Where the warp tears, the reference's lightness is filled in from either side (no seam drawn).
     intact = untorn(warp.map_x, warp.map_y)
     warped_lab = warped[..., :3]
     src_lab = source.lab[window]
@@ -375,7 +378,7 @@ def transfer_prepared(
     for name in active:
         weight = source.weights[name][window] * np.float32(params.strength(name))
         channel = 3 + _REFERENCE_CHANNEL_OF[name]
-        valid = np.clip(warped[..., channel], 0.0, 1.0) * intact
+        valid = np.clip(warped[..., channel], 0.0, 1.0)
         texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0) * intact
         lightness_valid = np.clip(warped[..., channel + 2 * channels], 0.0, 1.0) * intact
         mean = reference.region_means[name]
@@ -407,8 +410,9 @@ def transfer_prepared(
             filled_ab = _foundation_colour(warped[..., -2:], valid, mean, src_lab, scale)
         result_lab[..., 1:] += weight[..., None] * (filled_ab - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
+        coarse_valid = 1.0 if name in _FILLED_REGIONS else texture_valid
         for (depth, _, _, filled), texture_weight in texture_weights.items():
-            own = (1.0 if filled else texture_valid) if depth == _TEXTURE_DEPTH[name] else 0.0
+            own = (coarse_valid if filled else texture_valid) if depth == _TEXTURE_DEPTH[name] else 0.0
             texture_weight += weight * (own - texture_weight)
         region_lightness = np.where(region, filled_l, region_lightness)
         painted |= weight > 0
