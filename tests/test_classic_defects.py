@@ -17,7 +17,7 @@ from shmt_cli.engines.classic import (
     transfer_prepared,
 )
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.labels import L_LIP, NECK, NOSE, SKIN, U_LIP
+from shmt_cli.face.labels import L_LIP, MOUTH, NECK, NOSE, SKIN, U_LIP
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.metrics.weight_free import ciede2000
 
@@ -29,6 +29,19 @@ def face(astronaut_rgb):
     """The astronaut as a 256x256 crop: (rgb, labels, landmarks)."""
     rgb = cv2.resize(astronaut_rgb, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     landmarks = default_detector().detect(rgb)[0].landmarks
+    return rgb, parse_face(rgb, landmarks), landmarks
+
+
+@pytest.fixture(scope="module")
+def close_face(astronaut_rgb):
+    """The astronaut's face cropped close, as the dev set frames faces (face width ~134 px of 256)."""
+    detector = default_detector()
+    landmarks = detector.detect(astronaut_rgb)[0].landmarks
+    half = round(0.95 * np.linalg.norm(landmarks[16] - landmarks[0]))
+    left, top = np.round(landmarks.mean(axis=0)).astype(int) - half
+    photo = astronaut_rgb[max(top, 0) : top + 2 * half, max(left, 0) : left + 2 * half]
+    rgb = cv2.resize(photo, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    landmarks = detector.detect(rgb)[0].landmarks
     return rgb, parse_face(rgb, landmarks), landmarks
 
 
@@ -263,3 +276,96 @@ def test_true_lip_pixels_are_kept(faces_dir):
         dropped.append(((keep == 0) & parsed).sum() / parsed.sum())
     # Before: 51 % of them were not read on average (up to 62 %), and the lips lost their makeup's detail.
     assert np.mean(dropped) < 0.15, np.round(dropped, 2)
+
+
+def _red_lips(face):
+    """The face with dark red lips as a reference: (rgb, labels, landmarks)."""
+    rgb, labels, landmarks = face
+    lab = rgb_to_lab(rgb)
+    lab[np.isin(labels, (U_LIP, L_LIP))] = (32.0, 55.0, 30.0)
+    return lab, labels, landmarks
+
+
+def test_inner_mouth_speck_between_closed_lips_is_painted(close_face):
+    rgb, labels, landmarks = close_face
+    lab, _, _ = _red_lips(close_face)
+    # The parser's slip on a closed mouth: a 2x3 blob inside the lower lip called inner mouth.
+    lips = np.isin(labels, (U_LIP, L_LIP))
+    x, y = np.round((landmarks[66] + landmarks[57]) / 2).astype(int)
+    speck = np.zeros_like(lips)
+    speck[y : y + 2, x - 1 : x + 2] = True
+    assert lips[y - 2 : y + 4, x - 3 : x + 4].all()
+    source_labels = labels.copy()
+    source_labels[speck] = MOUTH
+    result = rgb_to_lab(_run((rgb, source_labels, landmarks), (lab_to_rgb(lab), labels, landmarks), "h2"))
+    ring = (cv2.dilate(speck.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0) & ~speck
+    # Before: the speck kept the source's pale lip (ΔE ~45 from the painted lip around it).
+    difference = ciede2000(result[speck], np.broadcast_to(result[ring].mean(axis=0), (speck.sum(), 3)))
+    assert difference.max() < 12.0, difference
+
+
+def test_open_mouth_is_not_taken_for_a_speck():
+    from shmt_cli.engines.classic_regions import lips_over_mouth_specks
+
+    labels = np.zeros((80, 80), dtype=np.uint8)
+    labels[30:50, 10:70] = L_LIP
+    labels[38:40, 30:33] = MOUTH  # a speck closed in by the lips
+    labels[36:42, 45:65] = MOUTH  # teeth: too large
+    labels[30:34, 5:9] = MOUTH  # small, but beside the lips, not inside them
+    fixed = lips_over_mouth_specks(labels, width=100.0)
+    assert (fixed[38:40, 30:33] == L_LIP).all()
+    assert (fixed[36:42, 45:65] == MOUTH).all() and (fixed[30:34, 5:9] == MOUTH).all()
+    assert (labels[38:40, 30:33] == MOUTH).all(), "the input is not changed"
+
+
+def test_hole_in_the_reference_lips_shows_no_patch_at_h4(close_face):
+    rgb, labels, landmarks = close_face
+    lab, _, _ = _red_lips(close_face)
+    # A drip of lipstick across the lower lip that the parser called skin: a band of the reference's
+    # lower lip is skin, in skin colour.
+    x = round(landmarks[57, 0])
+    band = np.zeros(labels.shape, dtype=bool)
+    band[:, x - 4 : x + 4] = True
+    hole = band & (labels == L_LIP)
+    reference_labels = labels.copy()
+    reference_labels[hole] = SKIN
+    full = rgb_to_lab(_run(close_face, (lab_to_rgb(lab), labels, landmarks), "h4"))
+    lab[hole] = np.median(rgb_to_lab(rgb)[labels == SKIN], axis=0)
+    result = rgb_to_lab(_run(close_face, (lab_to_rgb(lab), reference_labels, landmarks), "h4"))
+    inside = cv2.erode((labels == L_LIP).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    inside &= cv2.erode(band.astype(np.uint8), np.ones((1, 5), np.uint8)) > 0
+    assert inside.sum() >= 20, inside.sum()
+    # The hole takes the lip's shading from the lip around it, as with the whole lip shown; only the
+    # finest bands are the source's. Before: the source's own lighter lip showed (~13 L lighter).
+    patch = result[inside, 0].mean() - full[inside, 0].mean()
+    assert abs(patch) < 5.0, patch
+
+
+def test_warp_tear_draws_no_seam_in_the_lips(faces_dir):
+    from test_classic import _dev_face
+
+    from shmt_cli.face.warp import piecewise_affine_map
+
+    # A dev pair whose reference (a closed mouth and a drip of lipstick) tears the warp across the
+    # source's lower lip (neighbouring pixels sample the reference 7-9 px apart).
+    detector = default_detector()
+    source = _dev_face(faces_dir / "non_makeup" / "images" / "00305.jpg", detector)
+    reference = _dev_face(faces_dir / "makeup" / "images" / "10028.jpg", detector)
+    warp = piecewise_affine_map(reference[2], source[2], (SIZE, SIZE))
+    jump = np.hypot(np.diff(warp.map_x, axis=1), np.diff(warp.map_y, axis=1)) > 3.0
+    lower = cv2.erode((source[1] == L_LIP).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    ys, xs = np.nonzero(np.pad(jump, ((0, 0), (0, 1))) & lower)
+    assert len(ys) > 10
+    prepared = prepare_source(*source), prepare_reference(*reference)
+
+    def seam(level: str) -> float:
+        """Mean |L| step of the tear's pixels from the mean of the pixels 3 px to either side."""
+        lightness = rgb_to_lab(transfer_prepared(*prepared, ClassicParams(level=level)))[..., 0]
+        sides = (lightness[ys, xs - 3] + lightness[ys, xs + 3]) / 2
+        return float(np.abs(lightness[ys, xs] - sides).mean())
+
+    # h0 takes no texture: its value is the source's own lightness variation there.
+    plain = seam("h0")
+    # Before: 5.8, 7.4 and 8.7 at h2, h3, h4 against 3.8 at h0.
+    for level in ("h2", "h4"):
+        assert seam(level) < 1.25 * plain, (level, seam(level), plain)

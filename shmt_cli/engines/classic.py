@@ -17,8 +17,10 @@ result is recombined in CIELAB per facial region:
 
 Reference pixels near a parsing border are trusted gradually (they mix materials), pixels of another
 colour than their region (hair or flowers the parser called skin, teeth called lips) are not trusted
-at all, and specular highlights give no colour. The foundation fades down the neck from the jaw, the
-source's dark nostrils are not lightened by the reference's texture, and a grayscale source takes the
+at all, nor are the pixels along a tear of the warp, and specular highlights give no colour. Where the
+warped reference lacks a region, its coarser texture bands come from the fill. The foundation fades
+down the neck from the jaw, the source's dark nostrils are not lightened by the reference's texture,
+a speck of inner mouth between closed lips is painted as lip, and a grayscale source takes the
 makeup's lightness only (colour would be made up).
 
 Region masks and reference trust are in classic_regions.py, fills and texture bands in
@@ -41,6 +43,7 @@ from shmt_cli.engines.classic_regions import (
     REGIONS,
     eye_shadow_mask,
     face_width,
+    lips_over_mouth_specks,
     nose_area,
     outlier_keep,
     paintable_mask,
@@ -48,6 +51,7 @@ from shmt_cli.engines.classic_regions import (
     region_masks,
     soft_inner,
     specular_highlights,
+    untorn,
 )
 from shmt_cli.engines.classic_skin import (
     canonical_colour,
@@ -103,6 +107,15 @@ _PAINTABLE_RAMP = 0.015
 # at h0..h1 (pores, glitter, painted lines): its coarser bands are the reference's facial relief
 # (nose and cheek shading, folds), which would carry the reference's identity over.
 _TEXTURE_DEPTH = {"skin": 2, "eyes": 5, "brows": 5, "lips": 5}
+# Bands from this one on (h2: about 4 px and coarser on a 256 crop) are no finer than the fill's blur,
+# so the filled-in reference stands for the reference there: where the warped reference lacks the lips
+# (a fold of the warp, a drip of lipstick the parser called skin) they come from the fill. The
+# finer bands do not (the fill has none; it would flatten the source's own). Without this the source's
+# own, lighter lip showed through such holes at h3/h4 as a patch with a seam.
+_FILLED_BANDS_FROM = 2
+# Regions whose coarser bands come from the fill wherever the warped reference lacks them. Not the eye
+# area: filling it moved the reference's relief onto the source's (identity distance up at h4).
+_FILLED_REGIONS = frozenset({"lips"})
 # Even those bands carry structure where either face has an edge (the reference's jaw contour, a fold):
 # skin texture fades where the lightness difference's smooth gradient reaches this (L units per pixel;
 # see classic_texture.structure_gate).
@@ -179,6 +192,7 @@ class PreparedReference:
 class PreparedSource:
     """A source face: its Lab image, region masks and the window the engine may touch.
 
+    labels: the parsing with inner-mouth specks closed in by the lips counted as lip;
     masks: region -> (H, W) float32 hard region weights; weights: region -> the same feathered and
     faded out toward the unpaintable pixels; box: (top, bottom, left, right) window holding every
     non-zero weight; nose: (H, W) float32 in [0, 1] where dark detail is guarded; grayscale: the
@@ -280,9 +294,9 @@ def prepare_reference(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
 def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> PreparedSource:
     """Per-source work: Lab image, hard and feathered region masks, working window, face width."""
     _check_face(rgb, labels, landmarks)
-    labels = labels.astype(np.uint8, copy=False)
     landmarks = np.asarray(landmarks, dtype=np.float64)
     width = face_width(landmarks)
+    labels = lips_over_mouth_specks(labels.astype(np.uint8, copy=False), width)
     masks = region_masks(labels, landmarks)
     # Fade to zero at the border of the paintable pixels rather than stopping there: a parser border a
     # pixel off (skin into hair, lid into eye) would otherwise show as a hard painted edge.
@@ -343,6 +357,8 @@ def transfer_prepared(
     window = (slice(top, bottom), slice(left, right))
     warp = piecewise_affine_map(reference.landmarks, source.landmarks, size, box=source.box)
     warped = apply_warp(reference.stack, warp)
+    # Where the warp tears, the reference's lightness is filled in from either side (no seam drawn).
+    intact = untorn(warp.map_x, warp.map_y)
     warped_lab = warped[..., :3]
     src_lab = source.lab[window]
     src_l = src_lab[..., 0]
@@ -351,9 +367,10 @@ def transfer_prepared(
 
     result_lab = src_lab.copy()
     tone = np.zeros(src_l.shape, dtype=np.float32)
-    # Texture weights per texture depth (see _TEXTURE_DEPTH), composited like the colours.
-    depths = sorted(set(_TEXTURE_DEPTH.values()))
-    texture_weights = {depth: np.zeros(src_l.shape, dtype=np.float32) for depth in depths}
+    # Texture weights per (texture depth, band range, filled) part (see _TEXTURE_DEPTH and
+    # _FILLED_BANDS_FROM), composited like the colours.
+    parts = _texture_parts()
+    texture_weights = {part: np.zeros(src_l.shape, dtype=np.float32) for part in parts}
     # The reference's lightness as each source pixel's own region sees it (last region painted wins).
     region_lightness = src_l.copy()
     painted = np.zeros(src_l.shape, dtype=bool)
@@ -362,8 +379,8 @@ def transfer_prepared(
         weight = source.weights[name][window] * np.float32(params.strength(name))
         channel = 3 + _REFERENCE_CHANNEL_OF[name]
         valid = np.clip(warped[..., channel], 0.0, 1.0)
-        texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0)
-        lightness_valid = np.clip(warped[..., channel + 2 * channels], 0.0, 1.0)
+        texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0) * intact
+        lightness_valid = np.clip(warped[..., channel + 2 * channels], 0.0, 1.0) * intact
         mean = reference.region_means[name]
         # Skin and eye-shadow area read the same reference pixels (its skin): one fill serves both.
         # Colour and lightness are filled from different pixels: colour skips specular highlights,
@@ -393,18 +410,25 @@ def transfer_prepared(
             filled_ab = _foundation_colour(warped[..., -2:], valid, mean, src_lab, scale)
         result_lab[..., 1:] += weight[..., None] * (filled_ab - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
-        for depth, texture_weight in texture_weights.items():
-            own = texture_valid if depth == _TEXTURE_DEPTH[name] else 0.0
+        coarse_valid = 1.0 if name in _FILLED_REGIONS else texture_valid
+        for (depth, _, _, filled), texture_weight in texture_weights.items():
+            own = (coarse_valid if filled else texture_valid) if depth == _TEXTURE_DEPTH[name] else 0.0
             texture_weight += weight * (own - texture_weight)
         region_lightness = np.where(region, filled_l, region_lightness)
         painted |= weight > 0
 
-    # Texture: the reference-minus-source lightness band-limited to the bands finer than the level,
-    # used only where the warped reference really shows the region (filled-in areas carry no texture).
-    textures = fine_details(region_lightness - src_l, params.level_index, depths)
+    # Texture: the reference-minus-source lightness band-limited to the bands finer than the level, the
+    # finest ones used only where the warped reference really shows the region (filled-in areas carry
+    # no fine texture).
+    ends = sorted({end for _, first, last, _ in parts for end in (first, last)})
+    below = dict(zip(ends, fine_details(region_lightness - src_l, params.level_index, ends), strict=True))
     # Skin takes texture, not structure (see _STRUCTURE_LIMIT).
-    texture_weights[_TEXTURE_DEPTH["skin"]] *= structure_gate(region_lightness - src_l, _STRUCTURE_LIMIT)
-    texture = sum(texture_weights[depth] * detail for depth, detail in zip(depths, textures, strict=True))
+    gate = structure_gate(region_lightness - src_l, _STRUCTURE_LIMIT)
+    texture = np.zeros(src_l.shape, dtype=np.float32)
+    for (depth, first, last, _), texture_weight in texture_weights.items():
+        if depth == _TEXTURE_DEPTH["skin"]:
+            texture_weight = texture_weight * gate
+        texture += texture_weight * (below[last] - below[first])
     texture = guard_dark_detail(texture, src_l, source.nose[window], scale)
     result_lab[..., 0] = src_l + tone + texture
 
@@ -420,6 +444,17 @@ def transfer_prepared(
     else:
         result_window[painted] = lab_to_rgb(result_lab[painted])
     return result
+
+
+def _texture_parts() -> list[tuple[int, int, int, bool]]:
+    """(depth, first band, end band, from the fill) for every texture depth: bands below
+    `_FILLED_BANDS_FROM` need the warped reference's own pixels, the coarser ones may come from the fill."""
+    parts = []
+    for depth in sorted(set(_TEXTURE_DEPTH.values())):
+        parts.append((depth, 0, min(depth, _FILLED_BANDS_FROM), False))
+        if depth > _FILLED_BANDS_FROM:
+            parts.append((depth, _FILLED_BANDS_FROM, depth, True))
+    return parts
 
 
 def _foundation_colour(

@@ -5,7 +5,8 @@ polygon), the neck's share of the foundation fading down from the jaw, the lips 
 parsing gaps. Reference side: pixels near a parsing border are trusted gradually, and pixels whose
 colour does not belong to their region (hair, flowers or a collar the parser called skin; teeth or the
 inner mouth called lips) give neither colour nor texture. Their limits are fitted by
-tools/fit_classic_outliers.py into classic_outliers.json beside this module.
+tools/fit_classic_outliers.py into classic_outliers.json beside this module. A warp tear
+(neighbouring pixels sampling far-apart reference pixels) is not read either.
 """
 
 from __future__ import annotations
@@ -59,11 +60,21 @@ _NECK_FADE = 0.3
 # reference lip pixels this close to the inner mouth are not trusted (teeth and gums bleed into them).
 _LIPS_CLOSE = 0.025
 _LIPS_MOUTH_MARGIN = 0.012
+# A source's inner-mouth blob no larger than this (side of a square, fraction of the face width) that
+# closing the lips covers is the parser's slip on the line between closed lips, not an open mouth: it
+# is painted as lip (left unpainted it showed as a gray speck in the lipstick).
+_MOUTH_SPECK = 0.025
 # Reference pixels this close to a pixel of another colour (fraction of the face width) are not read:
 # little (scattered specks must not cost a region its makeup). The soft edge of a crack or a tooth in
 # the lips is flagged with it (hysteresis, `OutlierLimits.connected`), so the lips need no wider margin
 # (0.03 dropped half of some dev photos' lips).
 _OUTLIER_MARGIN = {"skin": 0.01, "brows": 0.01, "lips": 0.01}
+# A warp tear: neighbouring output pixels that sample the reference more than this many pixels apart
+# (a closed reference mouth stretched over an open one, landmarks thrown off by a drip of lipstick).
+# Elsewhere neighbours land under 2 px apart (99th percentile 1.8 on a dev pair, tears 7-9).
+_TEAR_JUMP = 3.0
+# ...and the reference is not read this far around it (px: a tear is a sampling, not a face, scale).
+_TEAR_MARGIN = 1.5
 # The nostrils' dark detail is guarded this far around the nose (fraction of the face width).
 _NOSE_MARGIN = 0.03
 # Eye-shadow area: from the brow down past the lower lid by this fraction of the brow-to-eye distance.
@@ -144,6 +155,31 @@ def closed_lips(labels: np.ndarray, width: float) -> np.ndarray:
     lips = np.isin(labels, (U_LIP, L_LIP)).astype(np.uint8)
     closed = cv2.morphologyEx(lips, cv2.MORPH_CLOSE, _disk(_LIPS_CLOSE * width / 2)) > 0
     return closed & (labels != MOUTH) | (lips > 0)
+
+
+def lips_over_mouth_specks(labels: np.ndarray, width: float) -> np.ndarray:
+    """(H, W) uint8 labels with every inner-mouth component of at most (`_MOUTH_SPECK` x width)² pixels
+    that lies inside the lips' `_LIPS_CLOSE` closing relabelled as lower lip (a copy; `labels` is kept).
+
+    A real open mouth (teeth, a parted line along the mouth) is larger or not closed in by the lips.
+    """
+    mouth = (labels == MOUTH).astype(np.uint8)
+    if not mouth.any():
+        return labels
+    lips = np.isin(labels, (U_LIP, L_LIP)).astype(np.uint8)
+    closed = cv2.morphologyEx(lips, cv2.MORPH_CLOSE, _disk(_LIPS_CLOSE * width / 2)) > 0
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mouth, connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] <= (_MOUTH_SPECK * width) ** 2
+    # A component is closed in when none of its pixels lies outside the closed lips.
+    open_parts = np.zeros(count, dtype=bool)
+    open_parts[components[(mouth > 0) & ~closed]] = True
+    speck = small & ~open_parts
+    speck[0] = False
+    if not speck.any():
+        return labels
+    relabelled = labels.copy()
+    relabelled[speck[components]] = L_LIP
+    return relabelled
 
 
 def region_masks(labels: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndarray]:
@@ -278,6 +314,25 @@ def reference_regions(
         "brows": (brows, brows),
         "lips": (lips, lips & ~off_colour(lab, lips, limits["lips"])),
     }
+
+
+def untorn(map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """(h, w) float32 in [0, 1]: 0 on and near the tears of a backward warp map ((h, w) float32 input
+    coordinates per output pixel), 1 elsewhere.
+
+    Across a tear the warped reference jumps from one place to another: the pixels along it sample
+    whatever lay between (skin in the lips), and its lightness would draw the tear as a seam.
+    """
+    jump_x = np.hypot(np.diff(map_x, axis=1), np.diff(map_y, axis=1)) > _TEAR_JUMP
+    jump_y = np.hypot(np.diff(map_x, axis=0), np.diff(map_y, axis=0)) > _TEAR_JUMP
+    torn = np.zeros(map_x.shape, dtype=np.uint8)
+    torn[:, 1:] |= jump_x
+    torn[:, :-1] |= jump_x
+    torn[1:] |= jump_y
+    torn[:-1] |= jump_y
+    if not torn.any():
+        return np.ones(map_x.shape, dtype=np.float32)
+    return soft_inner(torn == 0, 0.0, _TEAR_MARGIN)
 
 
 def nose_area(labels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
