@@ -262,6 +262,16 @@ def test_logits_back_to_the_photo_follow_the_crop(astronaut_rgb, astronaut_parse
     assert (back[inside] == prior[inside]).mean() > 0.97
     # Far from the face the photo stays background.
     assert not photo_labels[:20].any() or (photo_labels[:20] == 0).mean() > 0.9
+    # A zero residual over the prior's own logits gives the prior back at the photo's resolution, and
+    # equal logits everywhere give the first class (background), as an arg-max does.
+    full_prior = parse_rules(astronaut_rgb, landmarks, fast=True)
+    zeros = torch.zeros((19, *prior.shape))
+    table = np.eye(19, dtype=np.float32) * 5
+    assert np.array_equal(
+        parsing_net.logits_to_labels(zeros, affine, astronaut_rgb.shape[:2], full_prior, table), full_prior
+    )
+    flat = parsing_net.logits_to_labels(zeros, affine, astronaut_rgb.shape[:2])
+    assert not flat.any()
 
 
 def test_flip_table_swaps_left_and_right_only():
@@ -279,6 +289,35 @@ def test_shipped_weights_load_and_bad_weights_are_named(tmp_path):
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match=r"junk\.safetensors"):
         parsing_net.load_net(junk)
+    # The part groups left to the prior come from the file's metadata; unknown names are refused.
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    eyes = tmp_path / "eyes.safetensors"
+    save_file(state, str(eyes), metadata={"prior_parts": "eyes"})
+    assert parsing_net.load_net(eyes).prior_classes() == (L_EYE, R_EYE)
+    odd = tmp_path / "odd.safetensors"
+    save_file(state, str(odd), metadata={"prior_parts": "eyes,ears"})
+    with pytest.raises(ValueError, match=r"odd\.safetensors.*ears"):
+        parsing_net.load_net(odd)
+
+
+def test_prior_parts_keep_the_priors_labels_there_only(astronaut_rgb, astronaut_parse):
+    _, landmarks = astronaut_parse
+    affine, _, crop_prior, prior = parsing_net.prepare_crop(astronaut_rgb, landmarks)
+    # A residual that votes "eye" everywhere: with the eyes left to the prior, eye labels are exactly
+    # the prior's (and the residual's next choice, skin, takes the rest); without, eyes spread.
+    logits = torch.zeros((19, *crop_prior.shape))
+    logits[L_EYE] = 50.0
+    logits[SKIN] = 40.0
+    table = np.eye(19, dtype=np.float32)
+    shape = astronaut_rgb.shape[:2]
+    kept = parsing_net.logits_to_labels(logits, affine, shape, prior, table, (L_EYE, R_EYE))
+    assert np.array_equal(np.isin(kept, (L_EYE, R_EYE)), np.isin(prior, (L_EYE, R_EYE)))
+    assert np.array_equal(kept == L_EYE, prior == L_EYE)
+    assert (kept == SKIN).sum() > (prior == SKIN).sum()
+    spread = parsing_net.logits_to_labels(logits, affine, shape, prior, table)
+    assert (spread == L_EYE).sum() > 10 * (prior == L_EYE).sum()
 
 
 # ---- label orders

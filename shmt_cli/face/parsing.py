@@ -41,7 +41,7 @@ from shmt_cli.face.labels import (
     SKIN,
     U_LIP,
 )
-from shmt_cli.face.parsing_rules import brow_region, eye_region, mouth_regions
+from shmt_cli.face.parsing_rules import brow_region, eye_region, mouth_regions, rgb_to_lab
 from shmt_cli.face.parsing_shapes import Frame, catmull_rom, fill_polygon, nose_polygon
 from shmt_cli.face.parsing_skin import (
     HAIR_PRIOR,
@@ -131,9 +131,8 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray, fast: bool) -> np.ndarray:
     iod = frame.iod
 
     labels = np.zeros(shape, np.uint8)
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     face = skin_region(rgb, frame, fast)
-    labels[hair_region(lab, face, frame)] = HAIR
+    labels[hair_region(rgb, face, frame)] = HAIR
     labels[face] = SKIN
 
     # Neck: face pixels below the jaw line. Ears: face pixels beside the jaw, between brow and jaw.
@@ -157,13 +156,15 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray, fast: bool) -> np.ndarray:
     ):
         rows, cols, offset = _part_window(shape, lm[part], pad)
         sub_lm = lm - offset
+        # CIELAB of the window only (the float conversion is costly per pixel).
+        lab = rgb_to_lab(rgb[rows, cols])
         if inner_first is None:
-            mask = eye_region(lab[rows, cols], sub_lm[part], Frame(sub_lm))
+            mask = eye_region(lab, sub_lm[part], Frame(sub_lm))
         else:
-            mask = brow_region(lab[rows, cols], sub_lm[part], Frame(sub_lm), inner_first=inner_first)
+            mask = brow_region(lab, sub_lm[part], Frame(sub_lm), inner_first=inner_first)
         labels[rows, cols][mask] = label
     rows, cols, offset = _part_window(shape, lm[48:68], pad)
-    upper, lower, mouth = mouth_regions(lab[rows, cols], lm - offset, iod)
+    upper, lower, mouth = mouth_regions(rgb_to_lab(rgb[rows, cols]), lm - offset, iod)
     window = labels[rows, cols]
     window[upper] = U_LIP
     window[lower] = L_LIP
