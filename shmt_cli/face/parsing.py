@@ -73,7 +73,7 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "net") -> n
     (shmt_cli/face/parsing_net.py), which leaves eyes and lips to the rules; "rules" the rule-based
     parser alone (landmark outlines moved by colour, full GrabCut skin region). In 3-fold held-out IoU
     on the dev photos (tools/parsing_train.py --kfold 3) the network is better on brows and nose, equal
-    on eyes and lips, 0.003 lower on made-up faces' skin region, and takes about 60 % of the time.
+    on eyes and lips, 0.003 lower on made-up faces' skin region, and takes about 80 % of the time.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("parse_face expects an (H, W, 3) uint8 RGB image")
