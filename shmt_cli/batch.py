@@ -510,8 +510,11 @@ def _is_below(filename: str | bytes | None, folder: Path) -> bool:
 def failure_reason(exc: BaseException, out_dir: Path) -> str:
     """The one-line manifest reason for an item that failed with `exc`.
 
-    Raises CannotRun when `exc` means the output folder itself cannot be written (disk full, read-only).
+    Raises CannotRun when `exc` means the run cannot go on: the output folder itself cannot be written
+    (disk full, read-only), or `exc` already is CannotRun (e.g. out of memory at one pair per batch).
     """
+    if isinstance(exc, CannotRun):
+        raise exc
     if isinstance(exc, InputError):
         message = str(exc)
     elif isinstance(exc, MemoryError):

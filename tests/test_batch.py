@@ -253,3 +253,20 @@ def test_a_glob_over_an_aligned_folder_skips_sidecars_and_manifest(tmp_path: Pat
         _touch(folder / name)
     named = sorted(str(p) for p in folder.iterdir())  # what the shell makes of `aligned/*`
     assert [f.path.name for f in collect_inputs(named)] == ["a.png", "b.png", "notes.json"]
+
+
+def test_failure_reason_is_one_line_or_stops_the_run(tmp_path: Path) -> None:
+    """Item errors become one manifest line; a full output disk or a CannotRun stops the run (exit 3)."""
+    import errno
+
+    from shmt_cli.batch import CannotRun, failure_reason
+
+    assert failure_reason(InputError("a.jpg: not an image\nmore"), tmp_path) == "a.jpg: not an image"
+    assert failure_reason(MemoryError(), tmp_path) == "out of memory"
+    elsewhere = OSError(errno.ENOSPC, "No space left on device", "/elsewhere/x.png")
+    assert failure_reason(elsewhere, tmp_path).startswith("No space left on device: ")
+    with pytest.raises(CannotRun, match="cannot write to"):
+        failure_reason(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.png")), tmp_path)
+    with pytest.raises(CannotRun, match="--batch-size"):
+        failure_reason(CannotRun("out of memory at batch 1: try --batch-size"), tmp_path)
+    assert failure_reason(ValueError("boom"), tmp_path).startswith("internal error ValueError: boom")

@@ -16,19 +16,22 @@ with codebook snapping, the share of latent positions whose code differs and the
 pixel difference.
 
 Usage: python tools/sampler_accuracy.py [--size tiny|full|both] [--rows ddim:50,dpmpp:20,...]
-Cost: the reference is 981 UNet calls; at full size that is ~15-30 min of one CPU core.
+                                        [--seed N] [--reference-cache DIR]
+Cost: the reference is 981 UNet calls; at full size that is ~15-30 min of one CPU core. With
+--reference-cache the reference latent is kept (with its x_T, to check it belongs) and reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import PairJob
@@ -48,7 +51,7 @@ DEFAULT_ROWS = "ddim:50,dpmpp:20,ddim:20,dpmpp:10,dpmpp:50"
 WIDTHS = (12, 5, 9, 9, 7, 8, 6)
 
 
-def tiny_engine(golden: Path) -> tuple[ShmtEngine, PairJob]:
+def tiny_engine(golden: Path, seed: int) -> tuple[ShmtEngine, PairJob]:
     """SHMT-h4 with the tiny golden weights and golden pair 0, prepared from its uint8 photos."""
     state = load_file(golden / "tiny_h4.safetensors")
     denoiser = ShmtDenoiser(variant_config(4, "tiny"))
@@ -72,10 +75,10 @@ def tiny_engine(golden: Path) -> tuple[ShmtEngine, PairJob]:
         inputs["u8.ref_seg"][0, 0].numpy(),
         np.zeros((256, 256, 3), np.uint8),
     )
-    return engine, PairJob(engine.prepare_source(source), engine.prepare_reference(reference), seed=0)
+    return engine, PairJob(engine.prepare_source(source), engine.prepare_reference(reference), seed=seed)
 
 
-def full_engine() -> tuple[ShmtEngine, PairJob]:
+def full_engine(seed: int) -> tuple[ShmtEngine, PairJob]:
     """Full-size SHMT-h4 with random weights (bench_shmt's recipe) and two synthetic faces."""
     torch.manual_seed(0)
     denoiser = ShmtDenoiser(variant_config(4, "full"))
@@ -86,7 +89,7 @@ def full_engine() -> tuple[ShmtEngine, PairJob]:
         vq.quantize.embedding.weight.normal_(0.0, 1.0)
     engine = _engine(denoiser, vq)
     return engine, PairJob(
-        engine.prepare_source(synthetic_face(1)), engine.prepare_reference(synthetic_face(2)), seed=0
+        engine.prepare_source(synthetic_face(1)), engine.prepare_reference(synthetic_face(2)), seed=seed
     )
 
 
@@ -110,7 +113,30 @@ def reference_solution(eps_fn: EpsFn, x_T: torch.Tensor, progress: bool) -> torc
     return x.float()
 
 
-def run(name: str, engine: ShmtEngine, job: PairJob, rows: list[tuple[str, int]]) -> None:
+def cached_reference(
+    eps_fn: EpsFn, x_T: torch.Tensor, cache: Path | None, name: str
+) -> tuple[torch.Tensor, str]:
+    """`reference_solution`, read from / written to ``cache`` when given. Returns (latent, how obtained)."""
+    path = cache / f"{name}_x{hash_tensor(x_T)}_reference.safetensors" if cache else None
+    if path is not None and path.is_file():
+        stored = load_file(path)
+        if torch.equal(stored["x_T"], x_T):
+            return stored["reference"], f"read from {path}"
+    start = time.perf_counter()
+    reference = reference_solution(eps_fn, x_T, progress=name == "full")
+    how = f"{time.perf_counter() - start:.0f} s"
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"x_T": x_T.contiguous(), "reference": reference.contiguous()}, str(path))
+    return reference, how
+
+
+def hash_tensor(tensor: torch.Tensor) -> str:
+    """A short content hash of a tensor (names the cache file)."""
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+
+
+def run(name: str, engine: ShmtEngine, job: PairJob, rows: list[tuple[str, int]], cache: Path | None) -> None:
     batch = engine.collate([job])
     x_T = latent_noise(job.seed, tuple(batch.x_T.shape))
 
@@ -118,12 +144,11 @@ def run(name: str, engine: ShmtEngine, job: PairJob, rows: list[tuple[str, int]]
         return engine.epsilon(batch, "h4", x_t, t)
 
     with torch.inference_mode():
-        start = time.perf_counter()
-        reference = reference_solution(eps_fn, x_T, progress=name == "full")
-        ref_s = time.perf_counter() - start
+        reference, how = cached_reference(eps_fn, x_T, cache, name)
         ref_image, ref_codes = vqmod.decode_with_indices(engine.vq, reference)
         ref_pixels = to_uint8_images(ref_image)[0].astype(np.int16)
-        print(f"\n{name}: reference = DDIM over t = {ODE_START}..1 ({ODE_START} calls, {ref_s:.0f} s)")
+        head = f"{name}, x_T seed {job.seed}: reference = DDIM over t = {ODE_START}..1"
+        print(f"\n{head} ({ODE_START} calls, {how})")
         header = ("sampler", "calls", "rel L2", "max|Δ|", "codes≠", "mean Δ8", "max Δ8")
         print("  " + " ".join(f"{h:>{w}s}" for h, w in zip(header, WIDTHS, strict=True)))
         for sampler, steps in rows:
@@ -155,15 +180,17 @@ def main() -> None:
     parser.add_argument("--rows", default=DEFAULT_ROWS, help="sampler:steps, comma-separated")
     parser.add_argument("--golden", type=Path, default=GOLDEN, help="the golden folder (tiny weights)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of x_T")
+    parser.add_argument("--reference-cache", type=Path, default=None, help="keep/reuse references here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [(name, int(steps)) for name, steps in (row.split(":") for row in args.rows.split(","))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32, batch 1, SHMT-h4")
     if args.size in ("tiny", "both"):
-        run("tiny", *tiny_engine(args.golden), rows)
+        run("tiny", *tiny_engine(args.golden, args.seed), rows, args.reference_cache)
     if args.size in ("full", "both"):
-        run("full", *full_engine(), rows)
+        run("full", *full_engine(args.seed), rows, args.reference_cache)
 
 
 if __name__ == "__main__":

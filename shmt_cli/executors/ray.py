@@ -240,8 +240,6 @@ def _json_bytes(value: Any) -> bytes:
 
 def _result_row(outcome: Outcome, out_dir: Path) -> tuple[bool, bool, bytes, bytes, bytes]:
     """(ok, fatal, outputs relative to out_dir, manifest fields, reason) of one pair's outcome."""
-    if isinstance(outcome, CannotRun):  # e.g. out of memory at one pair per batch: the run stops (exit 3)
-        return False, True, b"[]", b"{}", _json_bytes(str(outcome))
     if isinstance(outcome, BaseException):
         try:
             return False, False, b"[]", b"{}", _json_bytes(failure_reason(outcome, out_dir))
