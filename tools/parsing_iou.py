@@ -8,8 +8,8 @@ size); the reference map is resized to the photo's size with nearest and both ar
 Prints per-image IoUs, the per-class mean over the photos (also pooled over all pixels, and per photo
 folder), and the mean of the class means, plus the median parse CPU time per photo (one thread).
 
---method picks the parser (parse_face's method; default rules). The shipped network (--method=net)
-was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
+--method picks the parser (parse_face's method; without it parse_face's default, net). The shipped
+network was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
 
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
 at another scale.
@@ -225,7 +225,8 @@ def main(argv: list[str]) -> int:
         return 0
     sizes = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--size=")]
     methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
-    method = methods[0] if methods else "rules"
+    # Without --method, parse_face's own default.
+    options = {"method": methods[0]} if methods else {}
     import torch
 
     torch.set_num_threads(1)  # per-face CPU time on one core
@@ -235,7 +236,7 @@ def main(argv: list[str]) -> int:
         verbose="--quiet" not in argv,
         size=sizes[0] if sizes else None,
         details=details,
-        parse=lambda rgb, lm: parse_face(rgb, lm, method=method),
+        parse=lambda rgb, lm: parse_face(rgb, lm, **options),
     )
     means = {name: float(np.mean(values)) for name, values in scores.items() if values}
     folders = sorted({folder for folder, _, _, _ in details})

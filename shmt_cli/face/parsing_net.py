@@ -61,6 +61,16 @@ WIDTHS = (8, 16, 32, 64)
 # Initial logit of a prior part's own class (the face region channel gives skin 2, background 1).
 PRIOR_PART_LOGIT = 4.0
 
+# Part groups that a weights file may leave to the prior (the rules' labels, not the network's):
+# tools/parsing_train.py picks them by held-out IoU and names them in the file's metadata
+# ("prior_parts", comma-separated).
+PART_GROUPS: dict[str, tuple[int, ...]] = {
+    "eyes": (Label.L_EYE, Label.R_EYE),
+    "brows": (Label.L_BROW, Label.R_BROW),
+    "nose": (Label.NOSE,),
+    "mouth": (Label.U_LIP, Label.L_LIP, Label.MOUTH),
+}
+
 # Label ids exchanged by a horizontal flip (subject's left <-> right).
 FLIP_PAIRS = (
     (Label.L_EYE, Label.R_EYE),
@@ -199,6 +209,8 @@ class ParsingNet(nn.Module):
 
     def __init__(self, in_channels: int = IN_CHANNELS, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
+        # Names of PART_GROUPS whose labels the prior decides (read from the weights file's metadata).
+        self.prior_parts: tuple[str, ...] = ()
         w0, w1, w2, w3 = widths
         self.enc0 = nn.Sequential(_block(in_channels, w0), _block(w0, w0))
         self.enc1 = nn.Sequential(_block(w0, w1, stride=2), _block(w1, w1))
@@ -236,6 +248,10 @@ class ParsingNet(nn.Module):
         prior = x[:, PRIOR_START : PRIOR_START + len(PRIOR_CLASSES)]
         return self.residual(x) + self.prior_logits(prior)
 
+    def prior_classes(self) -> tuple[int, ...]:
+        """Label ids that the prior decides (the classes of the groups in prior_parts)."""
+        return tuple(cls for name in self.prior_parts for cls in PART_GROUPS[name])
+
     def prior_table(self) -> np.ndarray:
         """(19, 19) float32: the prior logits (columns) of a pixel whose prior label is the row."""
         onehot = np.stack(
@@ -251,7 +267,7 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
     """ParsingNet in eval mode with weights from a safetensors file (ValueError naming the file if bad)."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -259,8 +275,15 @@ def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
     try:
         state = load_file(str(path))
         net.load_state_dict({k: v.float() for k, v in state.items()})
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise ValueError(f"{path}: cannot load parsing weights ({exc})") from exc
+    parts = tuple(filter(None, metadata.get("prior_parts", "").split(",")))
+    unknown = sorted(set(parts) - set(PART_GROUPS))
+    if unknown:
+        raise ValueError(f"{path}: unknown prior_parts {unknown}; expected some of {sorted(PART_GROUPS)}")
+    net.prior_parts = parts
     return net.eval()
 
 
@@ -300,11 +323,14 @@ def logits_to_labels(
     shape: tuple[int, int],
     prior: np.ndarray | None = None,
     prior_table: np.ndarray | None = None,
+    prior_classes: tuple[int, ...] = (),
 ) -> np.ndarray:
     """(H, W) uint8 labels of an image from crop logits (19, S, S) resampled bilinearly through the
     affine (image -> crop), plus, when given, the prior's logits at the image's own resolution
     (prior_table[prior], sharper than the crop), arg-max. Outside the crop the prior's own labels
-    (the rules reach further down the neck and out into the hair), or background without a prior."""
+    (the rules reach further down the neck and out into the hair), or background without a prior.
+    prior_classes (with a prior): these labels are the prior's, wherever the prior has them and only
+    there (the arg-max runs over the other classes)."""
     height, width = shape
     size = logits.shape[-1]
     full = np.vstack([affine, [0.0, 0.0, 1.0]])
@@ -318,26 +344,37 @@ def logits_to_labels(
     # Image pixel (x, y) of the region -> crop pixel: the affine shifted by the region's corner.
     roi_affine = affine.copy()
     roi_affine[:, 2] += affine[:, :2] @ np.array([left, top], np.float64)
-    planes = np.ascontiguousarray(logits.numpy().transpose(1, 2, 0))
+    planes = logits.numpy()
     region = (int(right - left), int(bottom - top))
-    # Outside the crop the background logit is huge, so that what the crop does not cover stays 0.
-    sampled = []
-    for start in range(0, planes.shape[2], 4):
-        chunk = np.ascontiguousarray(planes[..., start : start + 4])
-        border = [1e4 if start == 0 else 0.0, 0.0, 0.0, 0.0]
-        warped = cv2.warpAffine(
-            chunk,
+    prior_roi = None if prior is None else np.ascontiguousarray(prior[top:bottom, left:right])
+    # One plane per class, warped straight into its slot (no (H, W, 19) copies), the prior's logit
+    # added by a look-up on its labels, then the running arg-max (first class wins ties, as argmax).
+    best = np.empty((region[1], region[0]), np.float32)
+    plane = np.empty_like(best)
+    refined = np.zeros(best.shape, np.uint8)
+    skip = set(prior_classes) if prior_roi is not None else set()
+    for cls in range(planes.shape[0]):
+        if cls in skip:
+            continue
+        target = best if cls == 0 else plane
+        # Outside the crop the background logit is huge, so that what the crop does not cover stays 0.
+        cv2.warpAffine(
+            np.ascontiguousarray(planes[cls]),
             roi_affine,
             region,
+            dst=target,
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_CONSTANT,
-            borderValue=border,
+            borderValue=1e4 if cls == 0 else 0.0,
         )
-        sampled.append(warped.reshape(warped.shape[0], warped.shape[1], -1))
-    total = np.concatenate(sampled, axis=2)
-    if prior is not None and prior_table is not None:
-        total += prior_table[prior[top:bottom, left:right]]
-    refined = total.argmax(axis=2).astype(np.uint8)
+        if prior_roi is not None and prior_table is not None:
+            lut = np.zeros(256, np.float32)
+            lut[: len(prior_table)] = prior_table[:, cls]
+            target += cv2.LUT(prior_roi, lut)
+        if cls:
+            wins = plane > best
+            refined[wins] = cls
+            np.maximum(best, plane, out=best)
     if prior is not None:
         covered = cv2.warpAffine(
             np.ones((size, size), np.float32),
@@ -348,7 +385,10 @@ def logits_to_labels(
         )
         # Only where the crop covers the whole bilinear footprint: at its edge the huge background
         # border logit would draw a seam of background between the network's labels and the prior's.
-        refined = np.where(covered > 0.999, refined, prior[top:bottom, left:right])
+        refined = np.where(covered > 0.999, refined, prior_roi)
+        if skip:
+            kept = np.isin(prior_roi, list(skip))
+            refined[kept] = prior_roi[kept]
     labels[top:bottom, left:right] = refined
     return labels
 
@@ -372,4 +412,4 @@ def refine_parse(
     net = default_net() if net is None else net
     affine, crop, crop_prior, prior = prepare_crop(rgb, landmarks)
     residual = crop_residual(net, crop, crop_prior, mirror)
-    return logits_to_labels(residual, affine, rgb.shape[:2], prior, net.prior_table())
+    return logits_to_labels(residual, affine, rgb.shape[:2], prior, net.prior_table(), net.prior_classes())

@@ -83,6 +83,13 @@ TEETH_LIGHTNESS = 35.0
 # image evidence
 
 
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (L 0..100, a and b about -128..127) float32 of uint8 RGB pixels (..., 3), same shape."""
+    return cv2.cvtColor(rgb.astype(np.float32).reshape(-1, 1, 3) / 255.0, cv2.COLOR_RGB2Lab).reshape(
+        rgb.shape
+    )
+
+
 def mahalanobis(features: np.ndarray, samples: np.ndarray, floor: float) -> tuple[np.ndarray, float]:
     """Squared Mahalanobis distances of (N, C) features to a Gaussian fitted to (M, C) samples, and the
     log-determinant of its covariance (floored by `floor` on the diagonal)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from shmt_cli.face.parsing_rules import mahalanobis, trim_outliers
+from shmt_cli.face.parsing_rules import mahalanobis, rgb_to_lab, trim_outliers
 from shmt_cli.face.parsing_shapes import Frame, catmull_rom, disk, fill_polygon, signed_distance
 
 # --- Skin region.
@@ -210,8 +210,10 @@ def ear_zones(shape: tuple[int, int], frame: Frame, jaw: np.ndarray) -> tuple[np
     return zones[0], zones[1]
 
 
-def hair_region(lab: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
+def hair_region(rgb: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
     """Boolean (H, W) hair: non-face pixels around the head that match the colour found above the forehead.
+
+    rgb: (H, W, 3) uint8 image; face: boolean (H, W) skin region.
 
     The colour model is fitted to a thin band just outside the face above the eyes (hairline); where
     the head is bald or the band shows background, that is what gets modelled, so this is a coarse
@@ -227,11 +229,12 @@ def hair_region(lab: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
     band[ys[above], xs[above]] = True
     if band.sum() < 20:
         return np.zeros_like(face)
-    samples = trim_outliers(lab[band], 3.0)
+    # CIELAB of the band and the candidates only: the float conversion is costly per pixel.
+    samples = trim_outliers(rgb_to_lab(rgb[band]), 3.0)
     head = fill_polygon(face.shape, frame.to_image(np.array(HAIR_PRIOR)))
     candidates = head & ~face
     out = np.zeros_like(face)
-    out[candidates] = mahalanobis(lab[candidates], samples, 4.0)[0] < HAIR_MAHA
+    out[candidates] = mahalanobis(rgb_to_lab(rgb[candidates]), samples, 4.0)[0] < HAIR_MAHA
     # Keep hair connected to the band above the forehead.
     _, comp = cv2.connectedComponents(out.astype(np.uint8), connectivity=8)
     touching = np.unique(comp[band & out])
