@@ -125,10 +125,7 @@ def test_dark_nostrils_are_not_washed_out(face, level):
 
 
 def test_foundation_has_no_step_at_the_jaw(face):
-    rgb, _, landmarks = face
-    # The rules' parse, whose neck this guard was written for: with the default (network) parse the
-    # astronaut's neck starts lower and the step is 4.1 (limit 2.7), an open item for the engine.
-    labels = parse_face(rgb, landmarks, method="rules")
+    rgb, labels, landmarks = face
     assert (labels == NECK).sum() > 200
     lab = rgb_to_lab(rgb)
     skin = np.isin(labels, (SKIN, NOSE))

@@ -231,9 +231,9 @@ def test_net_parse_is_deterministic_and_differs_from_its_prior(astronaut_rgb, as
     assert (np.abs(in_crop - (parsing_net.CROP_SIZE - 1) / 2) <= parsing_net.CROP_SIZE / 2 + 1).all()
 
 
-def test_default_method_is_net_and_unknown_method_refused(astronaut_rgb, astronaut_parse):
+def test_default_method_is_rules_and_unknown_method_refused(astronaut_rgb, astronaut_parse):
     labels, landmarks = astronaut_parse
-    assert np.array_equal(labels, parse_face(astronaut_rgb, landmarks, method="net"))
+    assert np.array_equal(labels, parse_face(astronaut_rgb, landmarks, method="rules"))
     with pytest.raises(ValueError, match="unknown parse method"):
         parse_face(astronaut_rgb, landmarks, method="bisenet")
 

@@ -8,7 +8,7 @@ size); the reference map is resized to the photo's size with nearest and both ar
 Prints per-image IoUs, the per-class mean over the photos (also pooled over all pixels, and per photo
 folder), and the mean of the class means, plus the median parse CPU time per photo (one thread).
 
---method picks the parser (parse_face's method; without it parse_face's default, net). The shipped
+--method picks the parser (parse_face's method; without it parse_face's default, rules). The shipped
 network was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
 
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
