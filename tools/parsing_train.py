@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
+from shmt_cli.atomic import atomic_path
 from shmt_cli.face import parsing, parsing_net
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.labels import NUM_LABELS, Label
@@ -414,15 +415,13 @@ def save_net(net: parsing_net.ParsingNet, path: Path, prior_parts: tuple[str, ..
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
     # BatchNorm's batch counter is an integer: keep it as it is.
     state.update({k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     metadata = {
         "source": "tools/parsing_train.py",
         "data": "SHMT examples dev set",
         "prior_parts": ",".join(prior_parts),
     }
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def folds(items: list[Item], k: int) -> list[int]:

@@ -21,7 +21,7 @@ keeps its order, and the grid decides; see sampler.dpmpp_timesteps).
 Usage: python tools/sampler_accuracy.py [--size tiny|full|both] [--rows ddim:50,dpmpp:20,...]
                                         [--seed N] [--reference-cache DIR]
 Cost: the reference is 981 UNet calls; at full size that is ~15-30 min of one CPU core. With
---reference-cache the reference latent is kept (with its x_T, to check it belongs) and reused.
+--reference-cache the reference latent is kept and reused (named by x_T and the model's first ε).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from shmt_cli.atomic import atomic_path
 from shmt_cli.decompose import FaceParts
 from shmt_cli.engines.base import PairJob
 from shmt_cli.engines.shmt import vq as vqmod
@@ -119,24 +120,25 @@ def reference_solution(eps_fn: EpsFn, x_T: torch.Tensor, progress: bool) -> torc
 def cached_reference(
     eps_fn: EpsFn, x_T: torch.Tensor, cache: Path | None, name: str
 ) -> tuple[torch.Tensor, str]:
-    """`reference_solution`, read from / written to ``cache`` when given. Returns (latent, how obtained)."""
-    path = cache / f"{name}_x{hash_tensor(x_T)}_reference.safetensors" if cache else None
-    if path is not None and path.is_file():
-        stored = load_file(path)
-        if torch.equal(stored["x_T"], x_T):
-            return stored["reference"], f"read from {path}"
+    """`reference_solution`, read from / written to ``cache`` when given. Returns (latent, how obtained).
+
+    The cache file is named by a hash of x_T and of ε(x_T, ODE_START): one model call that changes with
+    the weights and the conditioning, so a changed model never reads an old reference.
+    """
+    path = None
+    if cache is not None:
+        first_eps = eps_fn(x_T, torch.full((x_T.shape[0],), ODE_START, dtype=torch.long))
+        key = hashlib.sha256(x_T.contiguous().numpy().tobytes() + first_eps.contiguous().numpy().tobytes())
+        path = cache / f"{name}_{key.hexdigest()[:16]}_reference.safetensors"
+        if path.is_file():
+            return load_file(path)["reference"], f"read from {path}"
     start = time.perf_counter()
     reference = reference_solution(eps_fn, x_T, progress=name == "full")
     how = f"{time.perf_counter() - start:.0f} s"
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"x_T": x_T.contiguous(), "reference": reference.contiguous()}, str(path))
+        with atomic_path(path) as tmp:
+            save_file({"reference": reference.contiguous()}, str(tmp))
     return reference, how
-
-
-def hash_tensor(tensor: torch.Tensor) -> str:
-    """A short content hash of a tensor (names the cache file)."""
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
 
 
 def epsilon_roughness(eps_fn: EpsFn, x: torch.Tensor, starts: tuple[int, ...] = (900, 500, 100)) -> str:
