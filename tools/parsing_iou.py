@@ -1,6 +1,7 @@
 """Quality table of the built-in face parser against the official parser's maps.
 
-Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--size=N] [--method=net|rules] [--fit-nose]
+Usage: python tools/parsing_iou.py [FACES_DIR] [--quiet] [--size=N] [--method=net|rules] [--no-parts]
+    [--fit-nose]
 
 FACES_DIR defaults to ../shared/faces (folders */images with the photos and */seg with 512x512 label
 PNGs of the official FaceParsing.PyTorch parser). Each photo is parsed as it is (unaligned, at its own
@@ -10,6 +11,9 @@ folder), and the mean of the class means, plus the median parse CPU time per pho
 
 --method picks the parser (parse_face's method; without it parse_face's default, rules). The shipped
 network was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
+
+--no-parts leaves out the eye and brow networks (shmt_cli/face/parsing_parts.py, trained on these
+photos: for held-out figures use tools/parsing_parts_train.py --kfold).
 
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
 at another scale.
@@ -226,7 +230,9 @@ def main(argv: list[str]) -> int:
     sizes = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--size=")]
     methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
     # Without --method, parse_face's own default.
-    options = {"method": methods[0]} if methods else {}
+    options: dict = {"method": methods[0]} if methods else {}
+    if "--no-parts" in argv:
+        options["parts"] = False
     import torch
 
     torch.set_num_threads(1)  # per-face CPU time on one core

@@ -1,12 +1,13 @@
-"""Contact sheet of the face parser on the made-up dev photos: photo | rules | ours | official.
+"""Contact sheet of the face parser on the made-up dev photos: photo | rules alone | ours | official.
 
     python tools/parsing_sheet.py [--out docs/parsing_makeup_sheet.jpg] [--kind makeup] [--tile 160]
 
 Each row holds two photos of ../shared/faces/<kind>/images, each as four tiles: the photo, the
-rule-based parser (parse_face method "rules", the parser before the network), the shipped parser
-(method "net") and the official FaceParsing.PyTorch map, all blended over a grey copy of the photo
-with one colour per CelebAMask-HQ class. The shipped network was trained on these photos, so the sheet
-shows in-sample results; tools/parsing_train.py --kfold measures held-out ones.
+rule-based parser alone (parse_face method "rules" without the eye and brow networks), the default
+parser (method "rules" with the eye and brow networks of shmt_cli/face/parsing_parts.py) and the
+official FaceParsing.PyTorch map, all blended over a grey copy of the photo with one colour per
+CelebAMask-HQ class. The shipped networks were trained on these photos, so the sheet shows in-sample
+results; tools/parsing_parts_train.py --kfold measures held-out ones.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def tiles_for(image_path: Path, tile: int) -> list[np.ndarray] | None:
-    """Photo, rules, net and official tiles (tile x tile RGB) of one dev photo; None without a face."""
+    """Photo, rules alone, default and official tiles (tile x tile RGB) of one dev photo; None without a
+    face."""
     rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     faces = default_detector().detect(rgb)
     if not faces:
@@ -56,8 +58,8 @@ def tiles_for(image_path: Path, tile: int) -> list[np.ndarray] | None:
     landmarks = faces[0].landmarks
     seg = image_path.parent.parent / "seg" / f"{image_path.stem}.png"
     maps = [
-        parse_face(rgb, landmarks, method="rules"),
-        parse_face(rgb, landmarks, method="net"),
+        parse_face(rgb, landmarks, method="rules", parts=False),
+        parse_face(rgb, landmarks),
         load_label_map(seg, rgb.shape[:2]),
     ]
     out = [rgb] + [overlay(rgb, m) for m in maps]
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> int:
         cells.append(np.zeros_like(cells[0]))
     grid = np.vstack([np.hstack(cells[i : i + 2]) for i in range(0, len(cells), 2)])
     caption = np.full((24, grid.shape[1], 3), 255, np.uint8)
-    for index, text in enumerate(["photo", "rules (before)", "ours (net)", "official"] * 2):
+    for index, text in enumerate(["photo", "rules alone", "ours (default)", "official"] * 2):
         cv2.putText(
             caption,
             text,

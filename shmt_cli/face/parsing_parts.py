@@ -1,0 +1,306 @@
+"""Eye and brow refinement: a small network per part on a high-resolution window around its landmarks.
+
+dlib's eye and brow points land on painted liner and costume brows, and the rule-based outlines follow
+them. Here each eye and each brow is re-decided on its own window of the photo: a `PATCH_W` x `PATCH_H`
+px patch in the face frame (unit: interocular distance), centred on the part's landmark centre and
+larger than the part, so that a part the points missed by a fraction of its size is still inside it.
+The image-right (subject's left) parts are mirrored so that both sides share the weights. A network
+per part kind (eyes, brows) sees the patch's RGB, its Lab relative to the patch's median, the current
+parse's mask of the part (the rules' outline: a prior it was trained to distrust, dropped and shifted
+in training) and the patch coordinates, and predicts the part's logit per patch pixel. The logits are
+resampled onto the photo (bilinear) and, with a bias and the current outline as a weak prior
+(apply_logits), decide the part inside the window: part pixels rejected become skin, skin (and, for
+brows, hair) pixels accepted become the part. Outside the windows nothing changes.
+
+The weights (`parsing_parts.safetensors`, beside this module, 0.2 MB) are written by
+tools/parsing_parts_train.py, which states their data (the dev photos with the official parser's
+maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
+and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 10 ms CPU per
+face (four 64 x 48 patches, one torch thread).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, R_BROW, R_EYE, SKIN
+from shmt_cli.face.parsing_shapes import Frame
+
+WEIGHTS_PATH = Path(__file__).with_name("parsing_parts.safetensors")
+
+PATCH_W = 64
+PATCH_H = 48
+
+
+@dataclass(frozen=True)
+class PartKind:
+    """Window of one part kind in the face frame: half sizes (iod) and the centre's offset from the
+    landmark centre (along u towards the face's outside after mirroring, and v down)."""
+
+    name: str
+    half_u: float
+    half_v: float
+    offset_v: float
+    # Labels the part may take over (besides its own).
+    grows_into: tuple[int, ...]
+
+
+EYES = PartKind("eyes", 0.36, 0.27, 0.0, (SKIN,))
+BROWS = PartKind("brows", 0.55, 0.36, 0.04, (SKIN, HAIR))
+KINDS = (EYES, BROWS)
+# (kind, label, landmark slice, mirrored): image-left parts as they are, image-right ones mirrored.
+PARTS = (
+    (EYES, R_EYE, slice(36, 42), False),
+    (EYES, L_EYE, slice(42, 48), True),
+    (BROWS, R_BROW, slice(17, 22), False),
+    (BROWS, L_BROW, slice(22, 27), True),
+)
+IN_CHANNELS = 3 + 3 + 1 + 2
+
+
+def patch_affine(kind: PartKind, points: np.ndarray, frame: Frame, mirrored: bool) -> np.ndarray:
+    """(2, 3) map from patch pixel (x, y) (pixel centres at integers) to photo pixel of a part's window.
+
+    points: (K, 2) the part's landmarks (photo pixels); frame: the face frame.
+    """
+    centre = points.mean(axis=0) + kind.offset_v * frame.iod * frame.v
+    su = 2 * kind.half_u * frame.iod / PATCH_W
+    sv = 2 * kind.half_v * frame.iod / PATCH_H
+    u = frame.u * (-su if mirrored else su)
+    v = frame.v * sv
+    # Photo point of patch pixel (x, y): centre + (x + 0.5 - W / 2) u + (y + 0.5 - H / 2) v.
+    origin = centre + (0.5 - PATCH_W / 2) * u + (0.5 - PATCH_H / 2) * v
+    return np.stack([u, v, origin], axis=1)
+
+
+def sample_patch(image: np.ndarray, affine: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """The patch (PATCH_H, PATCH_W[, C]) of image under a patch -> image affine (2, 3).
+
+    Bilinear (blurred first where a patch pixel spans more than 1.5 photo pixels, against aliasing)
+    or nearest for label maps; outside the image the border is replicated.
+    """
+    step = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))
+    if not nearest and step > 1.5:
+        # Blur only the window's bounding box (plus the kernel's reach).
+        corners = affine @ np.array([[0, 0, 1], [PATCH_W, 0, 1], [0, PATCH_H, 1], [PATCH_W, PATCH_H, 1.0]]).T
+        sigma = 0.5 * step
+        pad = int(3 * sigma) + 2
+        x0, y0 = np.maximum(np.floor(corners.min(axis=1)).astype(int) - pad, 0)
+        x1, y1 = np.ceil(corners.max(axis=1)).astype(int) + pad + 1
+        region = image[y0:y1, x0:x1]
+        if region.size:
+            image = cv2.GaussianBlur(region, (0, 0), sigma)
+            affine = affine - np.array([[0, 0, x0], [0, 0, y0]], np.float64)
+    flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(image, affine, (PATCH_W, PATCH_H), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+
+
+@functools.cache
+def _coordinates() -> np.ndarray:
+    """(2, PATCH_H, PATCH_W) float32 patch coordinates in [-1, 1] (x, then y)."""
+    x = (np.arange(PATCH_W, dtype=np.float32) + 0.5) / PATCH_W * 2 - 1
+    y = (np.arange(PATCH_H, dtype=np.float32) + 0.5) / PATCH_H * 2 - 1
+    return np.stack(
+        [np.broadcast_to(x[None, :], (PATCH_H, PATCH_W)), np.broadcast_to(y[:, None], (PATCH_H, PATCH_W))]
+    )
+
+
+def patch_input(rgb_patch: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """(IN_CHANNELS, PATCH_H, PATCH_W) float32 network input.
+
+    rgb_patch: (PATCH_H, PATCH_W, 3) uint8; prior: (PATCH_H, PATCH_W) the current parse's mask of the
+    part (bool or 0..1 float), or None for none (a zero channel). Lab is relative to the patch's
+    median and spread, so the network sees what stands out in the window whatever the makeup's colour.
+    """
+    lab = cv2.cvtColor(rgb_patch.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).reshape(-1, 3)
+    median = np.median(lab, axis=0)
+    spread = np.median(np.abs(lab - median), axis=0) * 1.4826 + np.array([3.0, 2.0, 2.0], np.float32)
+    rel = (np.clip((lab - median) / spread, -8.0, 8.0) / 4.0).reshape(PATCH_H, PATCH_W, 3)
+    rgb = rgb_patch.astype(np.float32) / 255.0 - 0.5
+    mask = np.zeros((PATCH_H, PATCH_W), np.float32) if prior is None else prior.astype(np.float32)
+    return np.concatenate(
+        [rgb.transpose(2, 0, 1), rel.transpose(2, 0, 1), mask[None], _coordinates()]
+    ).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# network
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class PartNet(nn.Module):
+    """Small U-Net: (N, IN_CHANNELS, PATCH_H, PATCH_W) -> (N, 1, PATCH_H, PATCH_W) part logits."""
+
+    def __init__(self, in_channels: int = IN_CHANNELS, widths: tuple[int, int, int] = (12, 24, 32)) -> None:
+        super().__init__()
+        a, b, c = widths
+        self.enc1 = _conv(in_channels, a)
+        self.enc2 = nn.Sequential(_conv(a, b, stride=2), _conv(b, b))
+        self.enc3 = nn.Sequential(_conv(b, c, stride=2), _conv(c, c, dilation=2), _conv(c, c, dilation=4))
+        self.dec2 = _conv(c + b, b)
+        self.dec1 = _conv(b + a, a)
+        self.head = nn.Conv2d(a, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        d2 = self.dec2(torch.cat([F.interpolate(e3, size=e2.shape[2:], mode="bilinear"), e2], 1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, size=e1.shape[2:], mode="bilinear"), e1], 1))
+        return self.head(d1)
+
+
+@dataclass
+class PartsModel:
+    """The per-kind networks (eval mode) and, per parse method, the part kinds they decide (chosen by
+    held-out IoU in tools/parsing_parts_train.py)."""
+
+    nets: dict[str, PartNet]
+    kinds_for: dict[str, tuple[str, ...]]
+    # Per parse method: (logit bias, prior weight) per kind (apply_logits).
+    settings_for: dict[str, dict[str, tuple[float, float]]]
+
+
+def load_model(path: str | Path = WEIGHTS_PATH) -> PartsModel:
+    """A PartsModel from a safetensors file with keys '<kind>.<parameter>' and, in its metadata,
+    '<method>' -> comma-separated kinds and '<method>_settings' -> 'kind=bias:prior_weight,...' for
+    each parse method."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    nets = {}
+    for kind in KINDS:
+        net = PartNet()
+        prefix = kind.name + "."
+        net.load_state_dict({k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)})
+        nets[kind.name] = net.eval()
+    kinds_for = {
+        method: tuple(filter(None, metadata.get(method, "").split(","))) for method in ("rules", "net")
+    }
+    settings_for = {}
+    for method in ("rules", "net"):
+        entries = [e.split("=") for e in metadata.get(method + "_settings", "").split(",") if e]
+        settings_for[method] = {
+            name: (float(value.split(":")[0]), float(value.split(":")[1])) for name, value in entries
+        }
+    return PartsModel(nets, kinds_for, settings_for)
+
+
+@functools.cache
+def default_model() -> PartsModel | None:
+    """The shipped model, or None when the weights file is absent (the stage is then skipped)."""
+    return load_model() if WEIGHTS_PATH.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# inference
+
+
+def part_logits(
+    nets: dict[str, PartNet],
+    rgb: np.ndarray,
+    landmarks: np.ndarray,
+    labels: np.ndarray,
+    kinds: tuple[str, ...] = ("eyes", "brows"),
+) -> list[tuple[int, PartKind, np.ndarray, np.ndarray]]:
+    """(label, kind, patch -> photo affine (2, 3), logits (PATCH_H, PATCH_W) float32) per part of PARTS
+    whose kind is named in kinds."""
+    frame = Frame(landmarks)
+    inputs, metas = [], []
+    for kind, label, points, mirrored in PARTS:
+        if kind.name not in kinds:
+            continue
+        affine = patch_affine(kind, landmarks[points], frame, mirrored)
+        prior = sample_patch((labels == label).astype(np.uint8), affine, nearest=True)
+        inputs.append(patch_input(sample_patch(rgb, affine), prior))
+        metas.append((label, kind, affine))
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack(inputs))
+        out = {}
+        for kind in KINDS:
+            idx = [i for i, m in enumerate(metas) if m[1] is kind]
+            if not idx:
+                continue
+            logits = nets[kind.name](x[idx])[:, 0].numpy()
+            out.update(dict(zip(idx, logits, strict=True)))
+    return [(label, kind, affine, out[i]) for i, (label, kind, affine) in enumerate(metas)]
+
+
+def apply_logits(
+    labels: np.ndarray,
+    parts: list[tuple[int, PartKind, np.ndarray, np.ndarray]],
+    settings: dict[str, tuple[float, float]] | None = None,
+) -> np.ndarray:
+    """Labels (H, W) uint8 with each part re-decided inside its window.
+
+    The decision is logit + bias + prior_weight * (+1 inside the part's current label, -1 outside),
+    with (bias, prior_weight) = settings[kind] ((0, 0) when not given): the weight lets the current
+    outline (the rules') count as a weak prior next to the network.
+    """
+    out = labels.copy()
+    height, width = labels.shape
+    corners_px = np.array(
+        [
+            [-0.5, -0.5, 1],
+            [PATCH_W - 0.5, -0.5, 1],
+            [-0.5, PATCH_H - 0.5, 1],
+            [PATCH_W - 0.5, PATCH_H - 0.5, 1.0],
+        ]
+    ).T
+    for label, kind, affine, logits in parts:
+        bias, weight = (settings or {}).get(kind.name, (0.0, 0.0))
+        corners = affine @ corners_px
+        x0, y0 = np.maximum(np.floor(corners.min(axis=1)).astype(int), 0)
+        x1, y1 = np.ceil(corners.max(axis=1)).astype(int) + 1
+        x1, y1 = min(int(x1), width), min(int(y1), height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        shifted = affine - np.array([[0, 0, x0], [0, 0, y0]], np.float64)
+        # Outside the patch the logit is "no opinion": a sentinel far below any network output.
+        value = cv2.warpAffine(
+            logits.astype(np.float32),
+            shifted,
+            (int(x1 - x0), int(y1 - y0)),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=-1e4,
+        )
+        inside = value > -1e3
+        window = out[y0:y1, x0:x1]
+        current = window == label
+        part = inside & (value + bias + weight * np.where(current, 1.0, -1.0) > 0)
+        window[inside & current & ~part] = SKIN
+        window[part & np.isin(window, kind.grows_into)] = label
+    return out
+
+
+def refine_parts(
+    rgb: np.ndarray, landmarks: np.ndarray, labels: np.ndarray, method: str, model: PartsModel | None = None
+) -> np.ndarray:
+    """Labels (H, W) uint8 with the part kinds that the model (default: the shipped one) decides after
+    parse method `method` ("rules" or "net") re-decided; unchanged without a model.
+    rgb: (H, W, 3) uint8; landmarks: (68, 2) float; labels: (H, W) uint8 of that method."""
+    model = default_model() if model is None else model
+    if model is None or not model.kinds_for.get(method):
+        return labels
+    kinds = model.kinds_for[method]
+    parts = part_logits(model.nets, rgb, np.asarray(landmarks, np.float64), labels, kinds)
+    return apply_logits(labels, parts, model.settings_for.get(method))
