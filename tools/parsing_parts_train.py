@@ -28,7 +28,8 @@ are written there with their nested settings (tests/data/parsing_parts_fold0.saf
 --out then trains on all photos and ships the settings chosen on all held-out photos. The shipped
 weights: 1500 steps, batch 16, the defaults below; the folds can be trained in parallel processes
 (--only-fold F, --only-fold all) and then scored and shipped with --reuse. Training is deterministic
-(fixed seeds, single-process data generation): the same command writes the same bytes. Caveat: the
+(fixed seeds, single-process data generation): the same command writes the same tensors (the
+safetensors header may list the metadata in another order). Caveat: the
 rules' ~67 constants were fitted on all 36 photos and the "net" rows use the shipped parsing_net
 weights, which saw them too: only this stage is held out.
 """

@@ -191,7 +191,8 @@ def load_model(path: str | Path = WEIGHTS_PATH) -> PartsModel:
         net = PartNet()
         prefix = kind.name + "."
         net.load_state_dict({k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)})
-        nets[kind.name] = net.eval()
+        # Channels-last runs these small convolutions about twice as fast on CPU.
+        nets[kind.name] = net.eval().to(memory_format=torch.channels_last)
     kinds_for = {
         method: tuple(filter(None, metadata.get(method, "").split(","))) for method in ("rules", "net")
     }
@@ -233,7 +234,7 @@ def part_logits(
         inputs.append(patch_input(sample_patch(rgb, affine), prior))
         metas.append((label, kind, affine))
     with torch.no_grad():
-        x = torch.from_numpy(np.stack(inputs))
+        x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
         out = {}
         for kind in KINDS:
             idx = [i for i, m in enumerate(metas) if m[1] is kind]
