@@ -150,6 +150,15 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray, fast: bool) -> np.ndarray:
     # Each part is refined inside a window around its landmarks (all its evidence lies within a
     # fraction of the interocular distance), which costs a fraction of the whole region's pixels.
     pad = PART_WINDOW_PAD * iod + 8
+    # CIELAB once for the box around all part windows (the float conversion is costly per pixel and
+    # the brow and eye windows overlap; it is per pixel, so a window's values are the same).
+    box_rows, box_cols, _ = _part_window(shape, lm[17:68], pad)
+    box_lab = rgb_to_lab(rgb[box_rows, box_cols])
+
+    def window_lab(rows: slice, cols: slice) -> np.ndarray:
+        top, left = rows.start - box_rows.start, cols.start - box_cols.start
+        return box_lab[top : top + rows.stop - rows.start, left : left + cols.stop - cols.start]
+
     for part, label, inner_first in (
         (slice(17, 22), R_BROW, False),
         (slice(22, 27), L_BROW, True),
@@ -158,15 +167,14 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray, fast: bool) -> np.ndarray:
     ):
         rows, cols, offset = _part_window(shape, lm[part], pad)
         sub_lm = lm - offset
-        # CIELAB of the window only (the float conversion is costly per pixel).
-        lab = rgb_to_lab(rgb[rows, cols])
+        lab = window_lab(rows, cols)
         if inner_first is None:
             mask = eye_region(lab, sub_lm[part], Frame(sub_lm))
         else:
             mask = brow_region(lab, sub_lm[part], Frame(sub_lm), inner_first=inner_first)
         labels[rows, cols][mask] = label
     rows, cols, offset = _part_window(shape, lm[48:68], pad)
-    upper, lower, mouth = mouth_regions(rgb_to_lab(rgb[rows, cols]), lm - offset, iod)
+    upper, lower, mouth = mouth_regions(window_lab(rows, cols), lm - offset, iod)
     window = labels[rows, cols]
     window[upper] = U_LIP
     window[lower] = L_LIP
