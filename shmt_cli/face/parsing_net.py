@@ -254,9 +254,8 @@ class ParsingNet(nn.Module):
 
     def prior_table(self) -> np.ndarray:
         """(19, 19) float32: the prior logits (columns) of a pixel whose prior label is the row."""
-        onehot = np.stack(
-            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_LABELS)]
-        )
+        # One row of one-hot channels per label id: prior_onehot of a (1, 19) map of all ids.
+        onehot = prior_onehot(np.arange(NUM_LABELS, dtype=np.uint8)[None, :])[:, 0, :].T
         weight = self.prior_logits.weight.detach()[:, :, 0, 0].numpy()
         return (onehot @ weight.T + self.prior_logits.bias.detach().numpy()).astype(np.float32)
 
@@ -284,7 +283,9 @@ def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
     if unknown:
         raise ValueError(f"{path}: unknown prior_parts {unknown}; expected some of {sorted(PART_GROUPS)}")
     net.prior_parts = parts
-    return net.eval()
+    # Channels-last weights (and inputs, crop_residual): oneDNN's convolutions run about a third faster
+    # on one CPU thread than with the default layout, for the same arithmetic up to rounding.
+    return net.to(memory_format=torch.channels_last).eval()
 
 
 @functools.cache
@@ -310,7 +311,7 @@ def crop_residual(
     if mirror:
         inputs.append(network_input(np.ascontiguousarray(crop_rgb[:, ::-1]), table[prior[:, ::-1]]))
     with torch.inference_mode():
-        out = net.residual(torch.from_numpy(np.stack(inputs)))
+        out = net.residual(torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last))
     if not mirror:
         return out[0]
     back = out[1].flip(-1)[torch.from_numpy(table.astype(np.int64))]
