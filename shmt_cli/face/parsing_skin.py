@@ -55,7 +55,9 @@ SKIN_MAHA = 25.0
 NECK_MAHA = 128.0
 HEAD_MAHA = 12.0
 ALLOWED_GROW = 0.15
-GRABCUT_ITERS = 4
+# GrabCut iterations: a fourth moved a few dozen working-scale pixels and cost about 11 ms per face
+# (M_face IoU on the 36 dev photos within 0.0015 of four iterations, made-up and bare, own size and 256).
+GRABCUT_ITERS = 3
 # Cheaper settings for the prior of the learned refinement (parsing_net.py), which corrects the skin
 # region itself: about a quarter of GrabCut's cost for ~0.003 less M_face IoU from the rules alone.
 FAST_WORK_INTEROCULAR = 40.0
