@@ -231,6 +231,24 @@ def test_net_parse_is_deterministic_and_differs_from_its_prior(astronaut_rgb, as
     assert (np.abs(in_crop - (parsing_net.CROP_SIZE - 1) / 2) <= parsing_net.CROP_SIZE / 2 + 1).all()
 
 
+@pytest.mark.parametrize("method", ["rules", "net"])
+def test_parse_is_the_same_bytes_on_any_thread_count(astronaut_rgb, astronaut_parse, method):
+    # GrabCut's k-means, OpenCV's parallel filters and the network's convolutions must not depend on
+    # how many threads run them: a face parses to the same bytes in every process.
+    _, landmarks = astronaut_parse
+    cv_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            cv2.setNumThreads(threads)
+            torch.set_num_threads(threads)
+            out.append(parse_face(astronaut_rgb, landmarks, method=method))
+    finally:
+        cv2.setNumThreads(cv_threads)
+        torch.set_num_threads(torch_threads)
+    assert np.array_equal(out[0], out[1])
+
+
 def test_default_method_is_rules_and_unknown_method_refused(astronaut_rgb, astronaut_parse):
     labels, landmarks = astronaut_parse
     assert np.array_equal(labels, parse_face(astronaut_rgb, landmarks, method="rules"))
