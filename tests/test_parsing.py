@@ -293,6 +293,15 @@ def test_logits_back_to_the_photo_follow_the_crop(astronaut_rgb, astronaut_parse
     assert not flat.any()
 
 
+def test_mirrored_input_is_the_input_of_the_mirrored_crop(astronaut_rgb, astronaut_parse):
+    _, landmarks = astronaut_parse
+    _, crop, prior, _ = parsing_net.prepare_crop(astronaut_rgb, landmarks)
+    x = parsing_net.network_input(crop, prior)
+    table = parsing_net.flip_table()
+    again = parsing_net.network_input(np.ascontiguousarray(crop[:, ::-1]), table[prior[:, ::-1]])
+    assert np.array_equal(parsing_net.mirrored_input(x), again)
+
+
 def test_flip_table_swaps_left_and_right_only():
     table = parsing_net.flip_table()
     assert [table[i] for i in (L_EYE, R_EYE, L_BROW, R_BROW)] == [R_EYE, L_EYE, R_BROW, L_BROW]

@@ -186,6 +186,21 @@ def network_input(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
     )
 
 
+def mirrored_input(x: np.ndarray) -> np.ndarray:
+    """network_input of the mirrored crop and prior, (IN_CHANNELS, S, S) float32, from that of the crop.
+
+    The same values as computing it anew: colours and skin-relative Lab are per pixel, the skin
+    sample's box is symmetric (so the median and spread come from the same pixels), the prior's
+    left/right channels swap with flip_table, and the face-frame coordinates stay the crop's own.
+    """
+    table = flip_table()
+    # Channel of the mirrored prior's class c is that of the original prior's class table[c].
+    channel = {cls: k for k, cls in enumerate(PRIOR_CLASSES)}
+    order = [0] + [channel[int(table[cls])] for cls in PRIOR_CLASSES[1:]]
+    onehot = x[PRIOR_START : PRIOR_START + len(PRIOR_CLASSES)][order]
+    return np.concatenate([x[:PRIOR_START, :, ::-1], onehot[:, :, ::-1], coordinate_channels()])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # network
 
@@ -309,7 +324,7 @@ def crop_residual(
     inputs = [network_input(crop_rgb, prior)]
     table = flip_table()
     if mirror:
-        inputs.append(network_input(np.ascontiguousarray(crop_rgb[:, ::-1]), table[prior[:, ::-1]]))
+        inputs.append(mirrored_input(inputs[0]))
     with torch.inference_mode():
         out = net.residual(torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last))
     if not mirror:
