@@ -326,7 +326,9 @@ def crop_residual(
     if mirror:
         inputs.append(mirrored_input(inputs[0]))
     with torch.inference_mode():
-        out = net.residual(torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last))
+        x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
+        # Back to one plane per class: the flip, the class shuffle and the warps read planes.
+        out = net.residual(x).contiguous()
     if not mirror:
         return out[0]
     back = out[1].flip(-1)[torch.from_numpy(table.astype(np.int64))]
