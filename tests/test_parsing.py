@@ -196,6 +196,21 @@ def test_parse_face_degenerate_inputs(astronaut_parse):
         parse_face(flat, landmarks[:5])
 
 
+@pytest.mark.parametrize("method", ["rules", "net"])
+def test_face_cut_by_the_frame_still_parses(astronaut_rgb, astronaut_parse, method):
+    # A photo that ends at the eyes, or just beside the outer corner of one eye: the parts inside are
+    # labelled, those outside have empty windows (this raised in cvtColor before).
+    _, landmarks = astronaut_parse
+    cut = int(landmarks[37, 1])
+    top = parse_face(np.ascontiguousarray(astronaut_rgb[:cut]), landmarks, method=method)
+    assert top.shape == (cut, astronaut_rgb.shape[1])
+    assert (top == L_BROW).any() and (top == R_BROW).any() and not (top == U_LIP).any()
+    cut = int(landmarks[45, 0])
+    side = parse_face(np.ascontiguousarray(astronaut_rgb[:, cut:]), landmarks - [cut, 0], method=method)
+    assert side.shape == (astronaut_rgb.shape[0], astronaut_rgb.shape[1] - cut)
+    assert not (side == U_LIP).any()
+
+
 def test_parse_face_only_looks_near_the_face(astronaut_rgb, astronaut_parse):
     labels, landmarks = astronaut_parse
     # The same photo on a large canvas: same labels around the face, background far away.

@@ -159,8 +159,12 @@ def _parse_roi(rgb: np.ndarray, lm: np.ndarray, fast: bool) -> np.ndarray:
     box_lab = rgb_to_lab(rgb[box_rows, box_cols])
 
     def window_lab(rows: slice, cols: slice) -> np.ndarray:
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        if height <= 0 or width <= 0:
+            # A part outside the image: its window is empty (and may lie outside the box).
+            return np.zeros((max(height, 0), max(width, 0), 3), np.float32)
         top, left = rows.start - box_rows.start, cols.start - box_cols.start
-        return box_lab[top : top + rows.stop - rows.start, left : left + cols.stop - cols.start]
+        return box_lab[top : top + height, left : left + width]
 
     for part, label, inner_first in (
         (slice(17, 22), R_BROW, False),

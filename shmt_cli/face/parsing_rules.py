@@ -85,6 +85,8 @@ TEETH_LIGHTNESS = 35.0
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIELAB (L 0..100, a and b about -128..127) float32 of uint8 RGB pixels (..., 3), same shape."""
+    if rgb.size == 0:
+        return np.zeros(rgb.shape, np.float32)  # a part window outside the image (cvtColor refuses it)
     return cv2.cvtColor(rgb.astype(np.float32).reshape(-1, 1, 3) / 255.0, cv2.COLOR_RGB2Lab).reshape(
         rgb.shape
     )
@@ -170,7 +172,8 @@ def eye_region(lab: np.ndarray, points: np.ndarray, frame: Frame) -> np.ndarray:
     if not eye.any():
         return eye
     ys, xs = np.nonzero(eye)
-    top, bottom, left, right = ys.min(), ys.max() + 2, xs.min(), xs.max() + 2
+    top, left = ys.min(), xs.min()
+    bottom, right = min(ys.max() + 2, eye.shape[0]), min(xs.max() + 2, eye.shape[1])
     box = eye[top:bottom, left:right].astype(np.uint8)
     patch = lab[top:bottom, left:right]
     gy, gx = np.mgrid[top:bottom, left:right]
@@ -352,6 +355,8 @@ def mouth_regions(
         fg_samples=lip_core,
     )
     refined |= mouth
+    if not refined.any():
+        return refined, refined, refined  # the mouth is outside the image
     mouth = _open_mouth(lab, mouth, lips, lip_core, landmarks, iod) & refined
     # Upper or lower lip: whichever landmark lip is nearer.
     d_upper = cv2.distanceTransform((~upper).astype(np.uint8), cv2.DIST_L2, 3)

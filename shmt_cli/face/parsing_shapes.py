@@ -83,7 +83,7 @@ def catmull_rom(points: np.ndarray, closed: bool, samples: int = 8) -> np.ndarra
 def fill_polygon(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
     """Boolean (H, W) mask of a filled polygon given in float pixel coordinates (sub-pixel accurate)."""
     mask = np.zeros(shape, np.uint8)
-    if len(polygon) >= 3:
+    if len(polygon) >= 3 and mask.size:
         # Pixel centres are at integer coordinates; shift=4 keeps 1/16 px precision.
         pts = np.round(np.asarray(polygon) * 16).astype(np.int32)
         cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
@@ -120,6 +120,8 @@ def disk(radius: int) -> np.ndarray:
 def signed_distance(mask: np.ndarray) -> np.ndarray:
     """Signed distance (H, W) float32 in pixels to the boundary of a boolean mask, positive inside."""
     m = mask.astype(np.uint8)
+    if m.size == 0:
+        return np.zeros(m.shape, np.float32)
     inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
     outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
     return inside - outside
