@@ -76,7 +76,7 @@ def parse_face(rgb: np.ndarray, landmarks: np.ndarray, method: str = "rules") ->
     GrabCut skin region); "net" the fast rules' parse (cheaper GrabCut) refined by the shipped network
     (shmt_cli/face/parsing_net.py), which leaves eyes and lips to the rules. In 3-fold held-out IoU on the
     dev photos (tools/parsing_train.py --kfold 3) the network is better on brows and nose, equal on
-    eyes and lips, but lower on made-up faces' skin region (0.001) and open mouths (0.024), and its
+    eyes and lips, but lower on made-up faces' skin region (0.002) and open mouths (0.024), and its
     neck starts lower (a foundation step at the jaw, tests/test_classic_defects.py): so not the
     default yet, although it takes about 80 % of the time.
     """
