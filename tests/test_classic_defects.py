@@ -318,7 +318,8 @@ def test_open_mouth_is_not_taken_for_a_speck():
     assert (labels[38:40, 30:33] == MOUTH).all(), "the input is not changed"
 
 
-def test_hole_in_the_reference_lips_shows_no_patch_at_h4(close_face):
+@pytest.mark.parametrize("level", ["h2", "h4"])
+def test_hole_in_the_reference_lips_shows_no_patch(close_face, level):
     rgb, labels, landmarks = close_face
     lab, _, _ = _red_lips(close_face)
     # A drip of lipstick across the lower lip that the parser called skin: a band of the reference's
@@ -329,16 +330,16 @@ def test_hole_in_the_reference_lips_shows_no_patch_at_h4(close_face):
     hole = band & (labels == L_LIP)
     reference_labels = labels.copy()
     reference_labels[hole] = SKIN
-    full = rgb_to_lab(_run(close_face, (lab_to_rgb(lab), labels, landmarks), "h4"))
+    full = rgb_to_lab(_run(close_face, (lab_to_rgb(lab), labels, landmarks), level))
     lab[hole] = np.median(rgb_to_lab(rgb)[labels == SKIN], axis=0)
-    result = rgb_to_lab(_run(close_face, (lab_to_rgb(lab), reference_labels, landmarks), "h4"))
+    result = rgb_to_lab(_run(close_face, (lab_to_rgb(lab), reference_labels, landmarks), level))
     inside = cv2.erode((labels == L_LIP).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     inside &= cv2.erode(band.astype(np.uint8), np.ones((1, 5), np.uint8)) > 0
     assert inside.sum() >= 20, inside.sum()
-    # The hole takes the lip's shading from the lip around it, as with the whole lip shown; only the
-    # finest bands are the source's. Before: the source's own lighter lip showed (~13 L lighter).
+    # The hole takes the lip's shading and fine bands from the lip around it, as with the whole lip
+    # shown. Before: the source's own lighter lip showed (4.9 L lighter at h2, 3.5 at h4).
     patch = result[inside, 0].mean() - full[inside, 0].mean()
-    assert abs(patch) < 5.0, patch
+    assert abs(patch) < 2.0, patch
 
 
 def test_warp_tear_draws_no_seam_in_the_lips(faces_dir):

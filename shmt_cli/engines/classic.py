@@ -116,6 +116,8 @@ _FILLED_BANDS_FROM = 2
 # Regions whose coarser bands come from the fill wherever the warped reference lacks them. Not the eye
 # area: filling it moved the reference's relief onto the source's (identity distance up at h4).
 _FILLED_REGIONS = frozenset({"lips"})
+# Blur (px) that carries the texture's trust across a warp tear (tears are 3-4 px wide with their margin).
+_TEAR_BRIDGE = 2.0
 # Even those bands carry structure where either face has an edge (the reference's jaw contour, a fold):
 # skin texture fades where the lightness difference's smooth gradient reaches this (L units per pixel;
 # see classic_texture.structure_gate).
@@ -374,12 +376,17 @@ def transfer_prepared(
     # The reference's lightness as each source pixel's own region sees it (last region painted wins).
     region_lightness = src_l.copy()
     painted = np.zeros(src_l.shape, dtype=bool)
+    hole = np.zeros(src_l.shape, dtype=np.float32)
     fills: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for name in active:
         weight = source.weights[name][window] * np.float32(params.strength(name))
         channel = 3 + _REFERENCE_CHANNEL_OF[name]
         valid = np.clip(warped[..., channel], 0.0, 1.0)
-        texture_valid = np.clip(warped[..., channel + channels], 0.0, 1.0) * intact
+        # Across a tear the texture's trust is its neighbours' (the lightness there is filled from
+        # either side): a tear left without texture drew the source's own as a light line in the lips.
+        texture_valid = fill_region(
+            np.clip(warped[..., channel + channels], 0.0, 1.0), intact, 0.0, _TEAR_BRIDGE
+        )
         lightness_valid = np.clip(warped[..., channel + 2 * channels], 0.0, 1.0) * intact
         mean = reference.region_means[name]
         # Skin and eye-shadow area read the same reference pixels (its skin): one fill serves both.
@@ -411,6 +418,14 @@ def transfer_prepared(
         result_lab[..., 1:] += weight[..., None] * (filled_ab - result_lab[..., 1:])
         tone += weight * (region_tone - tone)
         coarse_valid = 1.0 if name in _FILLED_REGIONS else texture_valid
+        # Where the reference shows none of a filled region, the source keeps its own fine texture but
+        # takes the fill's fine bands over it (the region's shading near its border): without them a
+        # hole was a light patch among the reference's texture.
+        own_hole = 0.0
+        if name in _FILLED_REGIONS:
+            inner = soft_inner(region, *(scale * np.array(_TEXTURE_TRUST[name])))
+            own_hole = np.clip(inner - texture_valid, 0.0, 1.0)
+        hole += weight * (own_hole - hole)
         for (depth, _, _, filled), texture_weight in texture_weights.items():
             own = (coarse_valid if filled else texture_valid) if depth == _TEXTURE_DEPTH[name] else 0.0
             texture_weight += weight * (own - texture_weight)
@@ -429,6 +444,10 @@ def transfer_prepared(
         if depth == _TEXTURE_DEPTH["skin"]:
             texture_weight = texture_weight * gate
         texture += texture_weight * (below[last] - below[first])
+    if hole.any():
+        # Bands finer than the fill's of the region's own lightness: the fill's shading, no texture.
+        holes_first, holes_last = fine_details(region_lightness, params.level_index, (0, _FILLED_BANDS_FROM))
+        texture += hole * (holes_last - holes_first)
     texture = guard_dark_detail(texture, src_l, source.nose[window], scale)
     result_lab[..., 0] = src_l + tone + texture
 

@@ -186,6 +186,21 @@ def network_input(crop_rgb: np.ndarray, prior: np.ndarray) -> np.ndarray:
     )
 
 
+def mirrored_input(x: np.ndarray) -> np.ndarray:
+    """network_input of the mirrored crop and prior, (IN_CHANNELS, S, S) float32, from that of the crop.
+
+    The same values as computing it anew: colours and skin-relative Lab are per pixel, the skin
+    sample's box is symmetric (so the median and spread come from the same pixels), the prior's
+    left/right channels swap with flip_table, and the face-frame coordinates stay the crop's own.
+    """
+    table = flip_table()
+    # Channel of the mirrored prior's class c is that of the original prior's class table[c].
+    channel = {cls: k for k, cls in enumerate(PRIOR_CLASSES)}
+    order = [0] + [channel[int(table[cls])] for cls in PRIOR_CLASSES[1:]]
+    onehot = x[PRIOR_START : PRIOR_START + len(PRIOR_CLASSES)][order]
+    return np.concatenate([x[:PRIOR_START, :, ::-1], onehot[:, :, ::-1], coordinate_channels()])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # network
 
@@ -254,9 +269,8 @@ class ParsingNet(nn.Module):
 
     def prior_table(self) -> np.ndarray:
         """(19, 19) float32: the prior logits (columns) of a pixel whose prior label is the row."""
-        onehot = np.stack(
-            [prior_onehot(np.array([[label]], np.uint8))[:, 0, 0] for label in range(NUM_LABELS)]
-        )
+        # One row of one-hot channels per label id: prior_onehot of a (1, 19) map of all ids.
+        onehot = prior_onehot(np.arange(NUM_LABELS, dtype=np.uint8)[None, :])[:, 0, :].T
         weight = self.prior_logits.weight.detach()[:, :, 0, 0].numpy()
         return (onehot @ weight.T + self.prior_logits.bias.detach().numpy()).astype(np.float32)
 
@@ -284,7 +298,9 @@ def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
     if unknown:
         raise ValueError(f"{path}: unknown prior_parts {unknown}; expected some of {sorted(PART_GROUPS)}")
     net.prior_parts = parts
-    return net.eval()
+    # Channels-last weights (and inputs, crop_residual): oneDNN's convolutions run about a third faster
+    # on one CPU thread than with the default layout, for the same arithmetic up to rounding.
+    return net.to(memory_format=torch.channels_last).eval()
 
 
 @functools.cache
@@ -308,9 +324,11 @@ def crop_residual(
     inputs = [network_input(crop_rgb, prior)]
     table = flip_table()
     if mirror:
-        inputs.append(network_input(np.ascontiguousarray(crop_rgb[:, ::-1]), table[prior[:, ::-1]]))
+        inputs.append(mirrored_input(inputs[0]))
     with torch.inference_mode():
-        out = net.residual(torch.from_numpy(np.stack(inputs)))
+        x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
+        # Back to one plane per class: the flip, the class shuffle and the warps read planes.
+        out = net.residual(x).contiguous()
     if not mirror:
         return out[0]
     back = out[1].flip(-1)[torch.from_numpy(table.astype(np.int64))]

@@ -15,7 +15,7 @@ brows, hair) pixels accepted become the part. Outside the windows nothing change
 The weights (`parsing_parts.safetensors`, beside this module, 0.2 MB) are written by
 tools/parsing_parts_train.py, which states their data (the dev photos with the official parser's
 maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
-and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 10 ms CPU per
+and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 9 ms CPU per
 face (four 64 x 48 patches, one torch thread).
 """
 

@@ -85,6 +85,8 @@ TEETH_LIGHTNESS = 35.0
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """CIELAB (L 0..100, a and b about -128..127) float32 of uint8 RGB pixels (..., 3), same shape."""
+    if rgb.size == 0:
+        return np.zeros(rgb.shape, np.float32)  # a part window outside the image (cvtColor refuses it)
     return cv2.cvtColor(rgb.astype(np.float32).reshape(-1, 1, 3) / 255.0, cv2.COLOR_RGB2Lab).reshape(
         rgb.shape
     )
@@ -95,8 +97,9 @@ def mahalanobis(features: np.ndarray, samples: np.ndarray, floor: float) -> tupl
     log-determinant of its covariance (floored by `floor` on the diagonal)."""
     mean = samples.mean(axis=0)
     cov = np.cov(samples, rowvar=False) + np.eye(samples.shape[1]) * floor
-    diff = features - mean
-    maha = np.einsum("nc,cd,nd->n", diff, np.linalg.inv(cov), diff)
+    diff = (features - mean).astype(np.float64)
+    # Row-wise quadratic form: one (N, C) x (C, C) product, a quarter of a three-operand einsum's time.
+    maha = np.einsum("nc,nc->n", diff @ np.linalg.inv(cov), diff)
     return maha, float(np.linalg.slogdet(cov)[1])
 
 
@@ -169,7 +172,8 @@ def eye_region(lab: np.ndarray, points: np.ndarray, frame: Frame) -> np.ndarray:
     if not eye.any():
         return eye
     ys, xs = np.nonzero(eye)
-    top, bottom, left, right = ys.min(), ys.max() + 2, xs.min(), xs.max() + 2
+    top, left = ys.min(), xs.min()
+    bottom, right = min(ys.max() + 2, eye.shape[0]), min(xs.max() + 2, eye.shape[1])
     box = eye[top:bottom, left:right].astype(np.uint8)
     patch = lab[top:bottom, left:right]
     gy, gx = np.mgrid[top:bottom, left:right]
@@ -351,6 +355,8 @@ def mouth_regions(
         fg_samples=lip_core,
     )
     refined |= mouth
+    if not refined.any():
+        return refined, refined, refined  # the mouth is outside the image
     mouth = _open_mouth(lab, mouth, lips, lip_core, landmarks, iod) & refined
     # Upper or lower lip: whichever landmark lip is nearer.
     d_upper = cv2.distanceTransform((~upper).astype(np.uint8), cv2.DIST_L2, 3)

@@ -67,20 +67,14 @@ def catmull_rom(points: np.ndarray, closed: bool, samples: int = 8) -> np.ndarra
     else:
         padded = np.concatenate([2 * pts[:1] - pts[1:2], pts, 2 * pts[-1:] - pts[-2:-1]])
         count = len(pts) - 1
-    t = np.linspace(0.0, 1.0, samples, endpoint=False)[:, None]
+    t = np.linspace(0.0, 1.0, samples, endpoint=False)[None, :, None]
     t2, t3 = t * t, t * t * t
-    out = []
-    for i in range(count):
-        p0, p1, p2, p3 = padded[i], padded[i + 1], padded[i + 2], padded[i + 3]
-        out.append(
-            0.5
-            * (
-                2 * p1
-                + (-p0 + p2) * t
-                + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
-                + (-p0 + 3 * p1 - 3 * p2 + p3) * t3
-            )
-        )
+    # All segments at once: (count, 1, 2) control points against (1, samples, 1) parameters.
+    p0, p1, p2, p3 = (padded[k : k + count, None, :] for k in range(4))
+    curve = 0.5 * (
+        2 * p1 + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t3
+    )
+    out = [curve.reshape(-1, 2)]
     if not closed:
         out.append(pts[-1:])
     return np.concatenate(out)
@@ -89,7 +83,7 @@ def catmull_rom(points: np.ndarray, closed: bool, samples: int = 8) -> np.ndarra
 def fill_polygon(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
     """Boolean (H, W) mask of a filled polygon given in float pixel coordinates (sub-pixel accurate)."""
     mask = np.zeros(shape, np.uint8)
-    if len(polygon) >= 3:
+    if len(polygon) >= 3 and mask.size:
         # Pixel centres are at integer coordinates; shift=4 keeps 1/16 px precision.
         pts = np.round(np.asarray(polygon) * 16).astype(np.int32)
         cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
@@ -126,6 +120,8 @@ def disk(radius: int) -> np.ndarray:
 def signed_distance(mask: np.ndarray) -> np.ndarray:
     """Signed distance (H, W) float32 in pixels to the boundary of a boolean mask, positive inside."""
     m = mask.astype(np.uint8)
+    if m.size == 0:
+        return np.zeros(m.shape, np.float32)
     inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
     outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
     return inside - outside
