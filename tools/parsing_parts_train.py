@@ -67,6 +67,8 @@ FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 # 0.840 / 0.749 against 0.826 / 0.735, bare 0.874 / 0.839 against 0.873 / 0.816.
 PRIOR_DROP = 0.3
 PRIOR_SHIFT = 0.5
+# Probability of bangs painted over a brow sample (the target is not brow under them).
+BANGS = 0.25
 # Window jitter (iod): standard deviation of the shift, and of a far shift with probability FAR.
 SHIFT = 0.03
 FAR_SHIFT = 0.09
@@ -195,7 +197,7 @@ def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
         cv2.polylines(stroke, [np.round(pts).astype(np.int32)], False, 1, int(rng.integers(1, 4)))
         stroke &= ~brow
         _paint(lab, _soft(stroke, 0.6) * rng.uniform(0.6, 1.0), _colour(rng, 5, 60, 50), 0.2)
-    if brow.any() and rng.random() < 0.25:  # bangs: a fringe down to a wavy line through the brow
+    if brow.any() and rng.random() < BANGS:  # bangs: a fringe down to a wavy line through the brow
         rows = np.nonzero(brow.any(axis=1))[0]
         y0 = rng.uniform(rows.min() - 2, rows.max() + 2)
         cols = np.arange(pp.PATCH_W, dtype=np.float32)
