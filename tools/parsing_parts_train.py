@@ -37,7 +37,6 @@ weights, which saw them too: only this stage is held out.
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -89,6 +88,27 @@ class Item:
     ref: np.ndarray  # (512, 512) uint8 official map
     rules: np.ndarray  # (H, W) uint8 parse_face(method="rules")
     net: np.ndarray  # (H, W) uint8 parse_face(method="net")
+
+
+ITEM_ARRAYS = ("rgb", "landmarks", "ref", "rules", "net")
+
+
+def write_items(path: Path, items: list[Item]) -> None:
+    """The loaded photos as one .npz of plain arrays (read back without unpickling anything)."""
+    arrays = {
+        f"{index}.{field}": getattr(item, field) for index, item in enumerate(items) for field in ITEM_ARRAYS
+    }
+    arrays["names"] = np.array([item.name for item in items])
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_items(path: Path) -> list[Item]:
+    with np.load(path, allow_pickle=False) as data:
+        return [
+            Item(str(name), *(data[f"{index}.{field}"] for field in ITEM_ARRAYS))
+            for index, name in enumerate(data["names"])
+        ]
 
 
 def load_items(faces_dir: Path) -> list[Item]:
@@ -449,7 +469,7 @@ def main(argv: list[str]) -> int:
         help="train just this fold (into --fold-dir), no table; 'all': the all-photos networks of --out"
         " (into --fold-dir/all.safetensors, which --out --reuse then reads)",
     )
-    parser.add_argument("--cache", type=Path, help="pickle of the loaded photos (written if missing)")
+    parser.add_argument("--cache", type=Path, help=".npz of the loaded photos (written if missing)")
     args = parser.parse_args(argv)
     chosen: dict[str, dict[str, Setting | None]] = {}
     if args.prior_drop is not None:
@@ -457,13 +477,11 @@ def main(argv: list[str]) -> int:
         PRIOR_DROP = args.prior_drop
     torch.set_num_threads(args.threads)
     if args.cache is not None and args.cache.is_file():
-        with args.cache.open("rb") as f:
-            items = pickle.load(f)
+        items = read_items(args.cache)
     else:
         items = load_items(args.faces)
         if args.cache is not None:
-            with atomic_path(args.cache) as tmp, open(tmp, "wb") as f:
-                pickle.dump(items, f)
+            write_items(args.cache, items)
     print(f"{len(items)} photos", flush=True)
     if args.kfold:
         fold_of = folds(items, args.kfold)
