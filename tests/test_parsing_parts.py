@@ -1,4 +1,4 @@
-"""Eye and brow refinement (shmt_cli/face/parsing_parts.py): windows, the label update and its effect."""
+"""Eye, brow and nose refinement (shmt_cli/face/parsing_parts.py): windows, label update, effect."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from shmt_cli.face import parsing_parts
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.labels import HAIR, L_EYE, R_BROW, R_EYE, SKIN
+from shmt_cli.face.labels import HAIR, L_EYE, NOSE, R_BROW, R_EYE, SKIN
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.face.parsing_shapes import Frame
 
@@ -33,8 +33,50 @@ def test_patch_affine_centres_and_mirrors_the_window(astronaut_landmarks):
         expected = lm[points].mean(axis=0) + kind.offset_v * frame.iod * frame.v
         assert np.allclose(centre, expected, atol=1e-6)
         # Patch x runs along the face's u axis, reversed for the mirrored (image-right) parts, so the
-        # nose side of every part is on the same side of its patch.
-        assert np.sign(affine[:, 0] @ frame.u) == (-1 if mirrored else 1)
+        # nose side of every part is on the same side of its patch; the nose's (transposed) patch x
+        # runs down the face and its y along u.
+        across = affine[:, 1] if kind.transposed else affine[:, 0]
+        assert np.sign(across @ frame.u) == (-1 if mirrored else 1)
+        if kind.transposed:
+            assert affine[:, 0] @ frame.v > 0 and abs(affine[:, 0] @ frame.u) < 1e-9
+
+
+def test_nose_window_holds_the_nose_and_room_above_it(astronaut_rgb, astronaut_landmarks):
+    lm = astronaut_landmarks
+    frame = Frame(lm)
+    (kind, label, points, mirrored) = next(p for p in parsing_parts.PARTS if p[0] is parsing_parts.NOSE_KIND)
+    assert label == NOSE and not mirrored
+    affine = parsing_parts.patch_affine(kind, lm[points], frame, mirrored)
+    # The rules' nose lies inside the window, with room above its top for a contoured bridge.
+    rules = parse_face(astronaut_rgb, lm, parts=False)
+    ys, xs = np.nonzero(rules == NOSE)
+    inverse = cv2.invertAffineTransform(affine)
+    patch_xy = inverse @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
+    assert patch_xy[0].min() > 0.15 * parsing_parts.PATCH_W  # room above the nose's top
+    assert patch_xy[0].max() < parsing_parts.PATCH_W - 1 and (patch_xy[1] > 0).all()
+    assert (patch_xy[1] < parsing_parts.PATCH_H - 1).all()
+    # About the same scale along and across the nose (the transposed window).
+    steps = np.linalg.norm(affine[:, :2], axis=0)
+    assert 0.8 < steps[0] / steps[1] < 1.25
+
+
+def test_nose_update_swaps_only_skin_and_nose_inside_its_window():
+    labels = np.full((80, 90), SKIN, np.uint8)
+    labels[10:40, 20:30] = NOSE  # the current nose
+    labels[30:40, 5:15] = R_EYE  # an eye inside the window is left alone
+    labels[70:75, 80:85] = NOSE  # nose outside the window stays
+    # Transposed window: patch x (64) runs down the image, patch y (48) across, 1 px each.
+    affine = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    logits = np.full((parsing_parts.PATCH_H, parsing_parts.PATCH_W), -5.0, np.float32)
+    logits[0:40, 20:50] = 5.0  # accept image rows 20..49, columns 0..39
+    out = parsing_parts.apply_logits(labels, [(NOSE, parsing_parts.NOSE_KIND, affine, logits)])
+    assert (out[10:20, 20:30] == SKIN).all()  # rejected nose: skin
+    assert (out[20:50, 0:40][labels[20:50, 0:40] == SKIN] == NOSE).all()  # accepted skin: nose
+    assert (out[30:40, 5:15] == R_EYE).all()
+    assert (out[70:75, 80:85] == NOSE).all()
+    changed = out != labels
+    assert set(np.unique(labels[changed])) | set(np.unique(out[changed])) <= {SKIN, NOSE}
+    assert not changed[:, 48:].any() and not changed[64:].any()
 
 
 def test_apply_logits_redecides_the_part_inside_its_window_only():

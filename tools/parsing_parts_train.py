@@ -242,6 +242,36 @@ def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
     return target
 
 
+def paint_nose(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> None:
+    """Contour and highlight strokes along the bridge (target unchanged). The nose patch is transposed:
+    x runs down the nose, y across it (the midline near PATCH_H / 2). The strokes stay within the
+    target's own length, so they teach robustness to paint, not a different bridge top."""
+    rows = np.nonzero((target > 0.5).any(axis=0))[0]  # patch x (down the nose) holding nose
+    if rows.size == 0:
+        return
+    top, bottom = int(rows.min()), int(rows.max())
+    mid = pp.PATCH_H / 2 - 0.5 + rng.normal(0, 1.0)
+    if rng.random() < 0.4:  # contour: two soft dark bands either side of the bridge
+        band = np.zeros(target.shape, np.uint8)
+        x0 = int(rng.uniform(top, top + 0.3 * (bottom - top)))
+        x1 = int(rng.uniform(top + 0.5 * (bottom - top), bottom + 1))
+        off = rng.uniform(3, 10)
+        width = int(rng.integers(2, 6))
+        for side in (-1, 1):
+            y = round(mid + side * off)
+            cv2.line(band, (x0, y), (x1, round(y + side * rng.uniform(0, 3))), 1, width)
+        _paint(
+            lab, _soft(band, rng.uniform(1.0, 3.0)) * rng.uniform(0.15, 0.5), _colour(rng, 20, 55, 25), 0.7
+        )
+    if rng.random() < 0.4:  # highlight down the bridge
+        line = np.zeros(target.shape, np.uint8)
+        x0 = int(rng.uniform(top, top + 0.3 * (bottom - top)))
+        x1 = int(rng.uniform(top + 0.4 * (bottom - top), bottom + 1))
+        y = round(mid)
+        cv2.line(line, (x0, y), (x1, y + int(rng.normal(0, 1))), 1, int(rng.integers(1, 5)))
+        _paint(lab, _soft(line, rng.uniform(0.8, 2.0)) * rng.uniform(0.2, 0.6), _colour(rng, 75, 98, 10), 0.7)
+
+
 def colour_jitter(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Lab patch -> uint8 RGB with hue, saturation, contrast, brightness, gamma, blur, noise, low res."""
     if rng.random() < 0.5:
@@ -269,6 +299,8 @@ def colour_jitter(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def training_sample(item: Item, part: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(input (C, H, W) float32, soft target (H, W) float32) of part index `part` of pp.PARTS."""
     kind, label, points, mirrored = pp.PARTS[part]
+    if kind is pp.NOSE_KIND:
+        mirrored = bool(rng.random() < 0.5)  # the nose's flip augmentation
     frame = Frame(item.landmarks)
     affine = _jitter(rng, frame.iod, pp.patch_affine(kind, item.landmarks[points], frame, mirrored))
     rgb = pp.sample_patch(item.rgb, affine)
@@ -287,6 +319,8 @@ def training_sample(item: Item, part: int, rng: np.random.Generator) -> tuple[np
     lab = _lab(rgb)
     if kind is pp.EYES:
         paint_eye(lab, target, rng)
+    elif kind is pp.NOSE_KIND:
+        paint_nose(lab, target, rng)
     else:
         target = paint_brow(lab, target, rng)
     return pp.patch_input(colour_jitter(lab, rng), prior), target
@@ -330,9 +364,20 @@ def train(
     return net.eval()
 
 
+def train_nets(
+    items: list[Item], steps: int, seed: int, batch: int, kinds: tuple[str, ...], nets: dict[str, pp.PartNet]
+) -> dict[str, pp.PartNet]:
+    """nets with the networks of the named part kinds (re)trained on the items (kind i: seed + i)."""
+    out = dict(nets)
+    for i, k in enumerate(pp.KINDS):
+        if k.name in kinds:
+            out[k.name] = train(items, k, steps, seed + i, batch)
+    return out
+
+
 def train_all(items: list[Item], steps: int, seed: int, batch: int) -> dict[str, pp.PartNet]:
     """The networks of every part kind trained on all the items (the shipped ones)."""
-    return {k.name: train(items, k, steps, seed + i, batch) for i, k in enumerate(pp.KINDS)}
+    return train_nets(items, steps, seed, batch, tuple(k.name for k in pp.KINDS), {})
 
 
 def save_nets(nets: dict[str, pp.PartNet], path: Path, chosen: dict[str, dict[str, Setting | None]]) -> None:
@@ -377,7 +422,7 @@ class Output:
 
 
 def network_output(nets: dict[str, pp.PartNet], item: Item, fold: int) -> Output:
-    logits = {b: pp.part_logits(nets, item.rgb, item.landmarks, getattr(item, b)) for b in BASES}
+    logits = {b: pp.part_logits(nets, item.rgb, item.landmarks, getattr(item, b), tuple(nets)) for b in BASES}
     return Output(item, fold, logits)
 
 
@@ -469,6 +514,10 @@ def main(argv: list[str]) -> int:
         help="train just this fold (into --fold-dir), no table; 'all': the all-photos networks of --out"
         " (into --fold-dir/all.safetensors, which --out --reuse then reads)",
     )
+    parser.add_argument(
+        "--retrain",
+        help="with --reuse: comma-separated part kinds trained anew (the others read from --fold-dir)",
+    )
     parser.add_argument("--cache", type=Path, help=".npz of the loaded photos (written if missing)")
     args = parser.parse_args(argv)
     chosen: dict[str, dict[str, Setting | None]] = {}
@@ -483,6 +532,8 @@ def main(argv: list[str]) -> int:
         if args.cache is not None:
             write_items(args.cache, items)
     print(f"{len(items)} photos", flush=True)
+    all_kinds = tuple(k.name for k in pp.KINDS)
+    retrain = tuple(filter(None, (args.retrain or "").split(",")))
     if args.kfold:
         fold_of = folds(items, args.kfold)
         outputs: list[Output] = []
@@ -494,11 +545,13 @@ def main(argv: list[str]) -> int:
             path = args.fold_dir / f"fold{fold}.safetensors" if args.fold_dir else None
             if args.reuse and path is not None:
                 nets = pp.load_model(path).nets
+                if retrain:
+                    nets = train_nets(
+                        train_items, args.steps, args.seed + 10 * fold, args.batch, retrain, nets
+                    )
+                    save_nets(nets, path, {})
             else:
-                nets = {
-                    k.name: train(train_items, k, args.steps, args.seed + 10 * fold + i, args.batch)
-                    for i, k in enumerate(pp.KINDS)
-                }
+                nets = train_nets(train_items, args.steps, args.seed + 10 * fold, args.batch, all_kinds, {})
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     save_nets(nets, path, {})
@@ -506,7 +559,13 @@ def main(argv: list[str]) -> int:
             if args.only_fold is None:
                 outputs += [network_output(nets, it, fold) for it in held]
         if args.only_fold == "all":
-            nets = train_all(items, args.steps, args.seed, args.batch)
+            all_path = args.fold_dir / "all.safetensors"
+            if args.reuse and retrain and all_path.is_file():
+                nets = train_nets(
+                    items, args.steps, args.seed, args.batch, retrain, pp.load_model(all_path).nets
+                )
+            else:
+                nets = train_all(items, args.steps, args.seed, args.batch)
             args.fold_dir.mkdir(parents=True, exist_ok=True)
             save_nets(nets, args.fold_dir / "all.safetensors", {})
         if args.only_fold is None:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, R_BROW, R_EYE, SKIN
+from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, NOSE, R_BROW, R_EYE, SKIN
 from shmt_cli.face.parsing_shapes import Frame
 
 WEIGHTS_PATH = Path(__file__).with_name("parsing_parts.safetensors")
@@ -51,17 +51,25 @@ class PartKind:
     offset_v: float
     # Labels the part may take over (besides its own).
     grows_into: tuple[int, ...]
+    # Patch x runs along v (down the face) and patch y along u: a tall part in the wide patch.
+    transposed: bool = False
 
 
 EYES = PartKind("eyes", 0.36, 0.27, 0.0, (SKIN,))
 BROWS = PartKind("brows", 0.55, 0.36, 0.04, (SKIN, HAIR))
-KINDS = (EYES, BROWS)
-# (kind, label, landmark slice, mirrored): image-left parts as they are, image-right ones mirrored.
+# The nose's landmark centre (27..35) is about 0.5 iod below the eye line; the window reaches 0.45 iod
+# above it (the official parser's bridge on contoured faces) and 0.95 below (under the nostrils), at
+# about 0.02 iod per patch pixel both ways (transposed: 64 px along the nose, 48 across).
+NOSE_KIND = PartKind("nose", 0.45, 0.7, -0.25, (SKIN,), transposed=True)
+KINDS = (EYES, BROWS, NOSE_KIND)
+# (kind, label, landmark slice, mirrored): image-left parts as they are, image-right ones mirrored; the
+# nose is one symmetric part, not mirrored (its network was trained on both orientations).
 PARTS = (
     (EYES, R_EYE, slice(36, 42), False),
     (EYES, L_EYE, slice(42, 48), True),
     (BROWS, R_BROW, slice(17, 22), False),
     (BROWS, L_BROW, slice(22, 27), True),
+    (NOSE_KIND, NOSE, slice(27, 36), False),
 )
 IN_CHANNELS = 3 + 3 + 1 + 2
 
@@ -72,10 +80,14 @@ def patch_affine(kind: PartKind, points: np.ndarray, frame: Frame, mirrored: boo
     points: (K, 2) the part's landmarks (photo pixels); frame: the face frame.
     """
     centre = points.mean(axis=0) + kind.offset_v * frame.iod * frame.v
-    su = 2 * kind.half_u * frame.iod / PATCH_W
-    sv = 2 * kind.half_v * frame.iod / PATCH_H
+    along_u, along_v = (PATCH_H, PATCH_W) if kind.transposed else (PATCH_W, PATCH_H)
+    su = 2 * kind.half_u * frame.iod / along_u
+    sv = 2 * kind.half_v * frame.iod / along_v
+    # u, v: photo step per patch pixel along x and y.
     u = frame.u * (-su if mirrored else su)
     v = frame.v * sv
+    if kind.transposed:
+        u, v = v, u
     # Photo point of patch pixel (x, y): centre + (x + 0.5 - W / 2) u + (y + 0.5 - H / 2) v.
     origin = centre + (0.5 - PATCH_W / 2) * u + (0.5 - PATCH_H / 2) * v
     return np.stack([u, v, origin], axis=1)
@@ -188,8 +200,10 @@ def load_model(path: str | Path = WEIGHTS_PATH) -> PartsModel:
         metadata = handle.metadata() or {}
     nets = {}
     for kind in KINDS:
-        net = PartNet()
         prefix = kind.name + "."
+        if not any(k.startswith(prefix) for k in state):
+            continue  # a file without this kind's network (it is then never run)
+        net = PartNet()
         net.load_state_dict({k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)})
         # Channels-last runs these small convolutions about twice as fast on CPU.
         nets[kind.name] = net.eval().to(memory_format=torch.channels_last)
@@ -220,19 +234,21 @@ def part_logits(
     rgb: np.ndarray,
     landmarks: np.ndarray,
     labels: np.ndarray,
-    kinds: tuple[str, ...] = ("eyes", "brows"),
+    kinds: tuple[str, ...] = ("eyes", "brows", "nose"),
 ) -> list[tuple[int, PartKind, np.ndarray, np.ndarray]]:
     """(label, kind, patch -> photo affine (2, 3), logits (PATCH_H, PATCH_W) float32) per part of PARTS
     whose kind is named in kinds."""
     frame = Frame(landmarks)
     inputs, metas = [], []
     for kind, label, points, mirrored in PARTS:
-        if kind.name not in kinds:
+        if kind.name not in kinds or kind.name not in nets:
             continue
         affine = patch_affine(kind, landmarks[points], frame, mirrored)
         prior = sample_patch((labels == label).astype(np.uint8), affine, nearest=True)
         inputs.append(patch_input(sample_patch(rgb, affine), prior))
         metas.append((label, kind, affine))
+    if not inputs:
+        return []
     with torch.no_grad():
         x = torch.from_numpy(np.stack(inputs)).contiguous(memory_format=torch.channels_last)
         out = {}
