@@ -18,7 +18,7 @@ from shmt_cli.face.parsing import load_label_map, parse_face, parse_rules, remap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import parsing_iou
 
-# The rule-based parser (method "rules" without the eye and brow networks) on 8 dev photos: a regression
+# The rule-based parser (method "rules" without the part networks) on 8 dev photos: a regression
 # guard a little below what it reaches there (tools/parsing_iou.py --method=rules --no-parts; at the time
 # of writing: M_face 0.93, lips 0.89, eyes 0.80, brows 0.78, nose 0.85, inner mouth 0.59 over the 4 with
 # an open mouth).
@@ -180,7 +180,7 @@ def test_part_networks_reach_iou_floor_on_held_out_photos(faces_dir, kind):
 
 def _dev_photo(faces_dir, name: str):
     """(rule-parsed labels, reference labels, landmarks) of one dev photo, parsed at its own size by the
-    rules alone (the eye and brow networks were trained on the dev photos)."""
+    rules alone (the part networks were trained on the dev photos)."""
     kind, file_name = name.split("/")
     image = faces_dir / kind / "images" / file_name
     rgb = cv2.cvtColor(cv2.imread(str(image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -3,8 +3,8 @@
 Usage: python tools/bench_parsing.py [FACES_DIR] [--method rules|net|both] [--size N] [--repeats R]
        [--cv-threads N] [--profile [N]] [--save FILE.npz] [--compare FILE.npz] [--no-parts]
 
-What is timed: `parse_face(rgb, landmarks, method)` only (with --no-parts: parts=False, without the eye
-and brow networks). The landmarks are detected beforehand (dlib,
+What is timed: `parse_face(rgb, landmarks, method)` only (with --no-parts: parts=False, without the part
+networks: eyes, brows, nose). The landmarks are detected beforehand (dlib,
 once per photo, not timed), as in `shmt decompose`, which reads them from the aligned face. Photos are
 the dev photos of FACES_DIR (default ../shared/faces, */images: about 309..369 px, unaligned) at their
 own size, or resized to N x N with --size N (`shmt align` makes 256 px crops by default, which is what
@@ -57,7 +57,7 @@ STAGES: dict[str, list[tuple[str, object, str]]] = {
         ("eyes", parsing, "eye_region"),
         ("brows", parsing, "brow_region"),
         ("lips + mouth", parsing, "mouth_regions"),
-        ("eye/brow networks", parsing_parts, "refine_parts"),
+        ("part networks", parsing_parts, "refine_parts"),
     ],
     "net": [
         ("rules prior (fast)", parsing, "parse_rules"),
@@ -65,7 +65,7 @@ STAGES: dict[str, list[tuple[str, object, str]]] = {
         ("network input", parsing_net, "network_input"),
         ("network", parsing_net.ParsingNet, "residual"),
         ("logits to labels", parsing_net, "logits_to_labels"),
-        ("eye/brow networks", parsing_parts, "refine_parts"),
+        ("part networks", parsing_parts, "refine_parts"),
     ],
 }
 
@@ -163,7 +163,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", type=int, nargs="?", const=25, default=0)
     parser.add_argument("--save", type=Path, help="write the labels of every photo and method (npz)")
     parser.add_argument("--compare", type=Path, help="count differing pixels against a --save file")
-    parser.add_argument("--no-parts", action="store_true", help="parse without the eye and brow networks")
+    parser.add_argument(
+        "--no-parts", action="store_true", help="parse without the part networks (eyes, brows, nose)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.cv_threads > 0:

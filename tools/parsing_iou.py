@@ -12,7 +12,7 @@ folder), and the mean of the class means, plus the median parse CPU time per pho
 --method picks the parser (parse_face's method; without it parse_face's default, rules). The shipped
 network was trained on the dev photos: for held-out figures use tools/parsing_train.py --kfold.
 
---no-parts leaves out the eye and brow networks (shmt_cli/face/parsing_parts.py, trained on these
+--no-parts leaves out the part networks (shmt_cli/face/parsing_parts.py, trained on these
 photos: for held-out figures use tools/parsing_parts_train.py --kfold).
 
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser

@@ -1,17 +1,19 @@
-"""Train the eye and brow networks (shmt_cli/face/parsing_parts.py) and measure them by k-fold.
+"""Train the eye, brow and nose networks (shmt_cli/face/parsing_parts.py) and measure them by k-fold.
 
 Data: the 36 dev photos of ../shared/faces (*/images; 21 made-up, 15 bare; CC BY-NC-SA 4.0, see its
 README) with the official parser's maps (*/seg, the FaceParsing.PyTorch BiSeNet that SHMT uses,
 CelebAMask-HQ ids); landmarks from the project's dlib detector; the prior channel is the rule-based
-parse (parse_face method "rules") of the photo. Each photo gives four samples (two eyes, two brows;
-the image-right ones mirrored) in the patch windows of parsing_parts.patch_affine.
+parse (parse_face method "rules") of the photo. Each photo gives five samples (two eyes, two brows,
+the image-right ones mirrored; the nose, flipped at random) in the patch windows of
+parsing_parts.patch_affine.
 Objective: per part kind, binary cross-entropy plus soft Dice between the network's logits and the
 official map's mask of that part (bilinear from the 512 px map: soft at its edges), with heavy
 augmentation: the window shifted, scaled and turned (dlib's points off the part, far now and then),
 the prior mask dropped (PRIOR_DROP) or shifted on its own, colour jitter (hue, saturation, contrast,
 gamma, blur, noise, low resolution), eyeliner rings and wings, eye shadow, drawn lashes and white
 lines around the eyes, recoloured brows, drawn brow strokes and bangs painted over the brows (the
-target becomes "not brow" there, as the official parser calls it hair).
+target becomes "not brow" there, as the official parser calls it hair), contour and highlight strokes
+along the nose (within the target's own length).
 Then, per parse method and part kind, whether the stage decides it and with which logit bias and
 prior weight (parsing_parts.apply_logits; BIASES x PRIOR_WEIGHTS): the setting with the highest
 (made-up mean IoU + bare mean IoU) / 2 of that part over the k-fold's held-out photos, or none when the
@@ -20,14 +22,17 @@ parse without the stage scores higher. Every fitted value is in the weights file
 
     python tools/parsing_parts_train.py --kfold 3 --fold-dir DIR --out shmt_cli/face/parsing_parts.safetensors
 
---kfold K trains K network pairs, each on all photos but one stratified fold (the folds of
+--kfold K trains K sets of networks, each on all photos but one stratified fold (the folds of
 tools/parsing_train.py), and prints per-class held-out IoU for made-up and bare photos: the rules and
 the net parse as they are, with this stage at bias 0 and no prior weight, and with the settings chosen
 on the other folds' photos (nested, so the figures stay held out). With --fold-dir each fold's weights
 are written there with their nested settings (tests/data/parsing_parts_fold0.safetensors is fold 0).
 --out then trains on all photos and ships the settings chosen on all held-out photos. The shipped
 weights: 1500 steps, batch 16, the defaults below; the folds can be trained in parallel processes
-(--only-fold F, --only-fold all) and then scored and shipped with --reuse. Training is deterministic
+(--only-fold F, --only-fold all) and then scored and shipped with --reuse. --reuse --retrain nose
+trains only the named kinds and reads the others from --fold-dir (how the nose network was added:
+the eye and brow networks stayed byte-identical; kind i of parsing_parts.KINDS has seed + i, so a
+retrained kind gets the seed a full run would give it). Training is deterministic
 (fixed seeds, single-process data generation): the same command writes the same tensors (the
 safetensors header may list the metadata in another order). Caveat: the
 rules' ~67 constants were fitted on all 36 photos and the "net" rows use the shipped parsing_net

@@ -3,8 +3,8 @@
     python tools/parsing_sheet.py [--out docs/parsing_makeup_sheet.jpg] [--kind makeup] [--tile 160]
 
 Each row holds two photos of ../shared/faces/<kind>/images, each as four tiles: the photo, the
-rule-based parser alone (parse_face method "rules" without the eye and brow networks), the default
-parser (method "rules" with the eye and brow networks of shmt_cli/face/parsing_parts.py) and the
+rule-based parser alone (parse_face method "rules" without the part networks), the default
+parser (method "rules" with the part networks of shmt_cli/face/parsing_parts.py) and the
 official FaceParsing.PyTorch map, all blended over a grey copy of the photo with one colour per
 CelebAMask-HQ class. The shipped networks were trained on these photos, so the sheet shows in-sample
 results; tools/parsing_parts_train.py --kfold measures held-out ones.

@@ -1,22 +1,25 @@
-"""Eye and brow refinement: a small network per part on a high-resolution window around its landmarks.
+"""Eye, brow and nose refinement: a small network per part kind on a window around the part's landmarks.
 
 dlib's eye and brow points land on painted liner and costume brows, and the rule-based outlines follow
-them. Here each eye and each brow is re-decided on its own window of the photo: a `PATCH_W` x `PATCH_H`
-px patch in the face frame (unit: interocular distance), centred on the part's landmark centre and
-larger than the part, so that a part the points missed by a fraction of its size is still inside it.
-The image-right (subject's left) parts are mirrored so that both sides share the weights. A network
-per part kind (eyes, brows) sees the patch's RGB, its Lab relative to the patch's median, the current
-parse's mask of the part (the rules' outline: a prior it was trained to distrust, dropped and shifted
-in training) and the patch coordinates, and predicts the part's logit per patch pixel. The logits are
-resampled onto the photo (bilinear) and, with a bias and the current outline as a weak prior
-(apply_logits), decide the part inside the window: part pixels rejected become skin, skin (and, for
-brows, hair) pixels accepted become the part. Outside the windows nothing changes.
+them; the landmark template's nose starts below the contoured bridge that the official maps call nose.
+Here each eye, each brow and the nose is re-decided on its own window of the photo: a `PATCH_W` x
+`PATCH_H` px patch in the face frame (unit: interocular distance), centred on the part's landmark
+centre and larger than the part, so that a part the points missed by a fraction of its size is still
+inside it. The image-right (subject's left) parts are mirrored so that both sides share the weights;
+the nose is one part, its window transposed (patch x down the nose) and reaching above the eye line.
+A network per part kind (eyes, brows, nose) sees the patch's RGB, its Lab relative to the patch's
+median, the current parse's mask of the part (the rules' outline: a prior it was trained to distrust,
+dropped and shifted in training) and the patch coordinates, and predicts the part's logit per patch
+pixel. The logits are resampled onto the photo (bilinear) and, with a bias and the current outline as
+a weak prior (apply_logits), decide the part inside the window: part pixels rejected become skin, skin
+(and, for brows, hair) pixels accepted become the part (the nose swaps only skin and nose). Outside
+the windows nothing changes.
 
-The weights (`parsing_parts.safetensors`, beside this module, 0.2 MB) are written by
+The weights (`parsing_parts.safetensors`, beside this module, 0.3 MB) are written by
 tools/parsing_parts_train.py, which states their data (the dev photos with the official parser's
 maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
-and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 9 ms CPU per
-face (four 64 x 48 patches, one torch thread).
+and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 11 ms CPU per
+face (five 64 x 48 patches, one torch thread; 2.5 ms of it the nose).
 """
 
 from __future__ import annotations
