@@ -140,8 +140,11 @@ def test_h4_lets_reference_texture_through_and_h0_keeps_source_texture(source, r
         detail = _fine(_transfer(source, reference, level=level))
         correlation[level] = np.corrcoef(detail[skin], pattern[skin])[0, 1]
     assert correlation["h0"] < 0.1
-    # Not 1: the reference's texture fades in over a few pixels inside its skin border.
-    assert correlation["h4"] > 0.7
+    # Not 1: the reference's texture fades in over a few pixels inside its skin border. The measured
+    # skin is small (~140 px at this size), so its outline moves the figure: the nose network's one
+    # pixel wider nostril took a 7 px column out of it, 0.71 -> 0.68 with the transfer unchanged (on
+    # the pixels both parses keep: 0.677 before, 0.679 after).
+    assert correlation["h4"] > 0.65
     assert correlation["h0"] < correlation["h2"] <= correlation["h4"] + 0.05
     h0_detail = _fine(_transfer(source, reference, level="h0"))
     assert np.corrcoef(h0_detail[skin], _fine(source[0])[skin])[0, 1] > 0.95
