@@ -93,7 +93,9 @@ def test_teeth_coloured_pixels_called_lips_leave_no_gray_sliver(face):
     )
     result = rgb_to_lab(_run(face, (lab_to_rgb(lab), labels, landmarks)))
     inner = cv2.erode(lips.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    assert (crack & inner).sum() >= 6
+    # The astronaut's lips are 2-4 px thick at this size (the lips network trimmed their rims; 6+ pixels
+    # before it): 3 crack pixels lie inside them.
+    assert (crack & inner).sum() >= 3
     # Before: the crack came out as a light gray sliver (ΔE ~40 from the same lips without it).
     difference = ciede2000(result[crack & inner], plain[crack & inner])
     assert np.percentile(difference, 95) < 8.0, np.percentile(difference, 95)
@@ -291,7 +293,11 @@ def test_inner_mouth_speck_between_closed_lips_is_painted(close_face):
     lab, _, _ = _red_lips(close_face)
     # The parser's slip on a closed mouth: a 2x3 blob inside the lower lip called inner mouth.
     lips = np.isin(labels, (U_LIP, L_LIP))
-    x, y = np.round((landmarks[66] + landmarks[57]) / 2).astype(int)
+    # Halfway between the lower lip's inner and outer points, at the lower lip's middle row there (the
+    # lips network trimmed the lip's lower rim: the points' midpoint is 1 px too low since).
+    x = round((landmarks[66, 0] + landmarks[57, 0]) / 2)
+    rows = np.nonzero(labels[:, x] == L_LIP)[0]
+    y = int(np.floor(rows.mean())) - 1 if rows.size else round((landmarks[66, 1] + landmarks[57, 1]) / 2)
     speck = np.zeros_like(lips)
     speck[y : y + 2, x - 1 : x + 2] = True
     assert lips[y - 2 : y + 4, x - 3 : x + 4].all()

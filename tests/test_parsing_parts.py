@@ -1,4 +1,4 @@
-"""Eye, brow and nose refinement (shmt_cli/face/parsing_parts.py): windows, label update, effect."""
+"""Eye, brow, nose and lips refinement (shmt_cli/face/parsing_parts.py): windows, label update, effect."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from shmt_cli.face import parsing_parts
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.labels import HAIR, L_EYE, NOSE, R_BROW, R_EYE, SKIN
+from shmt_cli.face.labels import HAIR, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.face.parsing_shapes import Frame
 
@@ -58,6 +58,45 @@ def test_nose_window_holds_the_nose_and_room_above_it(astronaut_rgb, astronaut_l
     # About the same scale along and across the nose (the transposed window).
     steps = np.linalg.norm(affine[:, :2], axis=0)
     assert 0.8 < steps[0] / steps[1] < 1.25
+
+
+def test_lips_window_holds_the_lips_with_a_margin(astronaut_rgb, astronaut_landmarks):
+    lm = astronaut_landmarks
+    frame = Frame(lm)
+    (kind, label, points, mirrored) = next(p for p in parsing_parts.PARTS if p[0] is parsing_parts.LIPS_KIND)
+    assert label == U_LIP and not mirrored and not kind.transposed
+    affine = parsing_parts.patch_affine(kind, lm[points], frame, mirrored)
+    rules = parse_face(astronaut_rgb, lm, parts=False)
+    ys, xs = np.nonzero(np.isin(rules, (U_LIP, L_LIP)))
+    patch_xy = cv2.invertAffineTransform(affine) @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
+    # Inside the window with a margin on every side (dev photos: ~12 px of 64 each side on average).
+    for axis, size in ((0, parsing_parts.PATCH_W), (1, parsing_parts.PATCH_H)):
+        assert patch_xy[axis].min() > 0.05 * size and patch_xy[axis].max() < 0.95 * size
+    steps = np.linalg.norm(affine[:, :2], axis=0)
+    assert 0.8 < steps[0] / steps[1] < 1.25
+
+
+def test_lips_update_swaps_lips_with_skin_and_mouth_rim_only_inside_its_window():
+    labels = np.full((80, 90), SKIN, np.uint8)
+    labels[20:30, 10:50] = U_LIP
+    labels[30:34, 10:50] = MOUTH  # an open mouth between the lips
+    labels[34:44, 10:50] = L_LIP
+    labels[50:55, 70:75] = U_LIP  # lip outside the window stays
+    affine = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # window: columns 0..63, rows 0..47
+    logits = np.full((parsing_parts.PATCH_H, parsing_parts.PATCH_W), -5.0, np.float32)
+    logits[17:29, 10:50] = 5.0  # upper lip grown up by 3 rows, its row next to the mouth rejected
+    logits[31:46, 10:50] = 5.0  # lower lip grown down by 2 rows, and over the mouth's lower rows
+    logits[20:44, 10:12] = -5.0  # lips' left end rejected (skin beside it)
+    out = parsing_parts.apply_logits(labels, [(U_LIP, parsing_parts.LIPS_KIND, affine, logits)])
+    assert (out[17:20, 12:50] == U_LIP).all() and (out[44:46, 12:50] == L_LIP).all()
+    assert (out[29, 12:50] == MOUTH).all()  # rejected lip at the mouth's rim: inner mouth
+    assert (out[20:29, 10] == SKIN).all() and (out[35:44, 10] == SKIN).all()  # rejected beside skin
+    assert (out[30:34, 12:50] == MOUTH).all()  # the inner mouth never becomes lip
+    assert (out[50:55, 70:75] == U_LIP).all()
+    changed = out != labels
+    assert set(np.unique(labels[changed])) | set(np.unique(out[changed])) <= {SKIN, MOUTH, U_LIP, L_LIP}
+    assert not (changed & (labels == MOUTH)).any()
+    assert not changed[:, 64:].any() and not changed[48:].any()
 
 
 def test_nose_update_swaps_only_skin_and_nose_inside_its_window():

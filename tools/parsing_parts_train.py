@@ -1,11 +1,11 @@
-"""Train the eye, brow and nose networks (shmt_cli/face/parsing_parts.py) and measure them by k-fold.
+"""Train the eye, brow, nose and lips networks (shmt_cli/face/parsing_parts.py) and measure them by k-fold.
 
 Data: the 36 dev photos of ../shared/faces (*/images; 21 made-up, 15 bare; CC BY-NC-SA 4.0, see its
 README) with the official parser's maps (*/seg, the FaceParsing.PyTorch BiSeNet that SHMT uses,
 CelebAMask-HQ ids); landmarks from the project's dlib detector; the prior channel is the rule-based
-parse (parse_face method "rules") of the photo. Each photo gives five samples (two eyes, two brows,
-the image-right ones mirrored; the nose, flipped at random) in the patch windows of
-parsing_parts.patch_affine.
+parse (parse_face method "rules") of the photo. Each photo gives six samples (two eyes, two brows,
+the image-right ones mirrored; the nose and the lips (upper + lower as one part), flipped at random)
+in the patch windows of parsing_parts.patch_affine.
 Objective: per part kind, binary cross-entropy plus soft Dice between the network's logits and the
 official map's mask of that part (bilinear from the 512 px map: soft at its edges), with heavy
 augmentation: the window shifted, scaled and turned (dlib's points off the part, far now and then),
@@ -13,7 +13,9 @@ the prior mask dropped (PRIOR_DROP) or shifted on its own, colour jitter (hue, s
 gamma, blur, noise, low resolution), eyeliner rings and wings, eye shadow, drawn lashes and white
 lines around the eyes, recoloured brows, drawn brow strokes and bangs painted over the brows (the
 target becomes "not brow" there, as the official parser calls it hair), contour and highlight strokes
-along the nose (within the target's own length).
+along the nose (within the target's own length), lipstick of any colour (black, blue, nude...),
+glitter, gloss, liner on a grown or shrunk lip outline, and opened mouths (teeth and a dark gap painted
+over the lips' middle, which the target then calls not lip).
 Then, per parse method and part kind, whether the stage decides it and with which logit bias and
 prior weight (parsing_parts.apply_logits; BIASES x PRIOR_WEIGHTS): the setting with the highest
 (made-up mean IoU + bare mean IoU) / 2 of that part over the k-fold's held-out photos, or none when the
@@ -28,10 +30,11 @@ the net parse as they are, with this stage at bias 0 and no prior weight, and wi
 on the other folds' photos (nested, so the figures stay held out). With --fold-dir each fold's weights
 are written there with their nested settings (tests/data/parsing_parts_fold0.safetensors is fold 0).
 --out then trains on all photos and ships the settings chosen on all held-out photos. The shipped
-weights: 1500 steps, batch 16, the defaults below; the folds can be trained in parallel processes
-(--only-fold F, --only-fold all) and then scored and shipped with --reuse. --reuse --retrain nose
-trains only the named kinds and reads the others from --fold-dir (how the nose network was added:
-the eye and brow networks stayed byte-identical; kind i of parsing_parts.KINDS has seed + i, so a
+weights: 1500 steps (the lips network 1000: --retrain lips --steps 1000), batch 16, the defaults
+below; the folds can be trained in parallel processes (--only-fold F, --only-fold all) and then scored
+and shipped with --reuse. --reuse --retrain nose trains only the named kinds and reads the others from
+--fold-dir (how the nose and lips networks were added: the other networks stayed byte-identical;
+kind i of parsing_parts.KINDS has seed + i, so a
 retrained kind gets the seed a full run would give it). Training is deterministic
 (fixed seeds, single-process data generation): the same command writes the same tensors (the
 safetensors header may list the metadata in another order). Caveat: the
@@ -56,6 +59,7 @@ from torch.nn import functional as F
 from shmt_cli.atomic import atomic_path
 from shmt_cli.face import parsing_parts as pp
 from shmt_cli.face.detect import default_detector
+from shmt_cli.face.labels import U_LIP
 from shmt_cli.face.parsing import load_label_map, parse_face
 from shmt_cli.face.parsing_shapes import Frame
 
@@ -277,6 +281,65 @@ def paint_nose(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
         _paint(lab, _soft(line, rng.uniform(0.8, 2.0)) * rng.uniform(0.2, 0.6), _colour(rng, 75, 98, 10), 0.7)
 
 
+def paint_lips(
+    lab: np.ndarray, target: np.ndarray, upper: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Lipstick of any colour (black, blue, nude...), glitter, gloss, a liner drawn outside or inside the
+    outline, and now and then an opened mouth (teeth and a dark gap over the lips' middle, which the
+    target then calls not lip); returns the target. upper: (H, W) soft mask of the upper lip."""
+    lips = (target > 0.5).astype(np.uint8)
+    if not lips.any():
+        return target
+    ys, xs = np.nonzero(lips)
+    if rng.random() < 0.6:  # lipstick
+        colour = _colour(rng, 3, 25, 8) if rng.random() < 0.2 else _colour(rng, 15, 90, 80)
+        _paint(lab, _soft(lips, rng.uniform(0.4, 1.2)) * rng.uniform(0.4, 1.0), colour, rng.uniform(0.2, 0.8))
+    if rng.random() < 0.3:  # liner on an outline grown or shrunk by up to 2 px
+        r = int(rng.integers(-2, 3))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(r) + 1, 2 * abs(r) + 1))
+        shape = cv2.dilate(lips, kernel) if r > 0 else cv2.erode(lips, kernel) if r < 0 else lips
+        ring = cv2.morphologyEx(shape, cv2.MORPH_GRADIENT, np.ones((2, 2), np.uint8))
+        _paint(lab, _soft(ring, 0.6) * rng.uniform(0.5, 1.0), _colour(rng, 5, 60, 50), 0.2)
+    if rng.random() < 0.15:  # glitter: bright and dark specks on the lips
+        specks = (rng.random(lips.shape) < rng.uniform(0.05, 0.3)) & (lips > 0)
+        _paint(lab, _soft(specks, 0.4) * rng.uniform(0.5, 1.0), _colour(rng, 60, 100, 30), 0.2)
+    if rng.random() < 0.25:  # gloss: soft highlights on the lips
+        spots = np.zeros_like(lips)
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(len(xs)))
+            axes = (int(rng.integers(2, 8)), int(rng.integers(1, 3)))
+            cv2.ellipse(spots, (int(xs[i]), int(ys[i])), axes, float(rng.normal(0, 10)), 0, 360, 1, -1)
+        _paint(lab, _soft(spots & lips, 1.0) * rng.uniform(0.3, 0.8), _colour(rng, 85, 100, 5), 0.3)
+    top = upper > 0.5
+    bottom = (target > 0.5) & ~top
+    if rng.random() < 0.25 and top.any() and bottom.any():  # open mouth over the lips' middle
+        cx = float(xs.mean())
+        cols = slice(max(int(cx) - 3, 0), int(cx) + 4)
+        t_rows = np.nonzero(top[:, cols].any(axis=1))[0]
+        b_rows = np.nonzero(bottom[:, cols].any(axis=1))[0]
+        if t_rows.size and b_rows.size:
+            cy = (t_rows.max() + b_rows.min()) / 2 + rng.normal(0, 0.5)
+            half_w = (xs.max() - xs.min()) * rng.uniform(0.25, 0.42)
+            half_h = rng.uniform(1.5, 6.0)
+            rows = np.arange(pp.PATCH_H, dtype=np.float32)[:, None]
+            ell = ((np.arange(pp.PATCH_W, dtype=np.float32)[None, :] - cx) / half_w) ** 2 + (
+                (rows - cy) / half_h
+            ) ** 2
+            alpha = np.clip((1.0 - ell) * 3.0, 0, 1).astype(np.float32)
+            teeth = rows < cy + rng.uniform(-0.5, 0.6) * half_h
+            inside = np.where(teeth, 1.0, 0.0).astype(np.float32)
+            if rng.random() < 0.8:
+                _paint(lab, alpha * inside, _colour(rng, 70, 95, 6), 0.4)
+            _paint(
+                lab,
+                alpha * (1 - inside),
+                np.array([rng.uniform(5, 35), rng.uniform(5, 30), 10.0], np.float32),
+                0.3,
+            )
+            target = np.where(alpha > 0.5, 0.0, target).astype(np.float32)
+    return target
+
+
 def colour_jitter(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Lab patch -> uint8 RGB with hue, saturation, contrast, brightness, gamma, blur, noise, low res."""
     if rng.random() < 0.5:
@@ -304,8 +367,8 @@ def colour_jitter(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def training_sample(item: Item, part: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(input (C, H, W) float32, soft target (H, W) float32) of part index `part` of pp.PARTS."""
     kind, label, points, mirrored = pp.PARTS[part]
-    if kind is pp.NOSE_KIND:
-        mirrored = bool(rng.random() < 0.5)  # the nose's flip augmentation
+    if kind in (pp.NOSE_KIND, pp.LIPS_KIND):
+        mirrored = bool(rng.random() < 0.5)  # the nose's and lips' flip augmentation
     frame = Frame(item.landmarks)
     affine = _jitter(rng, frame.iod, pp.patch_affine(kind, item.landmarks[points], frame, mirrored))
     rgb = pp.sample_patch(item.rgb, affine)
@@ -314,10 +377,10 @@ def training_sample(item: Item, part: int, rng: np.random.Generator) -> tuple[np
         [[512 / width, 0, 0.5 * 512 / width - 0.5], [0, 512 / height, 0.5 * 512 / height - 0.5]]
     )
     to_ref = photo_to_ref @ np.vstack([affine, [0, 0, 1]])
-    target = pp.sample_patch((item.ref == label).astype(np.float32), to_ref)
+    target = pp.sample_patch(pp.part_mask(item.ref, label).astype(np.float32), to_ref)
     prior = None
     if rng.random() >= PRIOR_DROP:
-        prior = pp.sample_patch((item.rules == label).astype(np.uint8), affine, nearest=True)
+        prior = pp.sample_patch(pp.part_mask(item.rules, label).astype(np.uint8), affine, nearest=True)
         if rng.random() < PRIOR_SHIFT:
             m = np.array([[1, 0, rng.normal(0, 3)], [0, 1, rng.normal(0, 2)]], np.float32)
             prior = cv2.warpAffine(prior, m, (pp.PATCH_W, pp.PATCH_H), flags=cv2.INTER_NEAREST)
@@ -326,6 +389,9 @@ def training_sample(item: Item, part: int, rng: np.random.Generator) -> tuple[np
         paint_eye(lab, target, rng)
     elif kind is pp.NOSE_KIND:
         paint_nose(lab, target, rng)
+    elif kind is pp.LIPS_KIND:
+        upper = pp.sample_patch((item.ref == U_LIP).astype(np.float32), to_ref)
+        target = paint_lips(lab, target, upper, rng)
     else:
         target = paint_brow(lab, target, rng)
     return pp.patch_input(colour_jitter(lab, rng), prior), target

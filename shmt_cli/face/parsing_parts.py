@@ -1,4 +1,4 @@
-"""Eye, brow and nose refinement: a small network per part kind on a window around the part's landmarks.
+"""Eye, brow, nose and lips refinement: a small network per part kind on a window around its landmarks.
 
 dlib's eye and brow points land on painted liner and costume brows, and the rule-based outlines follow
 them; the landmark template's nose starts below the contoured bridge that the official maps call nose.
@@ -6,20 +6,23 @@ Here each eye, each brow and the nose is re-decided on its own window of the pho
 `PATCH_H` px patch in the face frame (unit: interocular distance), centred on the part's landmark
 centre and larger than the part, so that a part the points missed by a fraction of its size is still
 inside it. The image-right (subject's left) parts are mirrored so that both sides share the weights;
-the nose is one part, its window transposed (patch x down the nose) and reaching above the eye line.
-A network per part kind (eyes, brows, nose) sees the patch's RGB, its Lab relative to the patch's
+the nose is one part, its window transposed (patch x down the nose) and reaching above the eye line;
+the lips (upper and lower as one part) are one window over the mouth points, not mirrored.
+A network per part kind (eyes, brows, nose, lips) sees the patch's RGB, its Lab relative to the patch's
 median, the current parse's mask of the part (the rules' outline: a prior it was trained to distrust,
 dropped and shifted in training) and the patch coordinates, and predicts the part's logit per patch
 pixel. The logits are resampled onto the photo (bilinear) and, with a bias and the current outline as
 a weak prior (apply_logits), decide the part inside the window: part pixels rejected become skin, skin
-(and, for brows, hair) pixels accepted become the part (the nose swaps only skin and nose). Outside
-the windows nothing changes.
+(and, for brows, hair) pixels accepted become the part (the nose swaps only skin and nose). The lips
+swap with skin only, except that a rejected lip pixel nearer to the parse's inner mouth than to its
+skin becomes inner mouth (an open mouth's rim); accepted skin becomes the nearer of the parse's upper
+and lower lip. Outside the windows nothing changes.
 
-The weights (`parsing_parts.safetensors`, beside this module, 0.3 MB) are written by
+The weights (`parsing_parts.safetensors`, beside this module, 0.4 MB) are written by
 tools/parsing_parts_train.py, which states their data (the dev photos with the official parser's
 maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
-and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 11 ms CPU per
-face (five 64 x 48 patches, one torch thread; 2.5 ms of it the nose).
+and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 14 ms CPU per
+face (six 64 x 48 patches, one torch thread; 2.5 ms of it the nose, about 3 ms the lips).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, NOSE, R_BROW, R_EYE, SKIN
+from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
 from shmt_cli.face.parsing_shapes import Frame
 
 WEIGHTS_PATH = Path(__file__).with_name("parsing_parts.safetensors")
@@ -64,7 +67,12 @@ BROWS = PartKind("brows", 0.55, 0.36, 0.04, (SKIN, HAIR))
 # above it (the official parser's bridge on contoured faces) and 0.95 below (under the nostrils), at
 # about 0.02 iod per patch pixel both ways (transposed: 64 px along the nose, 48 across).
 NOSE_KIND = PartKind("nose", 0.45, 0.7, -0.25, (SKIN,), transposed=True)
-KINDS = (EYES, BROWS, NOSE_KIND)
+# The lips: one window over the mouth points 48..67 (about 0.8 iod wide, 0.35 high), with a margin of
+# skin for overdrawn or shrunk outlines; 0.019 iod per patch pixel both ways. Upper and lower lip are
+# one part to the network (the split follows the current parse, apply_logits).
+LIPS_KIND = PartKind("lips", 0.6, 0.45, 0.0, (SKIN,))
+KINDS = (EYES, BROWS, NOSE_KIND, LIPS_KIND)
+LIP_LABELS = (U_LIP, L_LIP)
 # (kind, label, landmark slice, mirrored): image-left parts as they are, image-right ones mirrored; the
 # nose is one symmetric part, not mirrored (its network was trained on both orientations).
 PARTS = (
@@ -73,8 +81,14 @@ PARTS = (
     (BROWS, R_BROW, slice(17, 22), False),
     (BROWS, L_BROW, slice(22, 27), True),
     (NOSE_KIND, NOSE, slice(27, 36), False),
+    (LIPS_KIND, U_LIP, slice(48, 68), False),
 )
 IN_CHANNELS = 3 + 3 + 1 + 2
+
+
+def part_mask(labels: np.ndarray, label: int) -> np.ndarray:
+    """Bool mask of a part's label in labels; the lips (label U_LIP in PARTS) are both lip labels."""
+    return np.isin(labels, LIP_LABELS) if label in LIP_LABELS else labels == label
 
 
 def patch_affine(kind: PartKind, points: np.ndarray, frame: Frame, mirrored: bool) -> np.ndarray:
@@ -237,7 +251,7 @@ def part_logits(
     rgb: np.ndarray,
     landmarks: np.ndarray,
     labels: np.ndarray,
-    kinds: tuple[str, ...] = ("eyes", "brows", "nose"),
+    kinds: tuple[str, ...] = ("eyes", "brows", "nose", "lips"),
 ) -> list[tuple[int, PartKind, np.ndarray, np.ndarray]]:
     """(label, kind, patch -> photo affine (2, 3), logits (PATCH_H, PATCH_W) float32) per part of PARTS
     whose kind is named in kinds."""
@@ -247,7 +261,7 @@ def part_logits(
         if kind.name not in kinds or kind.name not in nets:
             continue
         affine = patch_affine(kind, landmarks[points], frame, mirrored)
-        prior = sample_patch((labels == label).astype(np.uint8), affine, nearest=True)
+        prior = sample_patch(part_mask(labels, label).astype(np.uint8), affine, nearest=True)
         inputs.append(patch_input(sample_patch(rgb, affine), prior))
         metas.append((label, kind, affine))
     if not inputs:
@@ -305,11 +319,42 @@ def apply_logits(
         )
         inside = value > -1e3
         window = out[y0:y1, x0:x1]
-        current = window == label
+        current = part_mask(window, label)
         part = inside & (value + bias + weight * np.where(current, 1.0, -1.0) > 0)
+        if kind is LIPS_KIND:
+            _swap_lips(window, inside & current & ~part, part & np.isin(window, kind.grows_into))
+            continue
         window[inside & current & ~part] = SKIN
         window[part & np.isin(window, kind.grows_into)] = label
     return out
+
+
+def _nearer(window: np.ndarray, first: int, second: int) -> np.ndarray:
+    """Bool (h, w): pixels of the window nearer to label `first` than to `second` (ties: first)."""
+    far = float(sum(window.shape))
+    dist = []
+    for value in (first, second):
+        other = (window != value).astype(np.uint8)
+        dist.append(
+            cv2.distanceTransform(other, cv2.DIST_L2, 3) if not other.all() else np.full(window.shape, far)
+        )
+    return dist[0] <= dist[1]
+
+
+def _swap_lips(window: np.ndarray, rejected: np.ndarray, accepted: np.ndarray) -> None:
+    """In place on a window of labels: rejected lip pixels become inner mouth where they are nearer to
+    the parse's inner mouth than to its skin (the open mouth's rim; ties: mouth), else skin; accepted
+    (skin) pixels become the upper or lower lip, whichever of the parse's lips is nearer (the upper one
+    without either)."""
+    if not (rejected.any() or accepted.any()):
+        return
+    before = window.copy()
+    if accepted.any():
+        window[accepted] = np.where(_nearer(before, U_LIP, L_LIP)[accepted], U_LIP, L_LIP)
+    if rejected.any():
+        window[rejected] = np.where(
+            _nearer(before, MOUTH, SKIN)[rejected] & (before == MOUTH).any(), MOUTH, SKIN
+        )
 
 
 def refine_parts(
