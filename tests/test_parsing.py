@@ -131,13 +131,18 @@ def test_dev_photos_reach_iou_floor(faces_dir):
         assert means[name] >= floor, f"{name}: mean IoU {means[name]:.3f} < {floor}"
 
 
-@pytest.mark.parametrize("kind", ["makeup", "non_makeup"])
-def test_refinement_reaches_iou_floor_on_held_out_photos(faces_dir, kind):
-    net = parsing_net.load_net(FOLD0_WEIGHTS)
-    pairs = [
+def _fold0_held_out_pairs(faces_dir: Path, kind: str) -> list[tuple[Path, Path]]:
+    """(photo, official map) of the dev photos of one kind that fold 0 did not see."""
+    return [
         (faces_dir / kind / "images" / name, faces_dir / kind / "seg" / (Path(name).stem + ".png"))
         for name in FOLD0_HELD_OUT[kind]
     ]
+
+
+@pytest.mark.parametrize("kind", ["makeup", "non_makeup"])
+def test_refinement_reaches_iou_floor_on_held_out_photos(faces_dir, kind):
+    net = parsing_net.load_net(FOLD0_WEIGHTS)
+    pairs = _fold0_held_out_pairs(faces_dir, kind)
     scores, _ = parsing_iou.evaluate(
         pairs, verbose=False, parse=lambda rgb, lm: parsing_net.refine_parse(rgb, lm, net)
     )
@@ -164,10 +169,7 @@ PARTS_FOLD0_FLOORS = {
 @pytest.mark.parametrize("kind", ["makeup", "non_makeup"])
 def test_part_networks_reach_iou_floor_on_held_out_photos(faces_dir, kind):
     model = parsing_parts.load_model(PARTS_FOLD0_WEIGHTS)
-    pairs = [
-        (faces_dir / kind / "images" / name, faces_dir / kind / "seg" / (Path(name).stem + ".png"))
-        for name in FOLD0_HELD_OUT[kind]
-    ]
+    pairs = _fold0_held_out_pairs(faces_dir, kind)
 
     def parse(rgb, lm):
         labels = parse_face(rgb, lm, parts=False)

@@ -65,7 +65,7 @@ from shmt_cli.face.parsing_shapes import Frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parsing_iou
-from parsing_train import folds, print_table
+from parsing_train import folds, print_table, score
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
@@ -466,21 +466,6 @@ def save_nets(nets: dict[str, pp.PartNet], path: Path, chosen: dict[str, dict[st
         )
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-
-
-def score(items: list[Item], predict) -> list:
-    rows = []
-    for item in items:
-        pred = predict(item)
-        height, width = item.rgb.shape[:2]
-        ref = cv2.resize(item.ref, (width, height), interpolation=cv2.INTER_NEAREST)
-        ious = parsing_iou.region_ious(pred, ref)
-        counts = {}
-        for name in ious:
-            p, r = np.isin(pred, parsing_iou.REGIONS[name]), np.isin(ref, parsing_iou.REGIONS[name])
-            counts[name] = (int((p & r).sum()), int((p | r).sum()))
-        rows.append((item.name, ious, counts))
-    return rows
 
 
 @dataclass

@@ -205,7 +205,8 @@ def mirrored_input(x: np.ndarray) -> np.ndarray:
 # network
 
 
-def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """3x3 convolution (no bias), batch norm, ReLU: the unit of the parsing networks."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
         nn.BatchNorm2d(cout),
@@ -227,14 +228,14 @@ class ParsingNet(nn.Module):
         # Names of PART_GROUPS whose labels the prior decides (read from the weights file's metadata).
         self.prior_parts: tuple[str, ...] = ()
         w0, w1, w2, w3 = widths
-        self.enc0 = nn.Sequential(_block(in_channels, w0), _block(w0, w0))
-        self.enc1 = nn.Sequential(_block(w0, w1, stride=2), _block(w1, w1))
-        self.enc2 = nn.Sequential(_block(w1, w2, stride=2), _block(w2, w2))
+        self.enc0 = nn.Sequential(conv_bn_relu(in_channels, w0), conv_bn_relu(w0, w0))
+        self.enc1 = nn.Sequential(conv_bn_relu(w0, w1, stride=2), conv_bn_relu(w1, w1))
+        self.enc2 = nn.Sequential(conv_bn_relu(w1, w2, stride=2), conv_bn_relu(w2, w2))
         self.enc3 = nn.Sequential(
-            _block(w2, w3, stride=2), _block(w3, w3, dilation=2), _block(w3, w3, dilation=4)
+            conv_bn_relu(w2, w3, stride=2), conv_bn_relu(w3, w3, dilation=2), conv_bn_relu(w3, w3, dilation=4)
         )
         self.lat2, self.lat1, self.lat0 = nn.Conv2d(w3, w2, 1), nn.Conv2d(w2, w1, 1), nn.Conv2d(w1, w0, 1)
-        self.dec2, self.dec1, self.dec0 = _block(w2, w2), _block(w1, w1), _block(w0, w0)
+        self.dec2, self.dec1, self.dec0 = conv_bn_relu(w2, w2), conv_bn_relu(w1, w1), conv_bn_relu(w0, w0)
         self.head = nn.Conv2d(w0, NUM_LABELS, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

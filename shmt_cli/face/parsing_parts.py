@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
+from shmt_cli.face.parsing_net import conv_bn_relu
 from shmt_cli.face.parsing_shapes import Frame
 
 WEIGHTS_PATH = Path(__file__).with_name("parsing_parts.safetensors")
@@ -164,25 +165,19 @@ def patch_input(rgb_patch: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
 # network
 
 
-def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
 class PartNet(nn.Module):
     """Small U-Net: (N, IN_CHANNELS, PATCH_H, PATCH_W) -> (N, 1, PATCH_H, PATCH_W) part logits."""
 
     def __init__(self, in_channels: int = IN_CHANNELS, widths: tuple[int, int, int] = (12, 24, 32)) -> None:
         super().__init__()
         a, b, c = widths
-        self.enc1 = _conv(in_channels, a)
-        self.enc2 = nn.Sequential(_conv(a, b, stride=2), _conv(b, b))
-        self.enc3 = nn.Sequential(_conv(b, c, stride=2), _conv(c, c, dilation=2), _conv(c, c, dilation=4))
-        self.dec2 = _conv(c + b, b)
-        self.dec1 = _conv(b + a, a)
+        self.enc1 = conv_bn_relu(in_channels, a)
+        self.enc2 = nn.Sequential(conv_bn_relu(a, b, stride=2), conv_bn_relu(b, b))
+        self.enc3 = nn.Sequential(
+            conv_bn_relu(b, c, stride=2), conv_bn_relu(c, c, dilation=2), conv_bn_relu(c, c, dilation=4)
+        )
+        self.dec2 = conv_bn_relu(c + b, b)
+        self.dec1 = conv_bn_relu(b + a, a)
         self.head = nn.Conv2d(a, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
