@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +64,7 @@ from shmt_cli.face.parsing_shapes import Frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parsing_iou
-from parsing_train import folds, print_table, score
+from parsing_train import fit, folds, half_state, print_table, score
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 
@@ -408,31 +407,20 @@ def train(
     rng = np.random.default_rng(seed)
     parts = [i for i, p in enumerate(pp.PARTS) if p[0] is kind]
     net = pp.PartNet()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    net.train()
-    start, running = time.time(), 0.0
-    for step in range(steps):
-        samples = [
-            training_sample(items[i], parts[j], rng)
-            for i, j in zip(
-                rng.integers(len(items), size=batch), rng.integers(len(parts), size=batch), strict=True
-            )
-        ]
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        picks = zip(rng.integers(len(items), size=batch), rng.integers(len(parts), size=batch), strict=True)
+        samples = [training_sample(items[i], parts[j], rng) for i, j in picks]
         x = torch.from_numpy(np.stack([s[0] for s in samples]))
-        y = torch.from_numpy(np.stack([s[1] for s in samples]))[:, None]
+        return x, torch.from_numpy(np.stack([s[1] for s in samples]))[:, None]
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = net(x)
         prob = torch.sigmoid(logits)
         dice = 1 - (2 * (prob * y).sum((1, 2, 3)) + 1) / (prob.sum((1, 2, 3)) + y.sum((1, 2, 3)) + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + 0.5 * dice.mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
-        if log and (step % 100 == 0 or step == steps - 1):
-            print(f"  {kind.name} step {step:5d}  loss {running:.4f}  {time.time() - start:.0f}s", flush=True)
-    return net.eval()
+        return F.binary_cross_entropy_with_logits(logits, y) + 0.5 * dice.mean()
+
+    return fit(net, steps, next_batch, loss_of, log_every=100 if log else 0, label=f"{kind.name} ")
 
 
 def train_nets(
@@ -455,9 +443,7 @@ def save_nets(nets: dict[str, pp.PartNet], path: Path, chosen: dict[str, dict[st
     """Float16 weights; metadata per base method: the kinds re-decided and their biases."""
     state = {}
     for name, net in nets.items():
-        for key, value in net.state_dict().items():
-            keep = key.endswith("num_batches_tracked")
-            state[f"{name}.{key}"] = value if keep else value.detach().to(torch.float16).contiguous()
+        state.update(half_state(net, f"{name}."))
     metadata = {"source": "tools/parsing_parts_train.py", "data": "SHMT examples dev set"}
     for base, choice in chosen.items():
         metadata[base] = ",".join(k for k, v in choice.items() if v is not None)

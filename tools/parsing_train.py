@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -386,35 +387,63 @@ def train(
     net = parsing_net.ParsingNet()
     if FREEZE_PRIOR:
         net.prior_logits.requires_grad_(False)
+    weights = torch.from_numpy(CLASS_WEIGHTS)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        samples = [training_sample(items[i], rng) for i in rng.integers(len(items), size=batch)]
+        x = torch.from_numpy(np.stack([s[0] for s in samples]))
+        return x, torch.from_numpy(np.stack([s[1] for s in samples]))
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(x), y, weight=weights, ignore_index=IGNORE)
+
+    return fit(net, steps, next_batch, loss_of, log_every=50 if log else 0)
+
+
+def fit(
+    net: torch.nn.Module,
+    steps: int,
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    log_every: int = 0,
+    label: str = "",
+) -> torch.nn.Module:
+    """`net` trained for `steps` batches (AdamW 3e-3, weight decay 1e-4, one-cycle schedule) on its
+    parameters that require gradients, in eval mode. log_every: print the running loss every so many
+    steps (0: never)."""
     optimiser = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=3e-3, weight_decay=1e-4
     )
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.1)
-    weights = torch.from_numpy(CLASS_WEIGHTS)
-    start = time.time()
     net.train()
-    running = 0.0
+    start, running = time.time(), 0.0
     for step in range(steps):
-        samples = [training_sample(items[i], rng) for i in rng.integers(len(items), size=batch)]
-        x = torch.from_numpy(np.stack([s[0] for s in samples]))
-        y = torch.from_numpy(np.stack([s[1] for s in samples]))
-        loss = F.cross_entropy(net(x), y, weight=weights, ignore_index=IGNORE)
+        loss = loss_of(*next_batch())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         schedule.step()
         running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
-        if log and (step % 50 == 0 or step == steps - 1):
-            print(f"  step {step:5d}  loss {running:.4f}  {time.time() - start:.0f}s", flush=True)
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"  {label}step {step:5d}  loss {running:.4f}  {time.time() - start:.0f}s", flush=True)
     return net.eval()
+
+
+def half_state(net: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The state dict in float16 (half the size; the networks run in float32), keys prefixed; BatchNorm's
+    integer batch counters kept as they are."""
+    return {
+        prefix + key: value
+        if key.endswith("num_batches_tracked")
+        else value.detach().to(torch.float16).contiguous()
+        for key, value in net.state_dict().items()
+    }
 
 
 def save_net(net: parsing_net.ParsingNet, path: Path, prior_parts: tuple[str, ...] = ()) -> None:
     """Weights as float16 safetensors (half the size; the network runs in float32), with the part
     groups the prior decides (parsing_net.PART_GROUPS names) in the metadata."""
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
-    # BatchNorm's batch counter is an integer: keep it as it is.
-    state.update({k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")})
+    state = half_state(net)
     metadata = {
         "source": "tools/parsing_train.py",
         "data": "SHMT examples dev set",
