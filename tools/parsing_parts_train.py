@@ -77,6 +77,9 @@ PRIOR_SHIFT = 0.5
 # Probability of bangs painted over a brow sample (the target is not brow under them). 0.5 was worse
 # held out (made-up / bare brows 0.734 / 0.834 against 0.749 / 0.839 with chosen settings).
 BANGS = 0.25
+# Probability of a costume brow sample: the brow blocked out with skin-coloured paste and another drawn
+# 0.15-0.45 of the window's height above it (the target follows the drawn brow, as on 21018).
+BLOCK_OUT = 0.1
 # Window jitter (iod): standard deviation of the shift, and of a far shift with probability FAR.
 SHIFT = 0.03
 FAR_SHIFT = 0.09
@@ -212,11 +215,92 @@ def paint_eye(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> 
         _paint(lab, _soft(strokes, 0.5) * rng.uniform(0.6, 1.0), _colour(rng, 3, 30, 10), 0.1)
 
 
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _hair_colour(rng: np.random.Generator) -> np.ndarray:
+    """Lab of a hair colour: black, brown, blonde or dyed."""
+    r = rng.random()
+    if r < 0.4:
+        return np.array([rng.uniform(6, 30), rng.uniform(-3, 6), rng.uniform(-3, 10)], np.float32)
+    if r < 0.7:
+        return np.array([rng.uniform(22, 50), rng.uniform(3, 16), rng.uniform(8, 28)], np.float32)
+    if r < 0.88:
+        return np.array([rng.uniform(55, 85), rng.uniform(-2, 8), rng.uniform(14, 36)], np.float32)
+    return _colour(rng, 20, 75, 60)
+
+
+def _skin_colour(lab: np.ndarray, brow: np.ndarray) -> np.ndarray:
+    """Median Lab of the lighter half of the patch away from the brow (skin, not hair, lashes or shadow)."""
+    far = cv2.dilate(brow.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+    pixels = lab[far] if far.sum() > 50 else lab.reshape(-1, 3)
+    pixels = pixels[pixels[:, 0] >= np.median(pixels[:, 0])]
+    return np.median(pixels, axis=0).astype(np.float32)
+
+
+def _brow_bottom(brow: np.ndarray) -> np.ndarray:
+    """(PATCH_W,) float row of the brow's lower edge per column (interpolated where a column has none)."""
+    cols = np.nonzero(brow.any(axis=0))[0]
+    bottom = pp.PATCH_H - 1 - np.argmax(brow[::-1, cols], axis=0)
+    return np.interp(np.arange(pp.PATCH_W), cols, bottom).astype(np.float32)
+
+
 def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Recoloured brow, drawn strokes, bangs over the brow; returns the target (bangs are not brow)."""
+    """Costume brows (the brow blocked out with skin-coloured paste, another drawn higher up: the target
+    follows the drawn one, as the official parser does), brows recoloured any colour or faded to the
+    skin (blonde, low contrast), eye shadow up to and over the brow, glitter and gems on and around it,
+    drawn strokes, and thick or thin bangs of any hair colour over it; returns the target (bangs are
+    not brow, as the official parser calls them hair)."""
     brow = target > 0.5
-    if brow.any() and rng.random() < 0.25:
-        _paint(lab, _soft(brow, 0.8) * rng.uniform(0.3, 0.9), _colour(rng, 10, 80, 70), 0.5)
+    rows = np.arange(pp.PATCH_H, dtype=np.float32)[:, None]
+    if brow.any() and rng.random() < BLOCK_OUT:  # blocked out, a brow drawn above
+        r = int(rng.integers(1, 4))
+        cover = cv2.dilate(brow.astype(np.uint8), _disc(r))
+        alpha = _soft(cover, 1.0) * rng.uniform(0.85, 1.0)
+        _paint(lab, alpha, _skin_colour(lab, brow) + rng.normal(0, 2, 3).astype(np.float32), 0.15)
+        target = np.where(alpha > 0.5, 0.0, target).astype(np.float32)
+        m = np.array([[1, 0, rng.normal(0, 3)], [0, 1, -rng.uniform(0.15, 0.45) * pp.PATCH_H]], np.float32)
+        drawn = cv2.warpAffine(brow.astype(np.uint8), m, (pp.PATCH_W, pp.PATCH_H), flags=cv2.INTER_NEAREST)
+        k = int(rng.integers(-1, 3))
+        if k:
+            kernel = _disc(abs(k))
+            drawn = cv2.dilate(drawn, kernel) if k > 0 else cv2.erode(drawn, kernel)
+        colour = _colour(rng, 5, 35, 10) if rng.random() < 0.5 else _colour(rng, 10, 90, 80)
+        _paint(lab, _soft(drawn, 0.7) * rng.uniform(0.8, 1.0), colour, 0.2)
+        target = np.maximum(target, _soft(drawn, 0.5)).astype(np.float32)
+        brow = target > 0.5
+    if brow.any() and rng.random() < 0.3:  # brow colour of any colour
+        _paint(lab, _soft(brow, 0.8) * rng.uniform(0.4, 1.0), _colour(rng, 10, 95, 90), 0.5)
+    elif brow.any() and rng.random() < 0.15:  # faded towards the skin: blonde or low-contrast brows
+        skin = _skin_colour(lab, brow)
+        shade = skin + np.array([-rng.uniform(3, 15), rng.uniform(-2, 4), rng.uniform(0, 15)], np.float32)
+        _paint(lab, _soft(brow, 0.8) * rng.uniform(0.4, 0.85), shade, rng.uniform(0.3, 0.8))
+    if brow.any() and rng.random() < 0.2:  # eye shadow from below up to (or over) the brow's lower edge
+        edge = _brow_bottom(brow)[None, :] + rng.uniform(-3, 3)
+        depth = rng.uniform(6, 20)
+        band = ((rows > edge) & (rows < edge + depth)).astype(np.float32)
+        if rng.random() < 0.3:  # a haze over the brow and above it as well
+            band = np.maximum(
+                band, (rows > edge - rng.uniform(8, 25)).astype(np.float32) * rng.uniform(0.3, 0.6)
+            )
+        _paint(lab, _soft(band, rng.uniform(1, 3)) * rng.uniform(0.4, 0.95), _colour(rng, 15, 85, 80), 0.5)
+    if brow.any() and rng.random() < 0.15:  # glitter and gems on and around the brow
+        r = int(rng.integers(3, 12))
+        area = cv2.dilate(brow.astype(np.uint8), _disc(r))
+        if rng.random() < 0.5:
+            area &= (rows < _brow_bottom(brow)[None, :] + 1).astype(np.uint8)  # on and above only
+        if rng.random() < 0.4:  # a coloured haze under the sparkle
+            _paint(lab, _soft(area, 2.0) * rng.uniform(0.2, 0.6), _colour(rng, 40, 85, 70), 0.6)
+        specks = (rng.random(area.shape) < rng.uniform(0.03, 0.25)) & (area > 0)
+        if rng.random() < 0.3:
+            for _ in range(int(rng.integers(2, 7))):
+                y, x = rng.integers(0, pp.PATCH_H), rng.integers(0, pp.PATCH_W)
+                if area[y, x]:
+                    cv2.circle(specks.view(np.uint8), (int(x), int(y)), int(rng.integers(1, 3)), 1, -1)
+        _paint(
+            lab, _soft(specks, rng.uniform(0.3, 0.7)) * rng.uniform(0.6, 1.0), _colour(rng, 65, 100, 50), 0.2
+        )
     if rng.random() < 0.15:  # a drawn line above or below the brow
         stroke = np.zeros(brow.shape, np.uint8)
         y = rng.uniform(2, pp.PATCH_H - 2)
@@ -227,26 +311,37 @@ def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
         stroke &= ~brow
         _paint(lab, _soft(stroke, 0.6) * rng.uniform(0.6, 1.0), _colour(rng, 5, 60, 50), 0.2)
     if brow.any() and rng.random() < BANGS:  # bangs: a fringe down to a wavy line through the brow
-        rows = np.nonzero(brow.any(axis=1))[0]
-        y0 = rng.uniform(rows.min() - 2, rows.max() + 2)
+        brow_rows = np.nonzero(brow.any(axis=1))[0]
+        y0 = rng.uniform(brow_rows.min() - 2, brow_rows.max() + 2)
         cols = np.arange(pp.PATCH_W, dtype=np.float32)
         edge = (
             y0
             + rng.normal(0, 0.2) * (cols - pp.PATCH_W / 2)
             + rng.uniform(0, 3) * np.sin(cols * rng.uniform(0.1, 0.5))
         )
-        alpha = np.clip(edge[None, :] - np.arange(pp.PATCH_H)[:, None] + 0.5, 0, 1)
+        alpha = np.clip(edge[None, :] - rows + 0.5, 0, 1)
         left = rng.uniform(-10, pp.PATCH_W * 0.6)
         alpha *= ((cols >= left) & (cols <= left + rng.uniform(15, 80)))[None, :]
-        strands = cv2.GaussianBlur(rng.normal(0, 1, (1, pp.PATCH_W)).astype(np.float32), (0, 0), 0.8)[0]
+        colour = _hair_colour(rng)
+        if rng.random() < 0.5:  # thick: the brow barely shows through
+            strands = cv2.GaussianBlur(rng.normal(0, 1, (1, pp.PATCH_W)).astype(np.float32), (0, 0), 0.8)[0]
+            shade = np.broadcast_to(strands[None, :], alpha.shape)
+            a = alpha * rng.uniform(0.6, 1.0)
+        else:  # thin: separate strands, slanted, with skin and brow between them
+            slope = rng.normal(0, 0.3)
+            x = cols[None, :] + slope * rows
+            phase = rng.uniform(0, 2 * np.pi, 3)
+            freq = rng.uniform(0.3, 1.2)
+            wave = sum(np.sin(x * freq * (1 + 0.37 * i) + phase[i]) for i in range(3)) / 3
+            cover = np.clip((wave - rng.uniform(-0.4, 0.3)) * 4, 0, 1)
+            shade = wave
+            a = alpha * cover * rng.uniform(0.5, 0.95)
         hair = np.empty_like(lab)
-        colour = _colour(rng, 8, 60, 12)
-        hair[..., 0] = np.clip(colour[0] + rng.uniform(3, 12) * strands[None, :], 0, 100)
+        hair[..., 0] = np.clip(colour[0] + rng.uniform(3, 12) * shade, 0, 100)
         hair[..., 1:] = colour[1:]
-        # Thin bangs let the brow show through a little.
-        a = alpha * rng.uniform(0.6, 1.0)
         lab[:] = lab * (1 - a[..., None]) + hair * a[..., None]
-        target = np.where(alpha > 0.5, 0.0, target).astype(np.float32)
+        # The official parser calls hair what the strands cover densely: thin sparse strands leave gaps.
+        target = np.where(_soft(a, 1.5) > 0.35, 0.0, target).astype(np.float32)
     return target
 
 

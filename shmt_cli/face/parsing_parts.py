@@ -63,7 +63,10 @@ class PartKind:
 
 
 EYES = PartKind("eyes", 0.36, 0.27, 0.0, (SKIN,))
-BROWS = PartKind("brows", 0.55, 0.36, 0.04, (SKIN, HAIR))
+# The brows' window reaches 0.46 iod above the brow points' centre and 0.38 below (the upper lid): costume
+# makeup draws brows well above blocked-out ones (dev photo 21018: the official brows 0.14-0.42 iod above
+# the points), at about 0.017 iod per patch pixel both ways.
+BROWS = PartKind("brows", 0.55, 0.42, -0.04, (SKIN, HAIR))
 # The nose's landmark centre (27..35) is about 0.5 iod below the eye line; the window reaches 0.45 iod
 # above it (the official parser's bridge on contoured faces) and 0.95 below (under the nostrils), at
 # about 0.02 iod per patch pixel both ways (transposed: 64 px along the nose, 48 across).
