@@ -18,6 +18,10 @@ photos: for held-out figures use tools/parsing_parts_train.py --kfold).
 --size=N resizes every photo to N x N first (the size SHMT works at is 256), to check the parser
 at another scale.
 
+--aligned[=N] parses each photo's `shmt align` crop instead (N px, default 256: the face framed as
+SHMT's data, landmarks carried into the crop as align's sidecar does) against the official map warped
+the same way (nearest): how figures on align crops are measured.
+
 --fit-nose re-derives the nose shape constants of shmt_cli/face/parsing_shapes.py (NOSE_ANCHORS,
 NOSE_TOP_V, NOSE_BOTTOM_V, NOSE_HALF_WIDTHS) from the reference maps and prints them, with a
 leave-one-photo-out IoU to show how well the mean shape carries over to unseen photos.
@@ -32,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from shmt_cli.face.align import alignment_matrix, crop_face, transform_points
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.parsing import load_label_map, parse_face
 from shmt_cli.face.parsing_shapes import NOSE_ANCHOR_IDS, face_frame, nose_outline_from_shape
@@ -75,16 +80,28 @@ def photo_pairs(faces_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def aligned_view(
+    rgb: np.ndarray, ref: np.ndarray, landmarks: np.ndarray, size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo as `shmt align` crops it: (crop (size, size, 3) uint8, the reference map (H, W) uint8 at
+    the photo's size warped the same way with nearest (size, size), the landmarks in the crop (68, 2))."""
+    matrix = alignment_matrix(landmarks, size)
+    ref_crop = cv2.warpAffine(ref, matrix, (size, size), flags=cv2.INTER_NEAREST)
+    return crop_face(rgb, matrix, size), ref_crop, transform_points(landmarks, matrix)
+
+
 def evaluate(
     pairs: list[tuple[Path, Path]],
     verbose: bool = True,
     size: int | None = None,
+    aligned: int | None = None,
     details: list[tuple[str, str, int, int]] | None = None,
     parse=None,
 ) -> tuple[dict[str, list[float]], float]:
     """Per-region lists of IoUs over the photos and the median parse CPU time in seconds.
 
     size: when given, photos are resized to size x size (area filter) before parsing.
+    aligned: when given, each photo's align crop of that size is parsed instead (aligned_view).
     details: when given, gets one (folder, region, intersection, union) pixel count per photo and
     scored region (folder is the photo set, e.g. makeup / non_makeup).
     parse: parser (rgb, landmarks) -> labels; parse_face with its default method when None.
@@ -101,11 +118,14 @@ def evaluate(
         if not faces:
             print(f"{image_path.name}: no face found", file=sys.stderr)
             continue
+        landmarks = faces[0].landmarks
+        ref = load_label_map(seg_path, rgb.shape[:2])
+        if aligned is not None:
+            rgb, ref, landmarks = aligned_view(rgb, ref, landmarks, aligned)
         # CPU time, not wall time: the figure should not depend on what else the machine runs.
         start = time.process_time()
-        pred = parse(rgb, faces[0].landmarks)
+        pred = parse(rgb, landmarks)
         seconds.append(time.process_time() - start)
-        ref = load_label_map(seg_path, rgb.shape[:2])
         row = region_ious(pred, ref)
         for name, value in row.items():
             scores[name].append(value)
@@ -229,6 +249,7 @@ def main(argv: list[str]) -> int:
         return 0
     sizes = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--size=")]
     methods = [a.split("=", 1)[1] for a in argv if a.startswith("--method=")]
+    aligned = [a.partition("=")[2] or "256" for a in argv if a.split("=")[0] == "--aligned"]
     # Without --method, parse_face's own default.
     options: dict = {"method": methods[0]} if methods else {}
     if "--no-parts" in argv:
@@ -241,6 +262,7 @@ def main(argv: list[str]) -> int:
         pairs,
         verbose="--quiet" not in argv,
         size=sizes[0] if sizes else None,
+        aligned=int(aligned[0]) if aligned else None,
         details=details,
         parse=lambda rgb, lm: parse_face(rgb, lm, **options),
     )

@@ -29,17 +29,18 @@ tools/parsing_train.py), and prints per-class held-out IoU for made-up and bare 
 the net parse as they are, with this stage at bias 0 and no prior weight, and with the settings chosen
 on the other folds' photos (nested, so the figures stay held out). With --fold-dir each fold's weights
 are written there with their nested settings (tests/data/parsing_parts_fold0.safetensors is fold 0).
---out then trains on all photos and ships the settings chosen on all held-out photos. The shipped
-weights: 1500 steps (the lips network 1000: --retrain lips --steps 1000), batch 16, the defaults
+--aligned N scores the held-out photos on their N px `shmt align` crops (the official map warped the
+same way), where the pipeline parses them and the issue's checker measures; the settings are then chosen
+there too. --out then trains on all photos and ships the settings chosen on all held-out photos. The
+shipped weights: 1500 steps (the lips network 1000: --retrain lips --steps 1000), batch 16, the defaults
 below; the folds can be trained in parallel processes (--only-fold F, --only-fold all) and then scored
 and shipped with --reuse. --reuse --retrain nose trains only the named kinds and reads the others from
---fold-dir (how the nose and lips networks were added: the other networks stayed byte-identical;
-kind i of parsing_parts.KINDS has seed + i, so a
-retrained kind gets the seed a full run would give it). Training is deterministic
-(fixed seeds, single-process data generation): the same command writes the same tensors (the
-safetensors header may list the metadata in another order). Caveat: the
-rules' ~67 constants were fitted on all 36 photos and the "net" rows use the shipped parsing_net
-weights, which saw them too: only this stage is held out.
+--fold-dir (how the nose and lips networks were added: the other networks stayed byte-identical; kind i
+of parsing_parts.KINDS has seed + i, so a retrained kind gets the seed a full run would give it).
+Training is deterministic (fixed seeds, single-process data generation): the same command writes the
+same tensors (the safetensors header may list the metadata in another order). Caveat: the rules' ~67
+constants were fitted on all 36 photos and the "net" rows use the shipped parsing_net weights, which saw
+them too: only this stage is held out.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Item:
     name: str
     rgb: np.ndarray  # (H, W, 3) uint8
     landmarks: np.ndarray  # (68, 2)
-    ref: np.ndarray  # (512, 512) uint8 official map
+    ref: np.ndarray  # (512, 512) uint8 official map (an align crop's: warped, its size)
     rules: np.ndarray  # (H, W) uint8 parse_face(method="rules")
     net: np.ndarray  # (H, W) uint8 parse_face(method="net")
 
@@ -136,6 +137,17 @@ def load_items(faces_dir: Path) -> list[Item]:
         net = parse_face(rgb, lm, method="net", parts=False)
         items.append(Item(name, rgb, lm, load_label_map(seg_path, 512), rules, net))
     return items
+
+
+def aligned_item(item: Item, size: int) -> Item:
+    """The photo of an item as `shmt align` crops it (size px), with the official map warped the same
+    way and both parses redone on the crop: held-out scoring where the issue's checker looks."""
+    height, width = item.rgb.shape[:2]
+    ref = cv2.resize(item.ref, (width, height), interpolation=cv2.INTER_NEAREST)
+    crop, ref_crop, lm = parsing_iou.aligned_view(item.rgb, ref, item.landmarks, size)
+    rules = parse_face(crop, lm, method="rules", parts=False)
+    net = parse_face(crop, lm, method="net", parts=False)
+    return Item(item.name, crop, lm, ref_crop, rules, net)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -656,6 +668,12 @@ def main(argv: list[str]) -> int:
         help="with --reuse: comma-separated part kinds trained anew (the others read from --fold-dir)",
     )
     parser.add_argument("--cache", type=Path, help=".npz of the loaded photos (written if missing)")
+    parser.add_argument(
+        "--aligned",
+        type=int,
+        metavar="N",
+        help="score the held-out photos on their N px `shmt align` crops (training is unchanged)",
+    )
     args = parser.parse_args(argv)
     chosen: dict[str, dict[str, Setting | None]] = {}
     if args.prior_drop is not None:
@@ -694,6 +712,8 @@ def main(argv: list[str]) -> int:
                     save_nets(nets, path, {})
             fold_nets[fold] = nets
             if args.only_fold is None:
+                if args.aligned:
+                    held = [aligned_item(it, args.aligned) for it in held]
                 outputs += [network_output(nets, it, fold) for it in held]
         if args.only_fold == "all":
             all_path = args.fold_dir / "all.safetensors"
