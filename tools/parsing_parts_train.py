@@ -11,8 +11,11 @@ official map's mask of that part (bilinear from the 512 px map: soft at its edge
 augmentation: the window shifted, scaled and turned (dlib's points off the part, far now and then),
 the prior mask dropped (PRIOR_DROP) or shifted on its own, colour jitter (hue, saturation, contrast,
 gamma, blur, noise, low resolution), eyeliner rings and wings, eye shadow, drawn lashes and white
-lines around the eyes, recoloured brows, drawn brow strokes and bangs painted over the brows (the
-target becomes "not brow" there, as the official parser calls it hair), contour and highlight strokes
+lines around the eyes; costume brows (the brow blocked out with skin-coloured paste, another drawn
+higher up, which the target follows), brows of any colour or faded to the skin, shadow up to the brow,
+glitter and gems around it, drawn brow strokes, and thick or thin bangs of any hair colour over the brows
+(the target becomes "not brow" where they cover it densely, as the official parser calls it hair);
+contour and highlight strokes
 along the nose (within the target's own length), lipstick of any colour (black, blue, nude...),
 glitter, gloss, liner on a grown or shrunk lip outline, and opened mouths (teeth and a dark gap painted
 over the lips' middle, which the target then calls not lip).
@@ -76,10 +79,15 @@ FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
 PRIOR_DROP = 0.3
 PRIOR_SHIFT = 0.5
 # Probability of bangs painted over a brow sample (the target is not brow under them). 0.5 was worse
-# held out (made-up / bare brows 0.734 / 0.834 against 0.749 / 0.839 with chosen settings).
+# held out (made-up / bare brows 0.734 / 0.834 against 0.749 / 0.839 with chosen settings; measured with
+# the earlier brow recipe: thick bangs only, the shorter window).
 BANGS = 0.25
 # Probability of a costume brow sample: the brow blocked out with skin-coloured paste and another drawn
 # 0.15-0.45 of the window's height above it (the target follows the drawn brow, as on 21018).
+# The brow recipe (this, the taller window, colour / fade / shadow / glitter / thin bangs), 3-fold held
+# out with chosen settings: made-up / bare brows 0.779 / 0.844 against 0.749 / 0.839 before. Rejected:
+# 2500 steps (0.783 / 0.842), a faint veil of wisps as bangs plus photos scaled down to 0.55-1.0 before
+# sampling (0.775 / 0.845; on 256 px align crops 0.770 / 0.840 against 0.773 / 0.841 without).
 BLOCK_OUT = 0.1
 # Window jitter (iod): standard deviation of the shift, and of a far shift with probability FAR.
 SHIFT = 0.03

@@ -86,8 +86,8 @@ def parse_face(
     parts: then re-decide eyes, brows, nose and lips with the networks of
     shmt_cli/face/parsing_parts.py (the parts and settings its weights file names for the method).
     3-fold held out on top of the rules (tools/parsing_parts_train.py --kfold 3): made-up eyes 0.760
-    -> 0.840, brows 0.695 -> 0.749, nose 0.845 -> 0.867, lips 0.879 (rules 0.870 in sample), open
-    mouth 0.731 -> 0.736; bare eyes 0.858 -> 0.874, brows 0.767 -> 0.839, nose 0.881 -> 0.898, lips
+    -> 0.840, brows 0.695 -> 0.779, nose 0.845 -> 0.867, lips 0.879 (rules 0.870 in sample), open
+    mouth 0.731 -> 0.736; bare eyes 0.858 -> 0.874, brows 0.767 -> 0.844, nose 0.881 -> 0.898, lips
     0.919 (0.912), open mouth 0.766 -> 0.784. parts=False gives the parse without them (the training
     data of that stage).
     """
