@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -78,6 +79,19 @@ def photo_pairs(faces_dir: Path) -> list[tuple[Path, Path]]:
         if seg.is_file():
             pairs.append((image, seg))
     return pairs
+
+
+def detected_photos(faces_dir: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, Path]]:
+    """(name "<folder>/<file>", RGB (H, W, 3) uint8, landmarks (68, 2) of the first face, reference map
+    path) of every photo of photo_pairs in which dlib finds a face (the others are named on stderr)."""
+    detector = default_detector()
+    for image, seg in photo_pairs(faces_dir):
+        rgb = cv2.cvtColor(cv2.imread(str(image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        faces = detector.detect(rgb)
+        if not faces:
+            print(f"{image.name}: no face found, skipped", file=sys.stderr)
+            continue
+        yield f"{image.parent.parent.name}/{image.name}", rgb, faces[0].landmarks, seg
 
 
 def aligned_view(

@@ -61,7 +61,6 @@ from torch.nn import functional as F
 
 from shmt_cli.atomic import atomic_path
 from shmt_cli.face import parsing_parts as pp
-from shmt_cli.face.detect import default_detector
 from shmt_cli.face.labels import U_LIP
 from shmt_cli.face.parsing import load_label_map, parse_face
 from shmt_cli.face.parsing_shapes import Frame
@@ -133,15 +132,8 @@ def read_items(path: Path) -> list[Item]:
 
 
 def load_items(faces_dir: Path) -> list[Item]:
-    detector = default_detector()
     items = []
-    for image_path, seg_path in parsing_iou.photo_pairs(faces_dir):
-        rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        faces = detector.detect(rgb)
-        if not faces:
-            continue
-        lm = faces[0].landmarks
-        name = f"{image_path.parent.parent.name}/{image_path.name}"
+    for name, rgb, lm, seg_path in parsing_iou.detected_photos(faces_dir):
         rules = parse_face(rgb, lm, method="rules", parts=False)
         net = parse_face(rgb, lm, method="net", parts=False)
         items.append(Item(name, rgb, lm, load_label_map(seg_path, 512), rules, net))

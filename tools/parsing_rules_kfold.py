@@ -21,11 +21,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from shmt_cli.face import parsing_skin
-from shmt_cli.face.detect import default_detector
 from shmt_cli.face.parsing import load_label_map, parse_face
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,16 +50,10 @@ class Photo:
 
 
 def load_photos(faces_dir: Path) -> list[Photo]:
-    detector = default_detector()
     photos = []
-    for image, seg in parsing_iou.photo_pairs(faces_dir):
-        rgb = cv2.cvtColor(cv2.imread(str(image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        found = detector.detect(rgb)
-        if not found:
-            print(f"{image.name}: no face found, skipped", file=sys.stderr)
-            continue
+    for name, rgb, landmarks, seg in parsing_iou.detected_photos(faces_dir):
         face = np.isin(load_label_map(seg, rgb.shape[:2]), parsing_iou.REGIONS["M_face"])
-        photos.append(Photo(f"{image.parent.parent.name}/{image.name}", rgb, found[0].landmarks, face))
+        photos.append(Photo(name, rgb, landmarks, face))
     return photos
 
 

@@ -43,7 +43,6 @@ from torch.nn import functional as F
 
 from shmt_cli.atomic import atomic_path
 from shmt_cli.face import parsing, parsing_net
-from shmt_cli.face.detect import default_detector
 from shmt_cli.face.labels import NUM_LABELS, Label
 from shmt_cli.face.parsing_shapes import disk
 
@@ -111,19 +110,11 @@ class Item:
 
 def load_items(faces_dir: Path) -> list[Item]:
     """Every dev photo with a reference map and a detected face."""
-    detector = default_detector()
     items = []
-    for image_path, seg_path in parsing_iou.photo_pairs(faces_dir):
-        rgb = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        faces = detector.detect(rgb)
-        if not faces:
-            print(f"{image_path.name}: no face found", file=sys.stderr)
-            continue
-        lm = faces[0].landmarks
+    for name, rgb, lm, seg_path in parsing_iou.detected_photos(faces_dir):
         affine, _, prior, _ = parsing_net.prepare_crop(rgb, lm)
         rules = parsing.parse_face(rgb, lm, method="rules")
         ref = parsing.load_label_map(seg_path, 512)
-        name = f"{image_path.parent.parent.name}/{image_path.name}"
         items.append(Item(name, rgb, lm, ref, affine, prior, rules))
     return items
 
