@@ -63,7 +63,7 @@ from shmt_cli.atomic import atomic_path
 from shmt_cli.face import parsing_parts as pp
 from shmt_cli.face.labels import U_LIP
 from shmt_cli.face.parsing import load_label_map, parse_face
-from shmt_cli.face.parsing_shapes import Frame
+from shmt_cli.face.parsing_shapes import Frame, disk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parsing_iou
@@ -228,10 +228,6 @@ def paint_eye(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> 
         _paint(lab, _soft(strokes, 0.5) * rng.uniform(0.6, 1.0), _colour(rng, 3, 30, 10), 0.1)
 
 
-def _disc(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
 def _hair_colour(rng: np.random.Generator) -> np.ndarray:
     """Lab of a hair colour: black, brown, blonde or dyed."""
     r = rng.random()
@@ -269,7 +265,7 @@ def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
     rows = np.arange(pp.PATCH_H, dtype=np.float32)[:, None]
     if brow.any() and rng.random() < BLOCK_OUT:  # blocked out, a brow drawn above
         r = int(rng.integers(1, 4))
-        cover = cv2.dilate(brow.astype(np.uint8), _disc(r))
+        cover = cv2.dilate(brow.astype(np.uint8), disk(r))
         alpha = _soft(cover, 1.0) * rng.uniform(0.85, 1.0)
         _paint(lab, alpha, _skin_colour(lab, brow) + rng.normal(0, 2, 3).astype(np.float32), 0.15)
         target = np.where(alpha > 0.5, 0.0, target).astype(np.float32)
@@ -277,7 +273,7 @@ def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
         drawn = cv2.warpAffine(brow.astype(np.uint8), m, (pp.PATCH_W, pp.PATCH_H), flags=cv2.INTER_NEAREST)
         k = int(rng.integers(-1, 3))
         if k:
-            kernel = _disc(abs(k))
+            kernel = disk(abs(k))
             drawn = cv2.dilate(drawn, kernel) if k > 0 else cv2.erode(drawn, kernel)
         colour = _colour(rng, 5, 35, 10) if rng.random() < 0.5 else _colour(rng, 10, 90, 80)
         _paint(lab, _soft(drawn, 0.7) * rng.uniform(0.8, 1.0), colour, 0.2)
@@ -300,7 +296,7 @@ def paint_brow(lab: np.ndarray, target: np.ndarray, rng: np.random.Generator) ->
         _paint(lab, _soft(band, rng.uniform(1, 3)) * rng.uniform(0.4, 0.95), _colour(rng, 15, 85, 80), 0.5)
     if brow.any() and rng.random() < 0.15:  # glitter and gems on and around the brow
         r = int(rng.integers(3, 12))
-        area = cv2.dilate(brow.astype(np.uint8), _disc(r))
+        area = cv2.dilate(brow.astype(np.uint8), disk(r))
         if rng.random() < 0.5:
             area &= (rows < _brow_bottom(brow)[None, :] + 1).astype(np.uint8)  # on and above only
         if rng.random() < 0.4:  # a coloured haze under the sparkle
