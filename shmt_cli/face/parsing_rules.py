@@ -13,6 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from shmt_cli.face.parsing_params import shipped_params
 from shmt_cli.face.parsing_shapes import (
     LIP_SHIFT_V,
     Frame,
@@ -26,57 +27,59 @@ from shmt_cli.face.parsing_shapes import (
     signed_distance,
 )
 
-# --- Colour refinement parameters, fitted with the shape parameters (parsing_shapes.py) by coordinate
-# search on the 36 dev photos with tools/parsing_iou.py; lengths in interocular distances (iod).
+# --- Colour refinement parameters, read from parsing_rules.json (section "rules"), fitted with the
+# shape parameters (parsing_shapes.py) by coordinate search on the 36 dev photos with
+# tools/parsing_iou.py; lengths in interocular distances (iod).
+_PARAMS = shipped_params()
 # Eye refinement by colour (eye against lid skin and lashes): weak, the outline is mostly right.
-EYE_WEIGHT = 0.1
-EYE_SOFT = 0.03
-EYE_BAND = 0.09
-EYE_MARGIN = 0.01
+EYE_WEIGHT = _PARAMS.number("rules", "EYE_WEIGHT")
+EYE_SOFT = _PARAMS.number("rules", "EYE_SOFT")
+EYE_BAND = _PARAMS.number("rules", "EYE_BAND")
+EYE_MARGIN = _PARAMS.number("rules", "EYE_MARGIN")
 # Lower-lid liner peel: at most this deep (iod), pixels darker than LINER_LIGHTNESS (Lab L) with
 # chroma below LINER_CHROMA (black or grey, unlike irises).
-LINER_DEPTH = 0.04
-LINER_LIGHTNESS = 20.0
-LINER_CHROMA = 6.0
+LINER_DEPTH = _PARAMS.number("rules", "LINER_DEPTH")
+LINER_LIGHTNESS = _PARAMS.number("rules", "LINER_LIGHTNESS")
+LINER_CHROMA = _PARAMS.number("rules", "LINER_CHROMA")
 # Half width (iod) of the band around the eye centre where the upper lid is not peeled (the iris).
-LINER_IRIS_HALF = 0.12
+LINER_IRIS_HALF = _PARAMS.number("rules", "LINER_IRIS_HALF")
 # Eyeball evidence: sclera pixels are at least as light as the eye's median (Lab L) with chroma below
 # SCLERA_CHROMA; the iris is the darkest disc of radius IRIS_RADIUS (iod) centred within IRIS_BAND of
 # the eye points' centre line. The eye is cut to their convex hull grown by EYEBALL_GROW, unless that
 # would keep less than EYEBALL_MIN_KEEP of it (no usable evidence).
-SCLERA_CHROMA = 20.0
-IRIS_RADIUS = 0.07
-IRIS_BAND = 0.02
-EYEBALL_GROW = 0.01
-EYEBALL_MIN_KEEP = 0.5
+SCLERA_CHROMA = _PARAMS.number("rules", "SCLERA_CHROMA")
+IRIS_RADIUS = _PARAMS.number("rules", "IRIS_RADIUS")
+IRIS_BAND = _PARAMS.number("rules", "IRIS_BAND")
+EYEBALL_GROW = _PARAMS.number("rules", "EYEBALL_GROW")
+EYEBALL_MIN_KEEP = _PARAMS.number("rules", "EYEBALL_MIN_KEEP")
 # Brow refinement: brow hair (or paint) against the surrounding skin.
-BROW_WEIGHT = 0.3
-BROW_SOFT = 0.06
-BROW_BAND = 0.08
-BROW_MARGIN = 0.03
+BROW_WEIGHT = _PARAMS.number("rules", "BROW_WEIGHT")
+BROW_SOFT = _PARAMS.number("rules", "BROW_SOFT")
+BROW_BAND = _PARAMS.number("rules", "BROW_BAND")
+BROW_MARGIN = _PARAMS.number("rules", "BROW_MARGIN")
 # Lip colour refinement: prior softness, search band, sampling margins (interocular distances).
-LIP_SOFT = 0.1
-LIP_BAND = 0.10
-LIP_MARGIN = 0.03
-LIP_CORE = 0.015
-LIP_WEIGHT = 0.05
+LIP_SOFT = _PARAMS.number("rules", "LIP_SOFT")
+LIP_BAND = _PARAMS.number("rules", "LIP_BAND")
+LIP_MARGIN = _PARAMS.number("rules", "LIP_MARGIN")
+LIP_CORE = _PARAMS.number("rules", "LIP_CORE")
+LIP_WEIGHT = _PARAMS.number("rules", "LIP_WEIGHT")
 # Inner mouth: search this far around dlib's inner-lip polygon; squared Mahalanobis distance from the
 # lip colour above which a pixel is teeth or cavity rather than lip.
-MOUTH_GROW = 0.0
-MOUTH_MAHA = 8.0
+MOUTH_GROW = _PARAMS.number("rules", "MOUTH_GROW")
+MOUTH_MAHA = _PARAMS.number("rules", "MOUTH_MAHA")
 # Open mouth: when the pixels unlike the lips fill at least MOUTH_OPEN_RATIO of dlib's own inner-lip
 # polygon (points 60..67, lip calibration), CelebAMask labels the whole opening (gums and shaded teeth
 # too): the polygon is kept and its edge moved by colour (teeth/cavity against lip), with prior
 # softness and search band in iod.
-MOUTH_OPEN_RATIO = 0.4
-MOUTH_WEIGHT = 0.3
-MOUTH_SOFT = 0.01
-MOUTH_BAND = 0.04
+MOUTH_OPEN_RATIO = _PARAMS.number("rules", "MOUTH_OPEN_RATIO")
+MOUTH_WEIGHT = _PARAMS.number("rules", "MOUTH_WEIGHT")
+MOUTH_SOFT = _PARAMS.number("rules", "MOUTH_SOFT")
+MOUTH_BAND = _PARAMS.number("rules", "MOUTH_BAND")
 # Teeth beside the lip midline (within TEETH_BAND iod): chroma below TEETH_CHROMA_RATIO of the lips'
 # median chroma and Lab lightness above TEETH_LIGHTNESS.
-TEETH_BAND = 0.04
-TEETH_CHROMA_RATIO = 0.5
-TEETH_LIGHTNESS = 35.0
+TEETH_BAND = _PARAMS.number("rules", "TEETH_BAND")
+TEETH_CHROMA_RATIO = _PARAMS.number("rules", "TEETH_CHROMA_RATIO")
+TEETH_LIGHTNESS = _PARAMS.number("rules", "TEETH_LIGHTNESS")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -11,47 +11,45 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# --- Global shape parameters. Lengths are in interocular distances (iod) in the face frame (u along
-# the eye line, v perpendicular and pointing down). They were fitted once by coordinate search on the
-# 36 dev photos with tools/parsing_iou.py, each against one region's mean IoU; they are ratios of
-# landmark distances shared by all photos, not per-photo constants.
+from shmt_cli.face.parsing_params import shipped_params
+
+# --- Global shape parameters, read from parsing_rules.json (sections "shapes" and "nose"; the file
+# states the objective, the data and how each group was fitted). Lengths are in interocular distances
+# (iod) in the face frame (u along the eye line, v perpendicular and pointing down). They were fitted
+# once by coordinate search on the 36 dev photos with tools/parsing_iou.py, each against one region's
+# mean IoU; they are ratios of landmark distances shared by all photos, not per-photo constants.
+_PARAMS = shipped_params()
 # Eyes: scale of the 6 eye points about their centre (along u; above / below the centre along v) and
 # a shift along v: CelebAMask eyes are a little flatter and higher than dlib's eye points. The outline
 # starts a little wide because the eyeball hull (below) trims what the corners take in.
-EYE_SCALE_U = 1.04
-EYE_SCALE_V = 0.85
-EYE_SCALE_LOW = 0.85
-EYE_SHIFT_V = -0.01
+EYE_SCALE_U = _PARAMS.number("shapes", "EYE_SCALE_U")
+EYE_SCALE_V = _PARAMS.number("shapes", "EYE_SCALE_V")
+EYE_SCALE_LOW = _PARAMS.number("shapes", "EYE_SCALE_LOW")
+EYE_SHIFT_V = _PARAMS.number("shapes", "EYE_SHIFT_V")
 # Brow thickness below dlib's brow points (iBUG marks the upper brow edge) at the inner and outer end.
-BROW_THICK_INNER = 0.12
-BROW_THICK_OUTER = 0.09
+BROW_THICK_INNER = _PARAMS.number("shapes", "BROW_THICK_INNER")
+BROW_THICK_OUTER = _PARAMS.number("shapes", "BROW_THICK_OUTER")
 # Shift of the brow points along the face's vertical (down positive), and how much longer (positive)
 # or shorter (negative) the brow is than dlib's points at its inner and outer end.
-BROW_LIFT = -0.02
-BROW_EXT_INNER = 0.0
-BROW_EXT_OUTER = -0.1
-# Nose: a mean CelebAMask nose learned from the dev reference maps (`tools/parsing_iou.py --fit-nose`),
-# in face-frame coordinates: anchor landmarks (27..35, inner eye corners 39 and 42), the top and
-# bottom of the outline and its half width at 16 heights. Mirrored photos were included, so it is
-# symmetric. Leave-one-photo-out IoU on the dev photos is within 0.005 of the in-sample IoU.
-NOSE_ANCHOR_IDS = (27, 28, 29, 30, 31, 32, 33, 34, 35, 39, 42)
-NOSE_ANCHORS = [
-    [0.0, -0.036], [0.0, 0.157], [0.0, 0.349], [0.0, 0.54], [-0.185, 0.679], [-0.095, 0.71],
-    [0.0, 0.737], [0.095, 0.71], [0.185, 0.679], [-0.293, 0.032], [0.293, 0.032],
-]  # fmt: skip
-NOSE_TOP_V = -0.116
-NOSE_BOTTOM_V = 0.714
-NOSE_HALF_WIDTHS = [
-    [-0.067, 0.124], [-0.018, 0.136], [0.031, 0.14], [0.08, 0.144], [0.128, 0.149], [0.177, 0.151],
-    [0.226, 0.156], [0.275, 0.162], [0.324, 0.173], [0.372, 0.19], [0.421, 0.217], [0.47, 0.244],
-    [0.519, 0.261], [0.568, 0.273], [0.617, 0.272], [0.665, 0.246],
-]  # fmt: skip
+BROW_LIFT = _PARAMS.number("shapes", "BROW_LIFT")
+BROW_EXT_INNER = _PARAMS.number("shapes", "BROW_EXT_INNER")
+BROW_EXT_OUTER = _PARAMS.number("shapes", "BROW_EXT_OUTER")
+# Nose: a mean CelebAMask nose learned from the dev reference maps (`tools/parsing_iou.py --fit-nose`
+# writes the "nose" section), in face-frame coordinates: anchor landmarks (27..35, inner eye corners
+# 39 and 42), the top and bottom of the outline and its half width at 16 heights. Mirrored photos were
+# included, so it is symmetric. Leave-one-photo-out IoU on the dev photos is within 0.005 of the
+# in-sample IoU (both in the file).
+NOSE_ANCHOR_IDS = _PARAMS.integers("nose", "NOSE_ANCHOR_IDS")
+NOSE_ANCHORS = _PARAMS.points("nose", "NOSE_ANCHORS")
+NOSE_TOP_V = _PARAMS.number("nose", "NOSE_TOP_V")
+NOSE_BOTTOM_V = _PARAMS.number("nose", "NOSE_BOTTOM_V")
+NOSE_HALF_WIDTHS = _PARAMS.points("nose", "NOSE_HALF_WIDTHS")
 # Lips: horizontal scale of the mouth points about their centre and vertical shift (down positive).
-LIP_SCALE_U = 0.97
-LIP_SHIFT_V = -0.015
+LIP_SCALE_U = _PARAMS.number("shapes", "LIP_SCALE_U")
+LIP_SHIFT_V = _PARAMS.number("shapes", "LIP_SHIFT_V")
 # Open mouth outline: scale of dlib's inner-lip points about their centre along the mouth (the
 # opening that parsing_rules keeps for open mouths).
-MOUTH_SCALE_U = 0.9
+MOUTH_SCALE_U = _PARAMS.number("shapes", "MOUTH_SCALE_U")
 
 
 # ----------------------------------------------------------------------------------------------------------
