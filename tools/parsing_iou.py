@@ -22,9 +22,12 @@ at another scale.
 SHMT's data, landmarks carried into the crop as align's sidecar does) against the official map warped
 the same way (nearest): how figures on align crops are measured.
 
---fit-nose re-derives the nose shape constants of shmt_cli/face/parsing_shapes.py (NOSE_ANCHORS,
-NOSE_TOP_V, NOSE_BOTTOM_V, NOSE_HALF_WIDTHS) from the reference maps and prints them, with a
-leave-one-photo-out IoU to show how well the mean shape carries over to unseen photos.
+--fit-nose re-derives the rule-based parser's mean nose (NOSE_ANCHORS, NOSE_TOP_V, NOSE_BOTTOM_V,
+NOSE_HALF_WIDTHS for the anchor landmarks NOSE_ANCHOR_IDS) from the reference maps and writes it into
+the "nose" section of shmt_cli/face/parsing_rules.json (atomically; the file's other sections are kept),
+with its in-sample and leave-one-photo-out nose IoU (how well the mean shape carries over to unseen
+photos). Objective: the 50 % level of the mean reference nose in the face frame (see _nose_shape); data:
+the photos of FACES_DIR at their own size, each also mirrored.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np
 from shmt_cli.face.align import alignment_matrix, crop_face, transform_points
 from shmt_cli.face.detect import default_detector
 from shmt_cli.face.parsing import load_label_map, parse_face
+from shmt_cli.face.parsing_params import ParsingParams, source_path, write_params
 from shmt_cli.face.parsing_shapes import NOSE_ANCHOR_IDS, face_frame, nose_outline_from_shape
 
 # Regions compared, as sets of CelebAMask ids. "mouth" is scored only where the reference has it.
@@ -223,32 +227,54 @@ def _nose_shape(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dic
     }
 
 
-def fit_nose(pairs: list[tuple[Path, Path]]) -> None:
-    """Print the nose constants and their leave-one-photo-out IoU on the given photos."""
+def _nose_iou(shape: dict[str, np.ndarray], sample: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
+    """IoU of a nose shape drawn on one photo (its sample of _nose_samples) with the photo's reference."""
+    local_anchors, mask, to_local = sample
+    outline = nose_outline_from_shape(
+        local_anchors, shape["anchors"], shape["top_v"], shape["bottom_v"], shape["half_widths"]
+    )
+    from_local = np.linalg.inv(np.vstack([to_local, [0, 0, 1]]))[:2]
+    points = outline @ from_local[:, :2].T + from_local[:, 2]
+    pred = np.zeros(mask.shape, np.uint8)
+    cv2.fillPoly(pred, [np.round(points * 16).astype(np.int32)], 1, shift=4)
+    return iou(pred.astype(bool), mask > 0)
+
+
+def _rounded(values: np.ndarray) -> list[list[float]]:
+    """(K, 2) values rounded to 3 decimals as the file holds them (+ 0.0: no negative zeros)."""
+    return [[round(float(a), 3) + 0.0, round(float(b), 3) + 0.0] for a, b in values]
+
+
+def fit_nose(pairs: list[tuple[Path, Path]], path: Path | None = None) -> None:
+    """Fit the mean nose on the given photos and write it into the nose section of the parameters
+    file (shmt_cli/face/parsing_rules.json unless `path`), with its in-sample and leave-one-photo-out
+    IoU (each photo's own sample and its mirror left out together)."""
     samples = _nose_samples(pairs)
     shape = _nose_shape(samples)
-    scores = []
-    for k in range(0, len(samples), 2):
-        held_out = _nose_shape(samples[:k] + samples[k + 2 :])
-        local_anchors, mask, to_local = samples[k]
-        outline = nose_outline_from_shape(
-            local_anchors,
-            held_out["anchors"],
-            held_out["top_v"],
-            held_out["bottom_v"],
-            held_out["half_widths"],
-        )
-        from_local = np.linalg.inv(np.vstack([to_local, [0, 0, 1]]))[:2]
-        points = outline @ from_local[:, :2].T + from_local[:, 2]
-        pred = np.zeros(mask.shape, np.uint8)
-        cv2.fillPoly(pred, [np.round(points * 16).astype(np.int32)], 1, shift=4)
-        scores.append(iou(pred.astype(bool), mask > 0))
-    np.set_printoptions(suppress=True, precision=3, linewidth=100)
-    print(f"NOSE_ANCHORS = {np.round(shape['anchors'], 3).tolist()}")
-    print(f"NOSE_TOP_V = {shape['top_v']:.3f}")
-    print(f"NOSE_BOTTOM_V = {shape['bottom_v']:.3f}")
-    print(f"NOSE_HALF_WIDTHS = {np.round(shape['half_widths'], 3).tolist()}")
-    print(f"leave-one-photo-out nose IoU {np.mean(scores):.3f} over {len(scores)} photos")
+    in_sample = [_nose_iou(shape, samples[k]) for k in range(0, len(samples), 2)]
+    held_out = [
+        _nose_iou(_nose_shape(samples[:k] + samples[k + 2 :]), samples[k]) for k in range(0, len(samples), 2)
+    ]
+    target = source_path() if path is None else path
+    document = ParsingParams.from_path(target).document
+    # The section's statements ("fitted", "written_by") are kept; its figures and values replaced.
+    section = {key: value for key, value in document.get("nose", {}).items() if key != "values"}
+    section["in_sample_iou"] = round(float(np.mean(in_sample)), 3)
+    section["leave_one_photo_out_iou"] = round(float(np.mean(held_out)), 3)
+    section["photos"] = len(held_out)
+    document["nose"] = section
+    section["values"] = {
+        "NOSE_ANCHOR_IDS": list(NOSE_ANCHOR_IDS),
+        "NOSE_ANCHORS": _rounded(shape["anchors"]),
+        "NOSE_TOP_V": round(float(shape["top_v"]), 3) + 0.0,
+        "NOSE_BOTTOM_V": round(float(shape["bottom_v"]), 3) + 0.0,
+        "NOSE_HALF_WIDTHS": _rounded(shape["half_widths"]),
+    }
+    write_params(document, target)
+    print(
+        f"nose IoU in sample {section['in_sample_iou']:.3f}, leave-one-photo-out "
+        f"{section['leave_one_photo_out_iou']:.3f} over {len(held_out)} photos; written to {target}"
+    )
 
 
 def main(argv: list[str]) -> int:
