@@ -13,8 +13,10 @@ anchor a shape, iteration counts picked for time even when a measurement confirm
 code with its reason beside it. The nose's anchor landmark ids are kept in the file with the anchors
 they index, since the fitted coordinates mean nothing without them.
 
-A module reads its values once at import (``PARAMS.number("shapes", "EYE_SCALE_U")``); a missing
-section or key, or a value of the wrong type, raises ParamsError naming the file.
+A module reads its values once at import (``EYE_SCALE_U = _PARAMS.number("shapes", "EYE_SCALE_U")``
+with ``_PARAMS = shipped_params()``); a missing section or key, or a value of the wrong type, raises
+ParamsError naming the file. Another section (e.g. the skin region's) is one more object with "fitted"
+and "values", read the same way, and one more line in tests/test_parsing_params.py's READERS.
 """
 
 from __future__ import annotations
