@@ -144,8 +144,10 @@ def test_h4_lets_reference_texture_through_and_h0_keeps_source_texture(source, r
     # skin is small (~140 px at this size), so its outline moves the figure: the nose network's one
     # pixel wider nostril took a 7 px column out of it, 0.71 -> 0.68 with the transfer unchanged (on
     # the pixels both parses keep: 0.677 before, 0.679 after). The lips network's thinner lips added 18
-    # px of skin near the mouth, 0.679 -> 0.647 (on the 141 px both parses keep: 0.679 -> 0.682).
-    assert correlation["h4"] > 0.64
+    # px of skin near the mouth, 0.679 -> 0.647 (on the 141 px both parses keep: 0.679 -> 0.682). The
+    # face region's boundary re-decided at full resolution moved 8 of its ~2060 px (this face is small
+    # here) and with them the region statistics of the transfer: 0.646 -> 0.639 on the same 160 skin px.
+    assert correlation["h4"] > 0.6
     assert correlation["h0"] < correlation["h2"] <= correlation["h4"] + 0.05
     h0_detail = _fine(_transfer(source, reference, level="h0"))
     assert np.corrcoef(h0_detail[skin], _fine(source[0])[skin])[0, 1] > 0.95

@@ -10,7 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from shmt_cli.face import parsing_rules, parsing_shapes
+from shmt_cli.face import parsing_rules, parsing_shapes, parsing_skin
 from shmt_cli.face.parsing_params import (
     PARAMS_FILE,
     ParamsError,
@@ -23,7 +23,12 @@ from shmt_cli.face.parsing_params import (
 from shmt_cli.face.template import TEMPLATE_256
 
 # Which module reads each section (a new section, e.g. the skin region's, gets a line here).
-READERS: dict[str, ModuleType] = {"shapes": parsing_shapes, "nose": parsing_shapes, "rules": parsing_rules}
+READERS: dict[str, ModuleType] = {
+    "shapes": parsing_shapes,
+    "nose": parsing_shapes,
+    "rules": parsing_rules,
+    "skin": parsing_skin,
+}
 
 
 def _kind(value: object) -> str:

@@ -1,15 +1,19 @@
 """Held-out M_face of the rule-based skin region: its colour constants refitted per fold.
 
-The rules' constants were fitted on all 36 dev photos, so their dev-set M_face is in sample. This
-refits the five constants of shmt_cli/face/parsing_skin.py that decide the skin region's extent
-(SKIN_MAHA, HEAD_MAHA, NECK_MAHA, CORE_INSET, ALLOWED_GROW) per fold of the k-fold of
+The rules' constants were fitted on all 36 dev photos, so their dev-set M_face is in sample. This refits
+the seven constants of shmt_cli/face/parsing_skin.py that decide the skin region's extent (SKIN_MAHA,
+HEAD_MAHA, NECK_MAHA, CORE_INSET, ALLOWED_GROW, SIDE_SOFT, BOUNDARY_BAND) per fold of the k-fold of
 tools/parsing_train.py: a coordinate search (two passes over GRID, starting from the shipped values)
-that maximises (made-up mean M_face + bare mean M_face) / 2 of `parse_face(method="rules",
-parts=False)` on the other folds' photos, then scores the held-out fold with the values found. The
-gap between the printed in-sample and held-out means is what fitting these constants on the same
-photos adds. The landmark polygons (HEAD_PRIOR, NECK_PRIOR, ...) are not refitted.
+that maximises (made-up mean M_face + bare mean M_face) / 2 of `parse_face(method="rules", parts=False)`
+on the other folds' photos, then scores the held-out fold with the values found. The gap between the
+printed in-sample and held-out means is what fitting these constants on the same photos adds. The
+landmark polygons (HEAD_PRIOR, NECK_PRIOR, ...) are not refitted. --aligned N scores the photos' N px
+`shmt align` crops (where the pipeline parses) instead of the photos; --fit-all also runs the search on
+all photos and prints the values found (the in-sample fit); --write (with --fit-all) writes them, with
+the in-sample and held-out means, into the "skin" section of shmt_cli/face/parsing_rules.json, where
+parsing_skin.py reads them.
 
-    python tools/parsing_rules_kfold.py [--faces DIR] [--kfold 3]
+    python tools/parsing_rules_kfold.py [--faces DIR] [--kfold 3] [--aligned 256] [--fit-all [--write]]
 
 Data: ../shared/faces (CC BY-NC-SA 4.0, see its README) with the official parser's maps.
 """
@@ -25,6 +29,7 @@ import numpy as np
 
 from shmt_cli.face import parsing_skin
 from shmt_cli.face.parsing import load_label_map, parse_face
+from shmt_cli.face.parsing_params import ParsingParams, source_path, write_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parsing_iou
@@ -36,6 +41,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "NECK_MAHA": (64.0, 90.0, 128.0, 180.0, 256.0),
     "CORE_INSET": (0.06, 0.09, 0.12, 0.16, 0.2),
     "ALLOWED_GROW": (0.08, 0.11, 0.15, 0.2, 0.25),
+    "SIDE_SOFT": (0.03, 0.05, 0.08, 0.15, 0.3),
+    "BOUNDARY_BAND": (0.03, 0.045, 0.06, 0.09, 0.12),
 }
 PASSES = 2
 KINDS = ("makeup", "non_makeup")
@@ -49,11 +56,14 @@ class Photo:
     face: np.ndarray  # (H, W) bool official M_face
 
 
-def load_photos(faces_dir: Path) -> list[Photo]:
+def load_photos(faces_dir: Path, aligned: int | None = None) -> list[Photo]:
+    """The dev photos with a detected face; aligned: their `shmt align` crops of that size instead."""
     photos = []
     for name, rgb, landmarks, seg in parsing_iou.detected_photos(faces_dir):
-        face = np.isin(load_label_map(seg, rgb.shape[:2]), parsing_iou.REGIONS["M_face"])
-        photos.append(Photo(name, rgb, landmarks, face))
+        ref = load_label_map(seg, rgb.shape[:2])
+        if aligned is not None:
+            rgb, ref, landmarks = parsing_iou.aligned_view(rgb, ref, landmarks, aligned)
+        photos.append(Photo(name, rgb, landmarks, np.isin(ref, parsing_iou.REGIONS["M_face"])))
     return photos
 
 
@@ -103,13 +113,33 @@ def search(scorer: Scorer, kinds: np.ndarray, train: np.ndarray) -> dict[str, fl
     return current
 
 
+def write_skin_section(values: dict[str, float], figures: dict[str, object]) -> None:
+    """Replace the values and figures of the "skin" section of the package's parameters file (its
+    statements "fitted" and "written_by" are kept)."""
+    target = source_path()
+    document = ParsingParams.from_path(target).document
+    section = {k: v for k, v in document.get("skin", {}).items() if k in ("fitted", "written_by")}
+    section.update(figures)
+    section["values"] = {name: float(value) for name, value in values.items()}
+    document["skin"] = section
+    write_params(document, target)
+    print(f"written to {target}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     faces = Path(__file__).resolve().parents[2] / "shared" / "faces"
     parser.add_argument("--faces", type=Path, default=faces)
     parser.add_argument("--kfold", type=int, default=3)
+    parser.add_argument(
+        "--aligned", type=int, default=None, metavar="N", help="score the photos' N px shmt align crops"
+    )
+    parser.add_argument("--fit-all", action="store_true", help="also fit on all photos and print it")
+    parser.add_argument("--write", action="store_true", help="with --fit-all: write the skin section")
     args = parser.parse_args(argv)
-    photos = load_photos(args.faces)
+    if args.write and not args.fit_all:
+        parser.error("--write needs --fit-all (it writes the values fitted on all photos)")
+    photos = load_photos(args.faces, args.aligned)
     if not photos:
         print(f"no photos with reference maps under {args.faces}", file=sys.stderr)
         return 1
@@ -123,6 +153,18 @@ def main(argv: list[str]) -> int:
         found = search(scorer, kinds, fold_of != fold)
         held[fold_of == fold] = scorer(found)[fold_of == fold]
         print(f"fold {fold}: {found}", flush=True)
+    if args.fit_all:
+        found = search(scorer, kinds, np.ones(len(photos), bool))
+        fitted = scorer(found)
+        means = "  ".join(f"{k} {fitted[kinds == k].mean():.3f}" for k in KINDS)
+        print(f"all photos: {found}  ({means})", flush=True)
+        if args.write:
+            figures = {
+                "in_sample_m_face": {k: round(float(fitted[kinds == k].mean()), 3) for k in KINDS},
+                "held_out_m_face": {k: round(float(held[kinds == k].mean()), 3) for k in KINDS},
+                "scored_on": f"{args.aligned} px align crops" if args.aligned else "own size",
+            }
+            write_skin_section(found, figures)
     for photo, a, b in zip(photos, in_sample, held, strict=True):
         print(f"  {photo.name:<28} in sample {a:.3f}  held out {b:.3f}")
     for kind in KINDS:

@@ -1,10 +1,10 @@
 """Fitted constants of the rule-based face parser, read from ``parsing_rules.json`` beside this module.
 
 The file has one section per module that reads it ("shapes" and "nose" for parsing_shapes.py, "rules"
-for parsing_rules.py), each with a statement of how its values were fitted and a "values" object
-whose keys are the module-level names the module assigns them to (so a tool that tunes a constant by
-``setattr(module, name, value)`` finds it under the same name). The file's top level states the
-objective and the data.
+for parsing_rules.py, "skin" for parsing_skin.py), each with a statement of how its values were fitted
+and a "values" object whose keys are the module-level names the module assigns them to (so a tool that
+tunes a constant by ``setattr(module, name, value)`` finds it under the same name). The file's top level
+states the objective and the data.
 
 What lives in the file and what stays in code: a value chosen by measuring the parse against the dev
 photos' reference maps (a search over IoU, a shape learned from the maps) is data; a value set by
@@ -15,8 +15,8 @@ they index, since the fitted coordinates mean nothing without them.
 
 A module reads its values once at import (``EYE_SCALE_U = _PARAMS.number("shapes", "EYE_SCALE_U")``
 with ``_PARAMS = shipped_params()``); a missing section or key, or a value of the wrong type, raises
-ParamsError naming the file. Another section (e.g. the skin region's) is one more object with "fitted"
-and "values", read the same way, and one more line in tests/test_parsing_params.py's READERS.
+ParamsError naming the file. Another section is one more object with "fitted" and "values", read the
+same way, and one more line in tests/test_parsing_params.py's READERS.
 """
 
 from __future__ import annotations

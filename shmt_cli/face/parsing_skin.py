@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from shmt_cli.face.parsing_params import shipped_params
 from shmt_cli.face.parsing_rules import mahalanobis, rgb_to_lab, trim_outliers
 from shmt_cli.face.parsing_shapes import Frame, catmull_rom, disk, fill_polygon, signed_distance
 
@@ -50,17 +51,37 @@ HAIR_MAHA = 12.0
 EAR_GAP = 0.02
 EAR_WIDTH = 0.45
 EAR_TOP_V = -0.25
-# Squared Mahalanobis distance to the per-image skin colour below which a prior pixel starts as face.
-SKIN_MAHA = 25.0
-# Inset (interocular distances) of the landmark face outline within which the skin colour is sampled
-# and which is face whatever its colour.
-CORE_INSET = 0.12
-NECK_MAHA = 128.0
-HEAD_MAHA = 12.0
-ALLOWED_GROW = 0.15
-# GrabCut iterations: a fourth moved a few dozen working-scale pixels and cost about 11 ms per face
-# (M_face IoU on the 36 dev photos within 0.001 of four iterations, made-up and bare, own size and 256).
-GRABCUT_ITERS = 3
+# The skin region's extent inside those zones (the "skin" section of parsing_rules.json, written by
+# tools/parsing_rules_kfold.py --fit-all --write, which states the objective and the held-out figures):
+# - SKIN_MAHA, HEAD_MAHA, NECK_MAHA: squared Mahalanobis distance to the per-image skin colour below
+#   which a pixel of the landmark interior, the head prior and the neck prior starts as probable face
+#   (the neck is usually in the chin's shadow: a looser test there);
+# - CORE_INSET: inset (interocular distances) of the landmark face outline within which the skin colour
+#   is sampled and which is face whatever its colour;
+# - ALLOWED_GROW: how far (interocular distances) the result may reach beyond the head, neck and
+#   interior priors;
+# - SIDE_SOFT: the skin colour model is one Gaussian per half of the face, blended across the nose line
+#   over this many interocular distances (logistic scale);
+# - BOUNDARY_BAND: the band either side of the working scale's boundary that is re-decided at full
+#   resolution (_refine_boundary), in interocular distances.
+_PARAMS = shipped_params()
+SKIN_MAHA = _PARAMS.number("skin", "SKIN_MAHA")
+HEAD_MAHA = _PARAMS.number("skin", "HEAD_MAHA")
+NECK_MAHA = _PARAMS.number("skin", "NECK_MAHA")
+CORE_INSET = _PARAMS.number("skin", "CORE_INSET")
+ALLOWED_GROW = _PARAMS.number("skin", "ALLOWED_GROW")
+SIDE_SOFT = _PARAMS.number("skin", "SIDE_SOFT")
+BOUNDARY_BAND = _PARAMS.number("skin", "BOUNDARY_BAND")
+# A half of the face with fewer skin samples (working-scale pixels) uses the whole face's Gaussian.
+SIDE_MIN_SAMPLES = 20
+# The boundary refinement's GrabCut iterations (a second changed M_face by < 0.001 on the align crops),
+# and the largest face (interocular px) refined at its own size (larger ones at this scale: cost).
+BOUNDARY_ITERS = 1
+BOUNDARY_WORK_INTEROCULAR = 96.0
+# GrabCut iterations at the working scale: since the boundary is re-decided at full resolution
+# (_refine_boundary), a third moves M_face IoU on the dev photos' 256 px align crops by less than
+# 0.001 (made-up and bare) and costs about 10 ms per face.
+GRABCUT_ITERS = 2
 # Cheaper settings for the prior of the learned refinement (parsing_net.py), which corrects the skin
 # region itself: about a quarter of GrabCut's cost for ~0.003 less M_face IoU from the rules alone.
 FAST_WORK_INTEROCULAR = 40.0
@@ -121,8 +142,7 @@ def skin_region(rgb: np.ndarray, frame: Frame, fast: bool = False) -> np.ndarray
     if len(samples) < 20:
         # The face is (nearly) outside the image or tiny: nothing to learn a colour from.
         return _upscale_mask(interior.astype(np.uint8), width, height)
-    # Robust Gaussian: shadows, stray hair and highlights in the sample are dropped first.
-    maha = mahalanobis(lab.reshape(-1, 3), trim_outliers(samples, 2.5), 2.0)[0].reshape(shape)
+    maha = _skin_distance(lab, core, samples, sframe, per_side=not fast)
 
     head = fill_polygon(shape, sframe.to_image(np.array(HEAD_PRIOR)))
     neck = fill_polygon(shape, sframe.to_image(np.array(NECK_PRIOR)))
@@ -171,7 +191,83 @@ def skin_region(rgb: np.ndarray, frame: Frame, fast: bool = False) -> np.ndarray
     radius = max(1, round(0.04 * iod))
     face = cv2.morphologyEx(face, cv2.MORPH_OPEN, disk(radius))
     face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, disk(radius))
-    return _upscale_mask(face, width, height)
+    face = _upscale_mask(face, width, height)
+    return face if fast else _refine_boundary(rgb, face, frame)
+
+
+def _refine_boundary(rgb: np.ndarray, face: np.ndarray, frame: Frame) -> np.ndarray:
+    """Boolean (H, W) face region with its boundary re-decided at (up to) full resolution.
+
+    rgb: (H, W, 3) uint8; face: boolean (H, W) region from the working scale. Only a band of
+    BOUNDARY_BAND interocular distances either side of the boundary is open: one GrabCut iteration, its
+    colour mixtures learned from the sure face inside the band and the sure surroundings outside it,
+    moves the edge onto the image's own edge (hairline strands, the jaw against a bright background)
+    that the working scale blurs. Faces larger than BOUNDARY_WORK_INTEROCULAR are refined at that scale.
+    """
+    height, width = face.shape
+    scale = min(1.0, BOUNDARY_WORK_INTEROCULAR / frame.iod)
+    small_w, small_h = max(8, round(width * scale)), max(8, round(height * scale))
+    image, region = rgb, face.astype(np.uint8)
+    if scale < 1.0:
+        image = cv2.resize(rgb, (small_w, small_h), interpolation=cv2.INTER_AREA)
+        region = cv2.resize(region, (small_w, small_h), interpolation=cv2.INTER_NEAREST)
+    band = max(1, round(BOUNDARY_BAND * frame.iod * scale))
+    inner = cv2.erode(region, disk(band)).astype(bool)
+    outer = cv2.dilate(region, disk(band)).astype(bool)
+    if not inner.any() or outer.all():
+        return face
+    mask = np.full(region.shape, cv2.GC_BGD, np.uint8)
+    mask[outer] = cv2.GC_PR_BGD
+    mask[region.astype(bool)] = cv2.GC_PR_FGD
+    mask[inner] = cv2.GC_FGD
+    # The colour mixtures need surroundings as well as face: a margin of sure background is kept.
+    ys, xs = np.nonzero(outer)
+    pad = 3 * band
+    top, bottom = max(0, ys.min() - pad), min(region.shape[0], ys.max() + pad + 1)
+    left, right = max(0, xs.min() - pad), min(region.shape[1], xs.max() + pad + 1)
+    crop_mask = np.ascontiguousarray(mask[top:bottom, left:right])
+    crop_bgr = np.ascontiguousarray(cv2.cvtColor(image[top:bottom, left:right], cv2.COLOR_RGB2BGR))
+    cv2.setRNGSeed(20241211)  # k-means seeding of the mixtures: the same photo parses the same way
+    bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(crop_bgr, crop_mask, None, bgd_model, fgd_model, BOUNDARY_ITERS, cv2.GC_INIT_WITH_MASK)
+    mask[top:bottom, left:right] = crop_mask
+    refined = _largest_component(((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8))
+    if scale < 1.0:
+        refined = cv2.resize(refined, (width, height), interpolation=cv2.INTER_NEAREST)
+    return refined.astype(bool)
+
+
+def _skin_distance(
+    lab: np.ndarray, core: np.ndarray, samples: np.ndarray, frame: Frame, per_side: bool
+) -> np.ndarray:
+    """(H, W) squared Mahalanobis distance of every pixel's Lab colour to the face's skin colour.
+
+    lab: (H, W, 3) float32 CIELAB; core: boolean (H, W) skin sample area; samples: its (M, 3) colours
+    (or another fallback sample when the core is nearly empty); frame: the face frame at this scale.
+    per_side: one robust Gaussian per half of the face (image left and right of the nose line), blended
+    across the nose over SIDE_SOFT interocular distances: with light from one side the two halves
+    differ in brightness, and one Gaussian over both is so wide that background and hair pass for skin.
+    A half with too few samples uses the whole face's Gaussian. Otherwise one Gaussian for the face
+    (the fast prior of parsing_net.py, which was trained on it).
+    """
+    shape = lab.shape[:2]
+    pixels = lab.reshape(-1, 3)
+    # Robust Gaussians: shadows, stray hair and highlights in the sample are dropped first.
+    whole = mahalanobis(pixels, trim_outliers(samples, 2.5), 2.0)[0].reshape(shape)
+    ys, xs = np.nonzero(core)
+    if not per_side or len(ys) < 2 * SIDE_MIN_SAMPLES:
+        return whole
+    height, width = shape
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).reshape(-1, 2)
+    u = ((grid - frame.origin) @ frame.u / frame.iod).reshape(shape)
+    core_u = u[ys, xs]
+    halves = []
+    for chosen in (core_u < 0, core_u >= 0):
+        half = lab[ys[chosen], xs[chosen]]
+        fits = len(half) >= SIDE_MIN_SAMPLES
+        halves.append(mahalanobis(pixels, trim_outliers(half, 2.5), 2.0)[0].reshape(shape) if fits else whole)
+    left_weight = 0.5 * (1.0 - np.tanh(u / (2.0 * SIDE_SOFT)))  # the logistic of -u / SIDE_SOFT
+    return left_weight * halves[0] + (1.0 - left_weight) * halves[1]
 
 
 def _upscale_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
