@@ -283,7 +283,12 @@ def test_face_boundary_is_redecided_at_full_resolution():
     rough = np.zeros_like(disc)
     cv2.circle(rough, (82, 80), 48, 1, -1)
     frame = Frame(TEMPLATE_256)  # only its interocular distance (about 77 px) matters here
-    refined = parsing_skin._refine_boundary(rgb, rough.astype(bool), frame)
+    # Colour mixtures for face and surroundings, as the working scale's GrabCut leaves them.
+    seeds = np.where(rough.astype(bool), cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    models = (np.zeros((1, 65)), np.zeros((1, 65)))
+    cv2.setRNGSeed(0)
+    cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), seeds, None, *models, 1, cv2.GC_INIT_WITH_MASK)
+    refined = parsing_skin._refine_boundary(rgb, rough.astype(bool), frame, models)
     truth = disc.astype(bool)
     assert parsing_iou.iou(rough.astype(bool), truth) < 0.9
     assert parsing_iou.iou(refined, truth) > 0.97

@@ -83,6 +83,8 @@ def main() -> None:
             scores.append(iou(np.isin(labels, face_ids), truth))
         rows.setdefault(name.split("/")[0], []).append(np.array(scores))
         print(f"{Path(name).stem:12s} " + " ".join(f"{value:6.3f}" for value in scores), flush=True)
+    if not rows:
+        raise SystemExit(f"no photos with reference maps and a detected face under {args.faces}")
     for kind, values in sorted(rows.items()):
         print(f"mean {kind:7s} " + " ".join(f"{value:6.3f}" for value in np.mean(values, axis=0)))
 
