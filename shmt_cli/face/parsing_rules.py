@@ -106,12 +106,18 @@ def mahalanobis(features: np.ndarray, samples: np.ndarray, floor: float) -> tupl
     return maha, float(np.linalg.slogdet(cov)[1])
 
 
+def inliers(samples: np.ndarray, limit: float) -> np.ndarray:
+    """Boolean (M,): which of the (M, C) samples lie within `limit` robust standard deviations (median
+    absolute deviation, per channel) of the median in every channel."""
+    med = np.median(samples, axis=0)
+    spread = np.median(np.abs(samples - med), axis=0) * 1.4826 + 1.0
+    return (np.abs(samples - med) / spread).max(axis=1) < limit
+
+
 def trim_outliers(samples: np.ndarray, limit: float, keep_at_least: int = 20) -> np.ndarray:
     """(M, C) samples without those farther than `limit` robust standard deviations (median absolute
     deviation, per channel) from the median; all samples when fewer than `keep_at_least` would remain."""
-    med = np.median(samples, axis=0)
-    spread = np.median(np.abs(samples - med), axis=0) * 1.4826 + 1.0
-    keep = (np.abs(samples - med) / spread).max(axis=1) < limit
+    keep = inliers(samples, limit)
     return samples[keep] if keep.sum() >= keep_at_least else samples
 
 

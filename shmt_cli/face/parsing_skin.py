@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from shmt_cli.face.parsing_params import shipped_params
-from shmt_cli.face.parsing_rules import mahalanobis, rgb_to_lab, trim_outliers
+from shmt_cli.face.parsing_rules import inliers, mahalanobis, rgb_to_lab, trim_outliers
 from shmt_cli.face.parsing_shapes import Frame, catmull_rom, disk, fill_polygon, signed_distance
 
 # --- Skin region.
@@ -247,6 +247,7 @@ def _skin_distance(
     per_side: one robust Gaussian per half of the face (image left and right of the nose line), blended
     across the nose over SIDE_SOFT interocular distances: with light from one side the two halves
     differ in brightness, and one Gaussian over both is so wide that background and hair pass for skin.
+    Outliers are dropped against the whole face's robust statistics before the split, then again per half.
     A half with too few samples uses the whole face's Gaussian. Otherwise one Gaussian for the face
     (the fast prior of parsing_net.py, which was trained on it).
     """
@@ -261,9 +262,13 @@ def _skin_distance(
     grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).reshape(-1, 2)
     u = ((grid - frame.origin) @ frame.u / frame.iod).reshape(shape)
     core_u = u[ys, xs]
+    core_lab = lab[ys, xs]
+    # Outliers are judged against the whole face first: hair over one cheek is a minority of the face
+    # but can be much of that half's sample.
+    typical = inliers(core_lab, 2.5)
     halves = []
     for chosen in (core_u < 0, core_u >= 0):
-        half = lab[ys[chosen], xs[chosen]]
+        half = core_lab[chosen & typical]
         fits = len(half) >= SIDE_MIN_SAMPLES
         halves.append(mahalanobis(pixels, trim_outliers(half, 2.5), 2.0)[0].reshape(shape) if fits else whole)
     left_weight = 0.5 * (1.0 - np.tanh(u / (2.0 * SIDE_SOFT)))  # the logistic of -u / SIDE_SOFT
