@@ -84,17 +84,18 @@ def test_teeth_coloured_pixels_called_lips_leave_no_gray_sliver(face):
     lips = np.isin(labels, (U_LIP, L_LIP))
     lab = rgb_to_lab(rgb)
     lab[lips] = (45.0, 62.0, 35.0)
-    # A 2 px gray-white crack down the reference's lips, labelled lips (the parser took teeth for lip).
+    # A 5 px gray-white crack down the reference's lips, labelled lips (the parser took teeth for lip).
     centre = round(landmarks[62, 0])
-    crack = lips & (np.abs(np.arange(SIZE)[None, :] - centre) <= 1)
+    crack = lips & (np.abs(np.arange(SIZE)[None, :] - centre) <= 2)
     lab[crack] = (88.0, 0.0, 1.0)
     plain = rgb_to_lab(
         _run(face, (lab_to_rgb(np.where(crack[..., None], lab[~crack & lips][0], lab)), labels, landmarks))
     )
     result = rgb_to_lab(_run(face, (lab_to_rgb(lab), labels, landmarks)))
     inner = cv2.erode(lips.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    # The astronaut's lips are 2-4 px thick at this size (the lips network trimmed their rims; 6+ pixels
-    # before it): 3 crack pixels lie inside them.
+    # The astronaut's lips are 2-5 px thick at this size (the lips network trimmed their rims; 6+ pixels
+    # before it; a 3 px crack kept 3 pixels inside them until the network trained on align crops too, 2
+    # since): 3 crack pixels lie inside them.
     assert (crack & inner).sum() >= 3
     # Before: the crack came out as a light gray sliver (ΔE ~40 from the same lips without it).
     difference = ciede2000(result[crack & inner], plain[crack & inner])
