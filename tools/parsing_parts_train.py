@@ -39,8 +39,9 @@ there too. --train-aligned N[,N...] adds each training photo's N px align crops 
 is smaller (interocular distance ~77 px at 256 against ~100 in the photos) and its resampling blurs it.
 --out then trains on all photos and ships the settings chosen on all held-out photos. The shipped
 weights: 1500 steps (the lips network 1000 with the 224 and 256 px crops added: --retrain lips
---steps 1000 --train-aligned 224,256), batch 16, the defaults below, the settings chosen on the 256 px
-crops (--aligned 256); the folds can be trained in parallel processes (--only-fold F, --only-fold all)
+--steps 1000 --train-aligned 224,256), batch 16, the defaults below, the settings chosen at the photos' own
+size (--out without --aligned: chosen on the crops, the eyes', brows' and nose's move and classic
+content falls by 0.001); the folds can be trained in parallel processes (--only-fold F, --only-fold all)
 and then scored and shipped with --reuse. --reuse --retrain nose trains only the named kinds and reads
 the others from --fold-dir (how the nose and lips networks were added: the other networks stayed
 byte-identical; kind i of parsing_parts.KINDS has seed + i, so a retrained kind gets the seed a full run
