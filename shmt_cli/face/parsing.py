@@ -77,12 +77,14 @@ def parse_face(
 
     rgb: (H, W, 3) uint8 RGB; landmarks: (68, 2) float (x, y) in dlib / iBUG 300-W order.
     method: "rules" (default) the rule-based parser (landmark outlines moved by colour, full
-    GrabCut skin region); "net" the fast rules' parse (cheaper GrabCut) refined by the shipped network
-    (shmt_cli/face/parsing_net.py), which leaves eyes and lips to the rules. In 3-fold held-out IoU on the
-    dev photos (tools/parsing_train.py --kfold 3) the network is better on brows and nose, equal on
-    eyes and lips, but lower on made-up faces' skin region (0.002) and open mouths (0.024), and its
-    neck starts lower (a foundation step at the jaw, tests/test_classic_defects.py): so not the
-    default yet, although it takes about 80 % of the time.
+    GrabCut skin region with a skin Gaussian per half of the face and a full-resolution boundary
+    pass); "net" the fast rules' parse (cheaper GrabCut, one skin Gaussian, no boundary pass)
+    refined by the shipped network (shmt_cli/face/parsing_net.py), which leaves eyes and lips to the
+    rules. In 3-fold held-out IoU on the dev photos (tools/parsing_train.py --kfold 3) the network is
+    better on brows and nose, equal on eyes and lips, but lower on made-up faces' skin region (0.919
+    against the rules' 0.924 on 256 px align crops) and open mouths, and its neck starts lower (a
+    foundation step at the jaw, tests/test_classic_defects.py): so not the default, although it takes
+    about 80 % of the time.
     parts: then re-decide eyes, brows, nose and lips with the networks of
     shmt_cli/face/parsing_parts.py (the parts and settings its weights file names for the method).
     3-fold held out on top of the rules (tools/parsing_parts_train.py --kfold 3): made-up eyes 0.760
