@@ -11,9 +11,12 @@ landmark polygons (HEAD_PRIOR, NECK_PRIOR, ...) are not refitted. --aligned N sc
 `shmt align` crops (where the pipeline parses) instead of the photos; --fit-all also runs the search on
 all photos and prints the values found (the in-sample fit); --write (with --fit-all) writes them, with
 the in-sample and held-out means, into the "skin" section of shmt_cli/face/parsing_rules.json, where
-parsing_skin.py reads them.
+parsing_skin.py reads them. --repeats R also deals the photos into folds R-1 other ways (each kind's
+photos in a seeded random order, round-robin) and prints the held-out mean of every split and their
+mean: with 36 photos one split's figure depends on which photos share a fold.
 
-    python tools/parsing_rules_kfold.py [--faces DIR] [--kfold 3] [--aligned 256] [--fit-all [--write]]
+    python tools/parsing_rules_kfold.py [--faces DIR] [--kfold 3] [--aligned 256] [--repeats R]
+        [--fit-all [--write]]
 
 Data: ../shared/faces (CC BY-NC-SA 4.0, see its README) with the official parser's maps.
 """
@@ -113,6 +116,17 @@ def search(scorer: Scorer, kinds: np.ndarray, train: np.ndarray) -> dict[str, fl
     return current
 
 
+def shuffled_folds(kinds: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index per photo: each kind's photos in a seeded random order, dealt round-robin (another
+    stratified split than tools/parsing_train.py's, for a less split-dependent held-out estimate)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(kinds), int)
+    for kind in KINDS:
+        members = rng.permutation(np.flatnonzero(kinds == kind))
+        out[members] = np.arange(len(members)) % k
+    return out
+
+
 def write_skin_section(values: dict[str, float], figures: dict[str, object]) -> None:
     """Replace the values and figures of the "skin" section of the package's parameters file (its
     statements "fitted" and "written_by" are kept)."""
@@ -134,6 +148,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--aligned", type=int, default=None, metavar="N", help="score the photos' N px shmt align crops"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="also deal the photos into folds R-1 more ways (seeded)"
+    )
     parser.add_argument("--fit-all", action="store_true", help="also fit on all photos and print it")
     parser.add_argument("--write", action="store_true", help="with --fit-all: write the skin section")
     args = parser.parse_args(argv)
@@ -144,15 +161,23 @@ def main(argv: list[str]) -> int:
         print(f"no photos with reference maps under {args.faces}", file=sys.stderr)
         return 1
     kinds = np.array([p.name.split("/")[0] for p in photos])
-    fold_of = np.array(folds(photos, args.kfold))
     scorer = Scorer(photos)
     shipped = {name: float(getattr(parsing_skin, name)) for name in GRID}
     in_sample = scorer(shipped)
-    held = np.zeros(len(photos))
-    for fold in range(args.kfold):
-        found = search(scorer, kinds, fold_of != fold)
-        held[fold_of == fold] = scorer(found)[fold_of == fold]
-        print(f"fold {fold}: {found}", flush=True)
+    repeats = []
+    for repeat in range(args.repeats):
+        fold_of = (
+            np.array(folds(photos, args.kfold)) if repeat == 0 else shuffled_folds(kinds, args.kfold, repeat)
+        )
+        held_here = np.zeros(len(photos))
+        for fold in range(args.kfold):
+            found = search(scorer, kinds, fold_of != fold)
+            held_here[fold_of == fold] = scorer(found)[fold_of == fold]
+            print(f"split {repeat} fold {fold}: {found}", flush=True)
+        repeats.append(held_here)
+        means = "  ".join(f"{k} {held_here[kinds == k].mean():.3f}" for k in KINDS)
+        print(f"split {repeat} held out: {means}", flush=True)
+    held = repeats[0]
     if args.fit_all:
         found = search(scorer, kinds, np.ones(len(photos), bool))
         fitted = scorer(found)
@@ -162,6 +187,10 @@ def main(argv: list[str]) -> int:
             figures = {
                 "in_sample_m_face": {k: round(float(fitted[kinds == k].mean()), 3) for k in KINDS},
                 "held_out_m_face": {k: round(float(held[kinds == k].mean()), 3) for k in KINDS},
+                "held_out_splits": len(repeats),
+                "held_out_m_face_mean_of_splits": {
+                    k: round(float(np.mean([r[kinds == k].mean() for r in repeats])), 3) for k in KINDS
+                },
                 "scored_on": f"{args.aligned} px align crops" if args.aligned else "own size",
             }
             write_skin_section(found, figures)
@@ -172,6 +201,11 @@ def main(argv: list[str]) -> int:
         print(
             f"M_face {kind:<10} ({chosen.sum()} photos): in sample {in_sample[chosen].mean():.3f}"
             f"  held out {held[chosen].mean():.3f}"
+            + (
+                f" (mean of {len(repeats)} splits {np.mean([r[chosen].mean() for r in repeats]):.3f})"
+                if len(repeats) > 1
+                else ""
+            )
         )
     return 0
 
