@@ -208,9 +208,9 @@ def _refine_boundary(
     scale's GrabCut colour mixtures (surroundings, face), (1, 65) float64 each. Only a band of
     BOUNDARY_BAND interocular distances either side of the boundary is open: one GrabCut iteration
     resumed from those mixtures (refitted to this crop's pixels, without the k-means start: about half
-    the cost of a fresh one, for the same IoU; frozen mixtures cost as much and held out 0.003 less on
-    made-up faces) moves the edge onto the image's own edge (hairline strands, the jaw against a bright
-    background) that the working scale blurs. Faces larger than BOUNDARY_WORK_INTEROCULAR are refined
+    the cost of a fresh one, for the same in-sample IoU; frozen mixtures cost as much and tie) moves the
+    edge onto the image's own edge (hairline strands, the jaw against a bright background) that the
+    working scale blurs. Faces larger than BOUNDARY_WORK_INTEROCULAR are refined
     at that scale.
     """
     height, width = face.shape
