@@ -19,6 +19,8 @@ from shmt_cli.face.template import TEMPLATE_256
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import parsing_iou
+from parsing_face_paint import paint_cheek
+from parsing_light import side_light
 
 # The rule-based parser (method "rules" without the part networks) on 8 dev photos: a regression
 # guard a little below what it reaches there (tools/parsing_iou.py --method=rules --no-parts; at the time
@@ -237,13 +239,7 @@ def test_face_paint_on_a_cheek_stays_face(faces_dir, name, side, colour):
     pred, ref, landmarks = _dev_photo(faces_dir, name)
     kind, file_name = name.split("/")
     rgb = cv2.cvtColor(cv2.imread(str(faces_dir / kind / "images" / file_name)), cv2.COLOR_BGR2RGB)
-    width = float(np.linalg.norm(landmarks[16] - landmarks[0]))
-    centre = np.round((landmarks[(2, 14)[side]] + landmarks[(31, 35)[side]]) / 2).astype(int)
-    paint = np.zeros(rgb.shape[:2], np.float32)
-    axes = (round(0.16 * width), round(0.12 * width))
-    cv2.ellipse(paint, (int(centre[0]), int(centre[1])), axes, 0, 0, 360, 1.0, -1)
-    paint = cv2.GaussianBlur(paint, (0, 0), 0.02 * width)[..., None] * 0.8
-    painted = np.round(rgb * (1 - paint) + np.array(colour, np.float32) * paint).astype(np.uint8)
+    painted = paint_cheek(rgb, landmarks, side, colour)
     face_ids = parsing_iou.REGIONS["M_face"]
     before = parsing_iou.iou(np.isin(pred, face_ids), np.isin(ref, face_ids))
     after = parse_face(painted, landmarks, method="rules")
@@ -266,12 +262,8 @@ def test_light_from_one_side_keeps_the_face(faces_dir, name):
     face_ids = parsing_iou.REGIONS["M_face"]
     truth = np.isin(ref, face_ids)
     plain = parsing_iou.iou(np.isin(parse_face(crop, landmarks, parts=False), face_ids), truth)
-    width = float(np.linalg.norm(landmarks[16] - landmarks[0]))
-    offset = (np.arange(crop.shape[1], dtype=np.float32) - landmarks[27, 0]) / (0.25 * width)
     for direction in (-1.0, 1.0):
-        gain = 1.0 - 0.55 * np.clip(direction * offset, 0.0, 1.0)
-        shaded = np.clip(crop * gain[None, :, None], 0, 255).astype(np.uint8)
-        labels = parse_face(shaded, landmarks, parts=False)
+        labels = parse_face(side_light(crop, landmarks, direction), landmarks, parts=False)
         assert parsing_iou.iou(np.isin(labels, face_ids), truth) >= plain - 0.03, direction
 
 
