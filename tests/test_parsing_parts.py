@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from shmt_cli.face import parsing_parts
 from shmt_cli.face.detect import default_detector
@@ -163,3 +164,31 @@ def test_eye_points_on_painted_liner_are_pulled_back_to_the_eye(astronaut_rgb, a
         assert _iou(refined == cls, true == cls) > 0.6, cls
     # Brows were not moved: the brows stay about where they were.
     assert _iou(refined == R_BROW, true == R_BROW) > 0.8
+
+
+def test_nose_decides_the_same_whichever_way_its_window_faces(astronaut_rgb, astronaut_landmarks):
+    # The nose's logits are averaged over the window and its mirror image: sampling the window mirrored
+    # gives the same logits, mirrored. An eye's (not averaged) differ, so the comparison can fail.
+    model = parsing_parts.default_model()
+    assert model is not None
+    lm = astronaut_landmarks
+    frame = Frame(lm)
+    rules = parse_face(astronaut_rgb, lm, parts=False)
+    assert parsing_parts.NOSE_KIND in parsing_parts.MIRROR_AVERAGED
+    assert parsing_parts.EYES not in parsing_parts.MIRROR_AVERAGED
+    for kind, label, points, _ in parsing_parts.PARTS:
+        logits = []
+        for mirrored in (False, True):
+            affine = parsing_parts.patch_affine(kind, lm[points], frame, mirrored)
+            prior = parsing_parts.sample_patch(
+                parsing_parts.part_mask(rules, label).astype(np.uint8), affine, True
+            )
+            rgb = parsing_parts.sample_patch(astronaut_rgb, affine)
+            x = torch.from_numpy(parsing_parts.patch_input(rgb, prior))
+            with torch.no_grad():
+                logits.append(parsing_parts.kind_logits(model.nets[kind.name], kind, x[None])[0].numpy())
+        back = np.flip(logits[1], axis=0 if kind.transposed else 1)
+        if kind in parsing_parts.MIRROR_AVERAGED:
+            assert np.allclose(logits[0], back, atol=1e-4), kind.name
+        elif kind is parsing_parts.EYES:
+            assert np.abs(logits[0] - back).max() > 0.5, kind.name
