@@ -3,7 +3,7 @@
 The rules' constants were fitted on all 36 dev photos, so their dev-set M_face is in sample. This refits
 the seven constants of shmt_cli/face/parsing_skin.py that decide the skin region's extent (SKIN_MAHA,
 HEAD_MAHA, NECK_MAHA, CORE_INSET, ALLOWED_GROW, SIDE_SOFT, BOUNDARY_BAND) per fold of the k-fold of
-tools/parsing_train.py: a coordinate search (two passes over GRID, starting from the shipped values)
+tools/parsing_train.py: a coordinate search (two passes over GRID, starting from each row's middle value)
 that maximises (made-up mean M_face + bare mean M_face) / 2 of `parse_face(method="rules", parts=False)`
 on the other folds' photos, then scores the held-out fold with the values found. The gap between the
 printed in-sample and held-out means is what fitting these constants on the same photos adds. The
@@ -24,12 +24,14 @@ Data: ../shared/faces (CC BY-NC-SA 4.0, see its README) with the official parser
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from shmt_cli.atomic import atomic_path
 from shmt_cli.face import parsing_skin
 from shmt_cli.face.parsing import load_label_map, parse_face
 from shmt_cli.face.parsing_params import ParsingParams, source_path, write_params
@@ -102,9 +104,16 @@ def balanced(values: np.ndarray, kinds: np.ndarray, selected: np.ndarray) -> flo
     return float(np.mean([values[selected & (kinds == k)].mean() for k in KINDS]))
 
 
+def search_start() -> dict[str, float]:
+    """The search's starting point: the middle value of each constant's GRID row. Not the shipped
+    values: those were fitted on all photos, and a fold's search started there would carry what the
+    held-out photos taught them."""
+    return {name: float(values[len(values) // 2]) for name, values in GRID.items()}
+
+
 def search(scorer: Scorer, kinds: np.ndarray, train: np.ndarray) -> dict[str, float]:
-    """The constants by coordinate search over GRID on the train photos, from the shipped values."""
-    current = {name: float(getattr(parsing_skin, name)) for name in GRID}
+    """The constants by coordinate search over GRID on the train photos, from search_start()."""
+    current = search_start()
     best = balanced(scorer(current), kinds, train)
     for _ in range(PASSES):
         for name, values in GRID.items():
@@ -153,6 +162,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--fit-all", action="store_true", help="also fit on all photos and print it")
     parser.add_argument("--write", action="store_true", help="with --fit-all: write the skin section")
+    parser.add_argument(
+        "--fold-params",
+        type=Path,
+        help="write the standard split's per-fold values and held-out photos to this JSON (for tests)",
+    )
     args = parser.parse_args(argv)
     if args.write and not args.fit_all:
         parser.error("--write needs --fit-all (it writes the values fitted on all photos)")
@@ -165,6 +179,7 @@ def main(argv: list[str]) -> int:
     shipped = {name: float(getattr(parsing_skin, name)) for name in GRID}
     in_sample = scorer(shipped)
     repeats = []
+    fold_values: list[dict[str, object]] = []
     for repeat in range(args.repeats):
         fold_of = (
             np.array(folds(photos, args.kfold)) if repeat == 0 else shuffled_folds(kinds, args.kfold, repeat)
@@ -174,10 +189,24 @@ def main(argv: list[str]) -> int:
             found = search(scorer, kinds, fold_of != fold)
             held_here[fold_of == fold] = scorer(found)[fold_of == fold]
             print(f"split {repeat} fold {fold}: {found}", flush=True)
+            if repeat == 0:
+                held_names = [p.name for p, f in zip(photos, fold_of, strict=True) if f == fold]
+                fold_values.append({"values": found, "held_out": held_names})
         repeats.append(held_here)
         means = "  ".join(f"{k} {held_here[kinds == k].mean():.3f}" for k in KINDS)
         print(f"split {repeat} held out: {means}", flush=True)
     held = repeats[0]
+    if args.fold_params is not None:
+        document = {
+            "fitted": f"tools/parsing_rules_kfold.py --kfold {args.kfold}"
+            + (f" --aligned {args.aligned}" if args.aligned else "")
+            + ": the skin constants found per fold of tools/parsing_train.py's split on the other folds'"
+            " photos (so the fold's held_out photos did not fit them)",
+            "folds": fold_values,
+        }
+        with atomic_path(args.fold_params) as tmp:
+            tmp.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"per-fold values written to {args.fold_params}")
     if args.fit_all:
         found = search(scorer, kinds, np.ones(len(photos), bool))
         fitted = scorer(found)
