@@ -10,6 +10,11 @@ to the warped reference; lips, skin, eye-shadow area), a*/b* histogram EMD, cont
 to --sheet, never into the repository.
 
     python tools/classic_quality.py [--parser builtin|official] [--levels h0,h2,h4] [--sheet PATH]
+        [--save-labels FILE.npz] [--measure-labels FILE.npz]
+
+The scores are taken in the regions of the parse the transfer used, so a parser change moves them for
+every method, the no-op included. To compare two parsers on the same regions: --save-labels writes this
+run's label maps; a run of the other parser with --measure-labels FILE scores its transfers in those.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from shmt_cli.atomic import atomic_path
 from shmt_cli.engines.classic import (
     ClassicParams,
     eye_shadow_mask,
@@ -184,6 +190,10 @@ def main() -> None:
     parser.add_argument("--max-pairs", type=int, default=0, help="stop after this many pairs (0: all)")
     parser.add_argument("--sheet", type=Path, default=Path("/tmp/classic_quality_sheet.png"))
     parser.add_argument("--sheet-rows", type=int, default=12)
+    parser.add_argument("--save-labels", type=Path, help="write this run's label maps (npz) here")
+    parser.add_argument(
+        "--measure-labels", type=Path, help="score in these label maps (a --save-labels npz) instead"
+    )
     args = parser.parse_args()
     if not FACES.is_dir():
         raise SystemExit(f"dev photos not found at {FACES}")
@@ -197,6 +207,20 @@ def main() -> None:
     started = time.perf_counter()
     sources = load_faces("non_makeup", args.parser)
     references = load_faces("makeup", args.parser)
+    keyed = [(f"non_makeup/{stem}", face) for stem, face in sources] + [
+        (f"makeup/{stem}", face) for stem, face in references
+    ]
+    if args.save_labels is not None:
+        with atomic_path(args.save_labels) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{key: face[1] for key, face in keyed})
+    # The faces as scored: with the labels of --measure-labels, or as transferred.
+    measured: dict[int, Face] = {id(face): face for _, face in keyed}
+    if args.measure_labels is not None:
+        with np.load(args.measure_labels, allow_pickle=False) as data:
+            for key, face in keyed:
+                if key not in data:
+                    raise SystemExit(f"{args.measure_labels}: no labels for {key}")
+                measured[id(face)] = (face[0], data[key], face[2])
     levels = args.levels.split(",")
     detector = default_detector()
     # Landmark displacement compares detections at the same 256 framing on both sides.
@@ -228,7 +252,8 @@ def main() -> None:
     for _ref_stem, reference in references:
         prepared_reference = prepare_reference(*reference)
         for src_stem, source in sources:
-            warped = warp_reference(reference[0], reference[1], reference[2], source[2])
+            scored_source, scored_reference = measured[id(source)], measured[id(reference)]
+            warped = warp_reference(*scored_reference, source[2])
             with_identity = pair % args.identity_every == 0
             if with_identity and src_stem not in source_embeddings:
                 source_embeddings[src_stem] = default_embedder().embed(source[0], source[2])
@@ -237,7 +262,14 @@ def main() -> None:
             for name, method in methods.items():
                 result = method((prepared_sources[src_stem], prepared_reference), source, reference)
                 rows[name].append(
-                    score(result, source, reference, warped, embedding, source_landmarks_256[src_stem])
+                    score(
+                        result,
+                        scored_source,
+                        scored_reference,
+                        warped,
+                        embedding,
+                        source_landmarks_256[src_stem],
+                    )
                 )
                 if name.startswith("classic"):
                     tiles.append(result)
