@@ -210,32 +210,32 @@ def test_skin_region_reaches_m_face_floor_on_held_out_crops(faces_dir, kind, mon
         monkeypatch.setattr(parsing_skin, name, value)
     names = [n for n in fold["held_out"] if n.startswith(kind + "/")]
     assert len(names) >= 4
+    face_ids = parsing_iou.REGIONS["M_face"]
     scores = []
     for name in names:
-        _, file_name = name.split("/")
-        image = faces_dir / kind / "images" / file_name
-        rgb = cv2.cvtColor(cv2.imread(str(image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        faces = default_detector().detect(rgb)
-        assert faces, name
-        ref = load_label_map(faces_dir / kind / "seg" / (image.stem + ".png"), rgb.shape[:2])
-        crop, ref_crop, landmarks = parsing_iou.aligned_view(rgb, ref, faces[0].landmarks, 256)
-        face_ids = parsing_iou.REGIONS["M_face"]
+        crop, ref_crop, landmarks = parsing_iou.aligned_view(*_dev_input(faces_dir, name), 256)
         pred = np.isin(parse_face(crop, landmarks, parts=False), face_ids)
         scores.append(parsing_iou.iou(pred, np.isin(ref_crop, face_ids)))
     mean = float(np.mean(scores))
     assert mean >= SKIN_FOLD0_FLOORS[kind], f"{kind}: held-out M_face {mean:.3f} < {SKIN_FOLD0_FLOORS[kind]}"
 
 
-def _dev_photo(faces_dir, name: str):
-    """(rule-parsed labels, reference labels, landmarks) of one dev photo, parsed at its own size by the
-    rules alone (the part networks were trained on the dev photos)."""
+def _dev_input(faces_dir, name: str):
+    """(RGB photo, official labels at its size, dlib landmarks) of one dev photo "<kind>/<file>"."""
     kind, file_name = name.split("/")
     image = faces_dir / kind / "images" / file_name
     rgb = cv2.cvtColor(cv2.imread(str(image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     faces = default_detector().detect(rgb)
     assert faces, name
     ref = load_label_map(faces_dir / kind / "seg" / (image.stem + ".png"), rgb.shape[:2])
-    return parse_face(rgb, faces[0].landmarks, method="rules", parts=False), ref, faces[0].landmarks
+    return rgb, ref, faces[0].landmarks
+
+
+def _dev_photo(faces_dir, name: str):
+    """(rule-parsed labels, reference labels, landmarks) of one dev photo, parsed at its own size by the
+    rules alone (the part networks were trained on the dev photos)."""
+    rgb, ref, landmarks = _dev_input(faces_dir, name)
+    return parse_face(rgb, landmarks, method="rules", parts=False), ref, landmarks
 
 
 def _interocular(landmarks: np.ndarray) -> float:
@@ -272,9 +272,8 @@ def test_inner_mouth_open_and_closed(faces_dir):
 def test_face_paint_on_a_cheek_stays_face(faces_dir, name, side, colour):
     # A block of face paint over one cheek (80 % opaque) fails the skin colour test and GrabCut's colour
     # models: the face region stopped short of it (M_face -0.06 on these photos before, 0.88-0.89).
-    pred, ref, landmarks = _dev_photo(faces_dir, name)
-    kind, file_name = name.split("/")
-    rgb = cv2.cvtColor(cv2.imread(str(faces_dir / kind / "images" / file_name)), cv2.COLOR_BGR2RGB)
+    rgb, ref, landmarks = _dev_input(faces_dir, name)
+    pred = parse_face(rgb, landmarks, method="rules", parts=False)
     painted = paint_cheek(rgb, landmarks, side, colour)
     face_ids = parsing_iou.REGIONS["M_face"]
     before = parsing_iou.iou(np.isin(pred, face_ids), np.isin(ref, face_ids))
@@ -288,13 +287,7 @@ def test_light_from_one_side_keeps_the_face(faces_dir, name):
     # 256 px align crop that the pipeline parses: one skin Gaussian over both halves was so wide that
     # background passed for skin (M_face vRX914 0.96 -> 0.72, vSYYZ317 0.75 -> 0.58, 00510 0.95 ->
     # 0.91); one Gaussian per half of the face keeps it.
-    kind, file_name = name.split("/")
-    image = faces_dir / kind / "images" / file_name
-    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
-    faces = default_detector().detect(rgb)
-    assert faces, name
-    ref = load_label_map(faces_dir / kind / "seg" / (image.stem + ".png"), rgb.shape[:2])
-    crop, ref, landmarks = parsing_iou.aligned_view(rgb, ref, faces[0].landmarks, 256)
+    crop, ref, landmarks = parsing_iou.aligned_view(*_dev_input(faces_dir, name), 256)
     face_ids = parsing_iou.REGIONS["M_face"]
     truth = np.isin(ref, face_ids)
     plain = parsing_iou.iou(np.isin(parse_face(crop, landmarks, parts=False), face_ids), truth)
