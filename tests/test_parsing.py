@@ -220,6 +220,25 @@ def test_skin_region_reaches_m_face_floor_on_held_out_crops(faces_dir, kind, mon
     assert mean >= SKIN_FOLD0_FLOORS[kind], f"{kind}: held-out M_face {mean:.3f} < {SKIN_FOLD0_FLOORS[kind]}"
 
 
+def test_ear_windows_hold_the_official_ears(faces_dir):
+    # On the 256 px align crops of the dev photos with both ears showing, every official ear pixel
+    # lies inside its side's window (the window is set from where those ears are: parsing_parts.EARS).
+    for name in ("makeup/00012.jpg", "non_makeup/00510.jpg", "non_makeup/00556.jpg"):
+        _, ref, lm = parsing_iou.aligned_view(*_dev_input(faces_dir, name), 256)
+        frame = Frame(lm)
+        for kind, label, points, mirrored in parsing_parts.PARTS:
+            if kind is not parsing_parts.EARS:
+                continue
+            affine = parsing_parts.patch_affine(kind, lm[points], frame, mirrored)
+            inverse = cv2.invertAffineTransform(affine)
+            ys, xs = np.nonzero(ref == label)
+            assert xs.size > 100, (name, label)
+            px, py = inverse @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
+            inside = (px > -0.5) & (px < parsing_parts.PATCH_W - 0.5) & (py > -0.5)
+            inside &= py < parsing_parts.PATCH_H - 0.5
+            assert inside.mean() > 0.99, (name, label, inside.mean())
+
+
 def _dev_input(faces_dir, name: str):
     """(RGB photo, official labels at its size, dlib landmarks) of one dev photo "<kind>/<file>"."""
     kind, file_name = name.split("/")

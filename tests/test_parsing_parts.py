@@ -9,7 +9,20 @@ import torch
 
 from shmt_cli.face import parsing_parts
 from shmt_cli.face.detect import default_detector
-from shmt_cli.face.labels import HAIR, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
+from shmt_cli.face.labels import (
+    BACKGROUND,
+    HAIR,
+    L_EYE,
+    L_LIP,
+    MOUTH,
+    NECK,
+    NOSE,
+    R_BROW,
+    R_EAR,
+    R_EYE,
+    SKIN,
+    U_LIP,
+)
 from shmt_cli.face.parsing import parse_face
 from shmt_cli.face.parsing_shapes import Frame
 
@@ -117,6 +130,29 @@ def test_nose_update_swaps_only_skin_and_nose_inside_its_window():
     changed = out != labels
     assert set(np.unique(labels[changed])) | set(np.unique(out[changed])) <= {SKIN, NOSE}
     assert not changed[:, 48:].any() and not changed[64:].any()
+
+
+def test_ear_update_takes_background_hair_and_skin_and_rejects_to_background():
+    labels = np.full((80, 90), BACKGROUND, np.uint8)
+    labels[:, 30:] = SKIN  # the cheek
+    labels[0:15, 0:30] = HAIR
+    labels[20:40, 20:30] = R_EAR  # the rules' ear, too narrow and partly wrong
+    labels[60:64, 0:30] = NECK  # neck inside the window is left alone
+    labels[70:75, 80:85] = R_EAR  # ear outside the window stays
+    # Transposed window: patch x (64) runs down the image, patch y (48) across, 1 px each.
+    affine = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    logits = np.full((parsing_parts.PATCH_H, parsing_parts.PATCH_W), -5.0, np.float32)
+    logits[5:35, 10:64] = 5.0  # accept image rows 10..63, columns 5..34
+    out = parsing_parts.apply_logits(labels, [(R_EAR, parsing_parts.EARS, affine, logits)])
+    assert (out[10:15, 5:30] == R_EAR).all()  # hair accepted
+    assert (out[40:60, 5:30] == R_EAR).all()  # background accepted
+    assert (out[10:60, 30:35] == R_EAR).all()  # skin at the cheek's edge accepted
+    assert (out[20:40, 35:48] == SKIN).all()  # not accepted: the cheek stays skin
+    assert (out[60:64, 0:30] == NECK).all()
+    assert (out[70:75, 80:85] == R_EAR).all()
+    labels[20:40, 0:5] = R_EAR  # a rules' ear pixel the network rejects becomes background
+    out = parsing_parts.apply_logits(labels, [(R_EAR, parsing_parts.EARS, affine, logits)])
+    assert (out[20:40, 0:5] == BACKGROUND).all()
 
 
 def test_apply_logits_redecides_the_part_inside_its_window_only():

@@ -54,8 +54,10 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "brows": (6, 7),
     "nose": (2,),
     "mouth": (10,),
+    "ears": (8, 9),
 }
-OPTIONAL = {"mouth"}
+# Left out of a photo's scores when its reference map lacks them (closed mouths, ears under hair).
+OPTIONAL = {"mouth", "ears"}
 
 
 def iou(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -67,7 +67,7 @@ def main() -> None:
     )
     parser.add_argument("--method", choices=("rules", "net"), default="rules")
     parser.add_argument("--own-size", action="store_true", help="relight the photos, not their align crops")
-    parser.add_argument("--parts", action="store_true", help="with the part networks (M_face is the same)")
+    parser.add_argument("--parts", action="store_true", help="with the part networks (the ears move M_face)")
     args = parser.parse_args()
     face_ids = REGIONS["M_face"]
     rows: dict[str, list[np.ndarray]] = {}

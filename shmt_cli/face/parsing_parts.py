@@ -1,19 +1,22 @@
-"""Eye, brow, nose and lips refinement: a small network per part kind on a window around its landmarks.
+"""Eye, brow, nose, lips and ear refinement: a small network per part kind on a window around its landmarks.
 
 dlib's eye and brow points land on painted liner and costume brows, and the rule-based outlines follow
-them; the landmark template's nose starts below the contoured bridge that the official maps call nose.
-Here each eye, each brow and the nose is re-decided on its own window of the photo: a `PATCH_W` x
-`PATCH_H` px patch in the face frame (unit: interocular distance), centred on the part's landmark
-centre and larger than the part, so that a part the points missed by a fraction of its size is still
-inside it. The image-right (subject's left) parts are mirrored so that both sides share the weights;
-the nose is one part, its window transposed (patch x down the nose) and reaching above the eye line;
-the lips (upper and lower as one part) are one window over the mouth points, not mirrored.
-A network per part kind (eyes, brows, nose, lips) sees the patch's RGB, its Lab relative to the patch's
-median, the current parse's mask of the part (the rules' outline: a prior it was trained to distrust,
-dropped and shifted in training) and the patch coordinates, and predicts the part's logit per patch
-pixel. The logits are resampled onto the photo (bilinear) and, with a bias and the current outline as
-a weak prior (apply_logits), decide the part inside the window: part pixels rejected become skin, skin
-(and, for brows, hair) pixels accepted become the part (the nose swaps only skin and nose). The lips
+them; the landmark template's nose starts below the contoured bridge that the official maps call nose;
+the rules' ears are only what the skin region's GrabCut took beside the jaw.
+Here each eye, each brow, the nose, the lips and each ear is re-decided on its own window of the photo:
+a `PATCH_W` x `PATCH_H` px patch in the face frame (unit: interocular distance), centred on the part's
+landmark centre (the ears: beside the upper jaw points) and larger than the part, so that a part the
+points missed by a fraction of its size is still inside it. The image-right (subject's left) parts are
+mirrored so that both sides share the weights; the nose is one part, its window transposed (patch x
+down the nose) and reaching above the eye line; the lips (upper and lower as one part) are one window
+over the mouth points, not mirrored; the ears' windows are transposed too.
+A network per part kind (eyes, brows, nose, lips, ears) sees the patch's RGB, its Lab relative to the
+patch's median, the current parse's mask of the part (the rules' outline: a prior it was trained to
+distrust, dropped and shifted in training) and the patch coordinates, and predicts the part's logit per
+patch pixel. The logits are resampled onto the photo (bilinear) and, with a bias and the current outline
+as a weak prior (apply_logits), decide the part inside the window: part pixels rejected become skin
+(the ears': background), and the labels a kind grows into (skin; for brows also hair; for ears skin,
+hair and background) become the part where accepted (the nose swaps only skin and nose). The lips
 swap with skin only, except that a rejected lip pixel nearer to the parse's inner mouth than to its
 skin becomes inner mouth (an open mouth's rim); accepted skin becomes the nearer of the parse's upper
 and lower lip. Outside the windows nothing changes.
@@ -37,7 +40,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from shmt_cli.face.labels import HAIR, L_BROW, L_EYE, L_LIP, MOUTH, NOSE, R_BROW, R_EYE, SKIN, U_LIP
+from shmt_cli.face.labels import (
+    BACKGROUND,
+    HAIR,
+    L_BROW,
+    L_EAR,
+    L_EYE,
+    L_LIP,
+    MOUTH,
+    NOSE,
+    R_BROW,
+    R_EAR,
+    R_EYE,
+    SKIN,
+    U_LIP,
+)
 from shmt_cli.face.parsing_net import conv_bn_relu
 from shmt_cli.face.parsing_shapes import Frame
 
@@ -50,7 +67,7 @@ PATCH_H = 48
 @dataclass(frozen=True)
 class PartKind:
     """Window of one part kind in the face frame: half sizes (iod) and the centre's offset from the
-    landmark centre (along u towards the face's outside after mirroring, and v down)."""
+    landmark centre (offset_u along u towards the face's outside, offset_v down)."""
 
     name: str
     half_u: float
@@ -60,6 +77,9 @@ class PartKind:
     grows_into: tuple[int, ...]
     # Patch x runs along v (down the face) and patch y along u: a tall part in the wide patch.
     transposed: bool = False
+    offset_u: float = 0.0
+    # What a pixel of the part that the network rejects becomes.
+    rejected_to: int = SKIN
 
 
 EYES = PartKind("eyes", 0.36, 0.27, 0.0, (SKIN,))
@@ -75,7 +95,17 @@ NOSE_KIND = PartKind("nose", 0.45, 0.7, -0.25, (SKIN,), transposed=True)
 # skin for overdrawn or shrunk outlines; 0.019 iod per patch pixel both ways. Upper and lower lip are
 # one part to the network (the split follows the current parse, apply_logits).
 LIPS_KIND = PartKind("lips", 0.6, 0.45, 0.0, (SKIN,))
-KINDS = (EYES, BROWS, NOSE_KIND, LIPS_KIND)
+# The ears, beside the jaw points 0..3 (13..16 mirrored): on the dev photos' align crops the official ears
+# lie -0.07..0.37 iod outside those points' centre and 0.6 above to 0.45 below it (2nd..98th
+# percentiles). The window reaches 0.2 iod inside (the cheek's edge) and 0.44 outside, 0.68 above and
+# 0.52 below; transposed (64 px down the ear, 0.019 iod per px; 48 across, 0.013). An ear pixel that
+# the network rejects is background (hair or what is behind the head), and accepted background or hair
+# becomes ear: the rules' ear is the skin region in a zone beside the jaw, and GrabCut often stops short
+# of an ear that its colour samples (the face interior) do not explain.
+EARS = PartKind(
+    "ears", 0.32, 0.6, -0.08, (SKIN, BACKGROUND, HAIR), transposed=True, offset_u=0.12, rejected_to=BACKGROUND
+)
+KINDS = (EYES, BROWS, NOSE_KIND, LIPS_KIND, EARS)
 LIP_LABELS = (U_LIP, L_LIP)
 # (kind, label, landmark slice, mirrored): image-left parts as they are, image-right ones mirrored; the
 # nose is one symmetric part, not mirrored (its network was trained on both orientations).
@@ -86,6 +116,8 @@ PARTS = (
     (BROWS, L_BROW, slice(22, 27), True),
     (NOSE_KIND, NOSE, slice(27, 36), False),
     (LIPS_KIND, U_LIP, slice(48, 68), False),
+    (EARS, R_EAR, slice(0, 4), False),
+    (EARS, L_EAR, slice(13, 17), True),
 )
 IN_CHANNELS = 3 + 3 + 1 + 2
 # The patch coordinates are the last two input channels.
@@ -105,7 +137,8 @@ def patch_affine(kind: PartKind, points: np.ndarray, frame: Frame, mirrored: boo
 
     points: (K, 2) the part's landmarks (photo pixels); frame: the face frame.
     """
-    centre = points.mean(axis=0) + kind.offset_v * frame.iod * frame.v
+    outward = frame.u if mirrored else -frame.u  # image-left parts are the unmirrored ones
+    centre = points.mean(axis=0) + frame.iod * (kind.offset_v * frame.v + kind.offset_u * outward)
     along_u, along_v = (PATCH_H, PATCH_W) if kind.transposed else (PATCH_W, PATCH_H)
     su = 2 * kind.half_u * frame.iod / along_u
     sv = 2 * kind.half_v * frame.iod / along_v
@@ -273,7 +306,7 @@ def part_logits(
     rgb: np.ndarray,
     landmarks: np.ndarray,
     labels: np.ndarray,
-    kinds: tuple[str, ...] = ("eyes", "brows", "nose", "lips"),
+    kinds: tuple[str, ...] = tuple(kind.name for kind in KINDS),
 ) -> list[tuple[int, PartKind, np.ndarray, np.ndarray]]:
     """(label, kind, patch -> photo affine (2, 3), logits (PATCH_H, PATCH_W) float32) per part of PARTS
     whose kind is named in kinds."""
@@ -346,7 +379,7 @@ def apply_logits(
         if kind is LIPS_KIND:
             _swap_lips(window, inside & current & ~part, part & np.isin(window, kind.grows_into))
             continue
-        window[inside & current & ~part] = SKIN
+        window[inside & current & ~part] = kind.rejected_to
         window[part & np.isin(window, kind.grows_into)] = label
     return out
 
