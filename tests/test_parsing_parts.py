@@ -44,8 +44,12 @@ def test_patch_affine_centres_and_mirrors_the_window(astronaut_landmarks):
     for kind, _, points, mirrored in parsing_parts.PARTS:
         affine = parsing_parts.patch_affine(kind, lm[points], frame, mirrored)
         centre = affine @ np.array([(parsing_parts.PATCH_W - 1) / 2, (parsing_parts.PATCH_H - 1) / 2, 1.0])
-        expected = lm[points].mean(axis=0) + kind.offset_v * frame.iod * frame.v
+        # offset_u points away from the face: towards image-left for the unmirrored (image-left) parts.
+        outward = frame.u if mirrored else -frame.u
+        expected = lm[points].mean(axis=0) + frame.iod * (kind.offset_v * frame.v + kind.offset_u * outward)
         assert np.allclose(centre, expected, atol=1e-6)
+        if kind is parsing_parts.EARS:  # the ear's window lies outside the jaw points it is set by
+            assert (centre - lm[points].mean(axis=0)) @ outward > 0.1 * frame.iod
         # Patch x runs along the face's u axis, reversed for the mirrored (image-right) parts, so the
         # nose side of every part is on the same side of its patch; the nose's (transposed) patch x
         # runs down the face and its y along u.
