@@ -153,6 +153,29 @@ def test_h4_lets_reference_texture_through_and_h0_keeps_source_texture(source, r
     assert np.corrcoef(h0_detail[skin], _fine(source[0])[skin])[0, 1] > 0.95
 
 
+def test_skin_tone_does_not_follow_the_ears(source, reference):
+    # A dark block beside the face, labelled ear in one parse and background in the other: the ears are
+    # painted at half weight, but the skin's tone is not measured on them, so away from the block the
+    # two results are the same (counted, the block darkened the source's mean and brightened the face).
+    rgb, labels, landmarks = source
+    rgb = rgb.copy()
+    rows, cols = np.nonzero(np.isin(labels, (1, 2)))
+    top, left = int(rows.mean()) - 20, int(cols.min()) - 24
+    block = (slice(top, top + 40), slice(left, left + 20))
+    rgb[block] = (40, 30, 25)
+    as_ear, as_background = labels.copy(), labels.copy()
+    as_ear[block], as_background[block] = 9, 0
+    with_ear = transfer_classic(rgb, as_ear, landmarks, *reference[:3], ClassicParams(level="h0"))
+    without = transfer_classic(rgb, as_background, landmarks, *reference[:3], ClassicParams(level="h0"))
+    near = np.zeros(labels.shape, np.uint8)
+    near[block] = 1
+    near = cv2.dilate(near, np.ones((25, 25), np.uint8)) > 0
+    skin = np.isin(labels, (1, 2)) & ~near
+    assert skin.sum() > 800
+    assert (with_ear[block] != without[block]).any(), "the ear is painted"
+    np.testing.assert_array_equal(with_ear[skin], without[skin])
+
+
 def test_strength_scales_the_change(source, reference):
     lips = np.isin(source[1], (11, 12))
     deltas = []

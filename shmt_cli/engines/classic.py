@@ -66,6 +66,7 @@ from shmt_cli.engines.classic_texture import (
     smooth,
     structure_gate,
 )
+from shmt_cli.face.labels import EAR_LABELS
 from shmt_cli.face.warp import apply_warp, piecewise_affine_map
 
 __all__ = [
@@ -408,7 +409,13 @@ def transfer_prepared(
             difference = (filled_l - src_l) * inside
             region_tone = smooth(difference, tone_sigma) / np.maximum(smooth(inside, tone_sigma), 1e-3)
         else:
-            region_tone = np.float32(mean[0] - src_l[region].mean())
+            compared = region
+            if name == "skin":
+                # Not over the ears, which the skin region paints at half weight: often shadowed or
+                # under hair, they moved the whole face's tone with how much of them the parser found.
+                off_ears = region & ~np.isin(source.labels[window], EAR_LABELS)
+                compared = off_ears if off_ears.any() else region
+            region_tone = np.float32(mean[0] - src_l[compared].mean())
             if name == "skin":
                 limit = np.float32(_SKIN_TONE_LIMIT)
                 region_tone = np.clip(region_tone * np.float32(_SKIN_TONE_GAIN), -limit, limit)

@@ -70,7 +70,9 @@ FACE_LABELS: tuple[int, ...] = (
     Label.L_LIP,
     Label.NECK,
 )
+#: Both ears.
+EAR_LABELS: tuple[int, ...] = (Label.L_EAR, Label.R_EAR)
 #: Neck and ears (SHMT's M_ne, spec §1.2).
-NECK_EARS_LABELS: tuple[int, ...] = (Label.L_EAR, Label.R_EAR, Label.NECK)
+NECK_EARS_LABELS: tuple[int, ...] = (*EAR_LABELS, Label.NECK)
 #: Eyes and inner mouth: not part of M_face, but inside the face a result is pasted back over.
 EYES_MOUTH_LABELS: tuple[int, ...] = (Label.L_EYE, Label.R_EYE, Label.MOUTH)
