@@ -24,8 +24,9 @@ and lower lip. Outside the windows nothing changes.
 The weights (`parsing_parts.safetensors`, beside this module, 0.4 MB) are written by
 tools/parsing_parts_train.py, which states their data (the dev photos with the official parser's
 maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
-and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 14 ms CPU per
-face (six 64 x 48 patches, one torch thread; 2.5 ms of it the nose, about 3 ms the lips).
+and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 19 ms CPU per
+face on a 256 px crop (eight 64 x 48 patches, one torch thread; about 5 ms of it the nose, seen both
+ways, 3 ms the lips and 4 ms the two ears).
 """
 
 from __future__ import annotations
