@@ -21,7 +21,7 @@ swap with skin only, except that a rejected lip pixel nearer to the parse's inne
 skin becomes inner mouth (an open mouth's rim); accepted skin becomes the nearer of the parse's upper
 and lower lip. Outside the windows nothing changes.
 
-The weights (`parsing_parts.safetensors`, beside this module, 0.4 MB) are written by
+The weights (`parsing_parts.safetensors`, beside this module, 0.5 MB) are written by
 tools/parsing_parts_train.py, which states their data (the dev photos with the official parser's
 maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
 and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 19 ms CPU per
@@ -100,9 +100,10 @@ LIPS_KIND = PartKind("lips", 0.6, 0.45, 0.0, (SKIN,))
 # lie -0.07..0.37 iod outside those points' centre and 0.6 above to 0.45 below it (2nd..98th
 # percentiles). The window reaches 0.2 iod inside (the cheek's edge) and 0.44 outside, 0.68 above and
 # 0.52 below; transposed (64 px down the ear, 0.019 iod per px; 48 across, 0.013). An ear pixel that
-# the network rejects is background (hair or what is behind the head), and accepted background or hair
-# becomes ear: the rules' ear is the skin region in a zone beside the jaw, and GrabCut often stops short
-# of an ear that its colour samples (the face interior) do not explain.
+# the network rejects is background (hair or what is behind the head), and accepted background, hair or
+# skin (the cheek's edge, which the official maps often call ear) becomes ear: the rules' ear is the
+# skin region in a zone beside the jaw, and GrabCut often stops short of an ear that its colour samples
+# (the face interior) do not explain.
 EARS = PartKind(
     "ears", 0.32, 0.6, -0.08, (SKIN, BACKGROUND, HAIR), transposed=True, offset_u=0.12, rejected_to=BACKGROUND
 )
