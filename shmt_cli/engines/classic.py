@@ -199,7 +199,8 @@ class PreparedSource:
     masks: region -> (H, W) float32 hard region weights; weights: region -> the same feathered and
     faded out toward the unpaintable pixels; box: (top, bottom, left, right) window holding every
     non-zero weight; nose: (H, W) float32 in [0, 1] where dark detail is guarded; grayscale: the
-    photo has no colour (the makeup's lightness only is transferred).
+    photo has no colour (the makeup's lightness only is transferred); lightness: region -> the mean L
+    (0..100) that a region's tone shift compares with the reference's, None for an empty region.
     """
 
     rgb: np.ndarray
@@ -212,6 +213,7 @@ class PreparedSource:
     width: float
     nose: np.ndarray
     grayscale: bool
+    lightness: Mapping[str, np.float32 | None]
 
     @property
     def note(self) -> str:
@@ -305,18 +307,39 @@ def prepare_source(rgb: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -
     # pixel off (skin into hair, lid into eye) would otherwise show as a hard painted edge.
     paintable = soft_inner(paintable_mask(labels), 0.0, _PAINTABLE_RAMP * width)
     weights = {name: blur(masks[name], _FEATHER[name] * width) * paintable for name in REGIONS}
+    lab = rgb_to_lab(rgb)
+    box = _window(np.maximum.reduce(list(weights.values())) > 0, margin=round(0.05 * width))
     return PreparedSource(
         rgb=rgb,
-        lab=rgb_to_lab(rgb),
+        lab=lab,
         labels=labels,
         landmarks=landmarks,
         masks=MappingProxyType(masks),
         weights=MappingProxyType(weights),
-        box=_window(np.maximum.reduce(list(weights.values())) > 0, margin=round(0.05 * width)),
+        box=box,
         width=width,
         nose=nose_area(labels, landmarks),
         grayscale=is_grayscale(rgb, paintable > 0),
+        lightness=MappingProxyType(_region_lightness(lab[..., 0], labels, masks, box)),
     )
+
+
+def _region_lightness(
+    lightness: np.ndarray, labels: np.ndarray, masks: Mapping[str, np.ndarray], box: tuple[int, int, int, int]
+) -> dict[str, np.float32 | None]:
+    """Per region: the source's mean L over its mask inside the box (the skin's without the ears,
+    which it paints at half weight: often shadowed or under hair, they moved the whole face's tone with
+    how much of them the parser found). None where the region is empty."""
+    window = (slice(box[0], box[1]), slice(box[2], box[3]))
+    inside = lightness[window]
+    out: dict[str, np.float32 | None] = {}
+    for name in REGIONS:
+        region = masks[name][window] > 0
+        if name == "skin":
+            off_ears = region & ~np.isin(labels[window], EAR_LABELS)
+            region = off_ears if off_ears.any() else region
+        out[name] = inside[region].mean() if region.any() else None
+    return out
 
 
 def _window(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
@@ -347,7 +370,7 @@ def transfer_prepared(
         for name in REGIONS
         if params.strength(name) > 0.0
         and reference.region_means[name] is not None
-        and source.masks[name].any()
+        and source.lightness[name] is not None
     ]
     top, bottom, left, right = source.box
     if not active or bottom <= top or right <= left:
@@ -409,13 +432,7 @@ def transfer_prepared(
             difference = (filled_l - src_l) * inside
             region_tone = smooth(difference, tone_sigma) / np.maximum(smooth(inside, tone_sigma), 1e-3)
         else:
-            compared = region
-            if name == "skin":
-                # Not over the ears, which the skin region paints at half weight: often shadowed or
-                # under hair, they moved the whole face's tone with how much of them the parser found.
-                off_ears = region & ~np.isin(source.labels[window], EAR_LABELS)
-                compared = off_ears if off_ears.any() else region
-            region_tone = np.float32(mean[0] - src_l[compared].mean())
+            region_tone = np.float32(mean[0] - source.lightness[name])
             if name == "skin":
                 limit = np.float32(_SKIN_TONE_LIMIT)
                 region_tone = np.clip(region_tone * np.float32(_SKIN_TONE_GAIN), -limit, limit)
