@@ -214,6 +214,35 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.
     )
 
 
+def fold_batch_norms(net: nn.Module) -> nn.Module:
+    """net (eval mode, in place) with every conv_bn_relu's batch norm folded into its convolution.
+
+    Inference only (the folded network cannot be trained or saved as a state dict of the original
+    layout): the logits equal the unfolded network's up to float rounding (about 1e-5), one pass
+    over the activations fewer per unit (about 1 ms of the part networks' 19 per face).
+    """
+    for unit in net.modules():
+        if not isinstance(unit, nn.Sequential) or len(unit) != 3:
+            continue
+        conv, norm = unit[0], unit[1]
+        if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)):
+            continue
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            bias = norm.bias - norm.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            fused = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.dilation, conv.groups, bias=True,
+            )  # fmt: skip
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            fused.bias.copy_(bias)
+        unit[0] = fused.to(memory_format=torch.channels_last)
+        unit[1] = nn.Identity()
+    return net.eval()
+
+
 class ParsingNet(nn.Module):
     """Small U-Net refining a prior: (N, IN_CHANNELS, S, S) -> (N, 19, S, S) logits; S divisible by 8.
 
@@ -306,8 +335,8 @@ def load_net(path: str | Path = WEIGHTS_PATH) -> ParsingNet:
 
 @functools.cache
 def default_net() -> ParsingNet:
-    """The shipped refinement network (loaded once per process)."""
-    return load_net(WEIGHTS_PATH)
+    """The shipped refinement network (loaded once per process), batch norms folded for inference."""
+    return fold_batch_norms(load_net(WEIGHTS_PATH))
 
 
 # ----------------------------------------------------------------------------------------------------------
