@@ -232,3 +232,27 @@ def test_nose_decides_the_same_whichever_way_its_window_faces(astronaut_rgb, ast
             assert np.allclose(logits[0], back, atol=1e-4), kind.name
         elif kind is parsing_parts.EYES:
             assert np.abs(logits[0] - back).max() > 0.5, kind.name
+
+
+def test_folded_batch_norms_give_the_same_logits():
+    # Inference folds each batch norm into its convolution (parsing_net.fold_batch_norms): with
+    # non-trivial running statistics the logits must stay those of the network as trained.
+    from shmt_cli.face.parsing_net import fold_batch_norms
+
+    torch.manual_seed(0)
+    net = parsing_parts.PartNet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1.0, 1.0)
+            module.running_var.uniform_(0.2, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+    x = torch.randn(3, parsing_parts.IN_CHANNELS, parsing_parts.PATCH_H, parsing_parts.PATCH_W)
+    with torch.no_grad():
+        expected = net(x)
+        folded = fold_batch_norms(net)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        got = folded(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert expected.abs().max() > 0.1  # the comparison is not between two near-zero maps
