@@ -26,7 +26,8 @@ tools/parsing_parts_train.py, which states their data (the dev photos with the o
 maps) and objective; its metadata names, per parse method, the part kinds re-decided and their bias
 and prior weight, chosen by held-out IoU. Without the file the stage is skipped. About 19 ms CPU per
 face on a 256 px crop (eight 64 x 48 patches, one torch thread; about 5 ms of it the nose, seen both
-ways, 3 ms the lips and 4 ms the two ears).
+ways, 3 ms the lips and 4 ms the two ears). default_model() folds the batch norms into the
+convolutions (parsing_net.fold_batch_norms), about 1 ms less; load_model() keeps them, for training.
 """
 
 from __future__ import annotations
