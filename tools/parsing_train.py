@@ -70,7 +70,7 @@ for _ids, _w in (
 # the network cannot count on has to be found in the image: where the rules fail on painted faces
 # (eyes under liner, costume brows) the network must not just copy them.
 # Eyes and brows 0.3 (was 0.08 for all): 3-fold held out, brows +0.002 made-up / +0.008 bare, nose and lips
-# +0.005-0.007 made-up, M_face -0.004 made-up; the eyes stay the prior's either way (see README).
+# +0.005-0.007 made-up, M_face -0.004 made-up; the eyes stay the prior's either way (see docs/parsing.md).
 PART_DROP = {"nose": 0.08, "eyes": 0.3, "brows": 0.3, "mouth": 0.08}
 # Probability that a part that is not dropped is shifted and scaled (landmark errors).
 PART_SHIFT = 0.52
