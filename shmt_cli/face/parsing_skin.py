@@ -144,13 +144,11 @@ def skin_region(rgb: np.ndarray, frame: Frame, fast: bool = False) -> np.ndarray
     if len(samples) < 20:
         # The face is (nearly) outside the image or tiny: nothing to learn a colour from.
         return _upscale_mask(interior.astype(np.uint8), width, height)
+    maha = _skin_distance(lab, core, samples, sframe, per_side=not fast)
+
     head = fill_polygon(shape, sframe.to_image(np.array(HEAD_PRIOR)))
     neck = fill_polygon(shape, sframe.to_image(np.array(NECK_PRIOR)))
     wide = fill_polygon(shape, sframe.to_image(np.array(WIDE_PRIOR)))
-    chin = sframe.to_local(lm[8])
-    throat = fill_polygon(shape, sframe.to_image(chin + np.array(THROAT_SEED)))
-    # The colour test is read only inside the priors: the distance is computed there alone.
-    maha = _skin_distance(lab, core, samples, sframe, interior | head | neck | throat, per_side=not fast)
     skin_like = maha < SKIN_MAHA
 
     mask = np.full(shape, cv2.GC_BGD, np.uint8)
@@ -160,6 +158,8 @@ def skin_region(rgb: np.ndarray, frame: Frame, fast: bool = False) -> np.ndarray
     # Sure face: the skin-coloured landmark interior (bangs over the forehead fail the colour test),
     # the painted-over features, and a patch of the throat right under the chin when it is skin-ish,
     # so that the face colour model also knows the shadowed skin of the neck.
+    chin = sframe.to_local(lm[8])
+    throat = fill_polygon(shape, sframe.to_image(chin + np.array(THROAT_SEED)))
     mask[(core & skin_like) | (interior & features) | (throat & (maha < NECK_MAHA))] = cv2.GC_FGD
     colours = _grabcut_colours(small, fast)
     colours[features] = np.round(
@@ -258,13 +258,12 @@ def _grabcut_colours(rgb: np.ndarray, fast: bool) -> np.ndarray:
 
 
 def _skin_distance(
-    lab: np.ndarray, core: np.ndarray, samples: np.ndarray, frame: Frame, where: np.ndarray, per_side: bool
+    lab: np.ndarray, core: np.ndarray, samples: np.ndarray, frame: Frame, per_side: bool
 ) -> np.ndarray:
-    """(H, W) squared Mahalanobis distance of the Lab colour to the face's skin colour; +inf outside where.
+    """(H, W) squared Mahalanobis distance of every pixel's Lab colour to the face's skin colour.
 
     lab: (H, W, 3) float32 CIELAB; core: boolean (H, W) skin sample area; samples: its (M, 3) colours
-    (or another fallback sample when the core is nearly empty); frame: the face frame at this scale;
-    where: boolean (H, W), the pixels whose distance is wanted (the cost is per pixel).
+    (or another fallback sample when the core is nearly empty); frame: the face frame at this scale.
     per_side: one robust Gaussian per half of the face (image left and right of the nose line), blended
     across the nose over SIDE_SOFT interocular distances: with light from one side the two halves
     differ in brightness, and one Gaussian over both is so wide that background and hair pass for skin.
@@ -272,19 +271,17 @@ def _skin_distance(
     A half with too few samples uses the whole face's Gaussian. Otherwise one Gaussian for the face
     (the fast prior of parsing_net.py, which was trained on it).
     """
-    out = np.full(lab.shape[:2], np.inf)
-    pixels = lab[where]
+    shape = lab.shape[:2]
+    pixels = lab.reshape(-1, 3)
     # Robust Gaussians: shadows, stray hair and highlights in the sample are dropped first.
-    whole = mahalanobis(pixels, trim_outliers(samples, 2.5), 2.0)[0]
+    whole = mahalanobis(pixels, trim_outliers(samples, 2.5), 2.0)[0].reshape(shape)
     ys, xs = np.nonzero(core)
     if not per_side or len(ys) < 2 * SIDE_MIN_SAMPLES:
-        out[where] = whole
-        return out
-
-    def face_u(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return (np.stack([x, y], axis=-1) - frame.origin) @ frame.u / frame.iod
-
-    core_u = face_u(ys, xs)
+        return whole
+    height, width = shape
+    grid = np.stack(np.meshgrid(np.arange(width), np.arange(height)), axis=-1).reshape(-1, 2)
+    u = ((grid - frame.origin) @ frame.u / frame.iod).reshape(shape)
+    core_u = u[ys, xs]
     core_lab = lab[ys, xs]
     # Outliers are judged against the whole face first: hair over one cheek is a minority of the face
     # but can be much of that half's sample.
@@ -293,11 +290,9 @@ def _skin_distance(
     for chosen in (core_u < 0, core_u >= 0):
         half = core_lab[chosen & typical]
         fits = len(half) >= SIDE_MIN_SAMPLES
-        halves.append(mahalanobis(pixels, trim_outliers(half, 2.5), 2.0)[0] if fits else whole)
-    u = face_u(*np.nonzero(where))
+        halves.append(mahalanobis(pixels, trim_outliers(half, 2.5), 2.0)[0].reshape(shape) if fits else whole)
     left_weight = 0.5 * (1.0 - np.tanh(u / (2.0 * SIDE_SOFT)))  # the logistic of -u / SIDE_SOFT
-    out[where] = left_weight * halves[0] + (1.0 - left_weight) * halves[1]
-    return out
+    return left_weight * halves[0] + (1.0 - left_weight) * halves[1]
 
 
 def _upscale_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
